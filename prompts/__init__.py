@@ -1,0 +1,1 @@
+"""Prompt data the project ships (template sets). Installed as ``zeroshot_plus.prompt_data``."""

@@ -1,0 +1,103 @@
+"""Class names and prompt templates -> per-class prompt lists.
+
+Template sets are named (``openai_imagenet`` and ``simple_imagenet`` from open_clip, the files
+in ``zeroshot_plus.prompt_data/templates``), given as a path to a text file (one template per line,
+``{}`` where the class name goes), or given directly as a list of template strings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+from .errors import InputError
+
+OPEN_CLIP_TEMPLATE_SETS = ("openai_imagenet", "simple_imagenet")
+
+
+def parse_classnames(spec: str | os.PathLike | Sequence[str]) -> list[str]:
+    """Class names from a file (one per line, or a JSON list), a comma list, or a sequence."""
+    if isinstance(spec, (str, os.PathLike)) and Path(spec).is_file():
+        path = Path(spec)
+        text = path.read_text(encoding="utf-8-sig")
+        if path.suffix.lower() == ".json":
+            try:
+                names = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"class file '{path}' is not valid JSON: {exc.msg}.") from None
+            if not isinstance(names, list):
+                raise InputError(f"class file '{path}' must hold a JSON list of class names.")
+        else:
+            names = [line.strip() for line in text.splitlines()]
+            names = [n for n in names if n and not n.startswith("#")]
+        source = f"class file '{path}'"
+    elif isinstance(spec, str):
+        if os.sep in spec or spec.endswith((".txt", ".json")):
+            raise InputError(f"class file '{spec}' does not exist.")
+        names, source = [n.strip() for n in spec.split(",")], "class list"
+    else:
+        names, source = [str(n).strip() for n in spec], "class list"
+    return validate_classnames(names, source)
+
+
+def validate_classnames(names: Sequence[str], source: str = "class list") -> list[str]:
+    names = [str(n).strip() for n in names]
+    if not names or not any(names):
+        raise InputError(f"the {source} is empty.")
+    if "" in names:
+        raise InputError(f"the {source} has an empty class name at position {names.index('') + 1}.")
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise InputError(f"the {source} names class '{name}' more than once.")
+        seen.add(name)
+    return names
+
+
+def available_template_sets() -> list[str]:
+    shipped = resources.files("zeroshot_plus.prompt_data").joinpath("templates")
+    files = sorted(p.name[:-4] for p in shipped.iterdir() if p.name.endswith(".txt"))
+    return [*OPEN_CLIP_TEMPLATE_SETS, *files]
+
+
+def load_templates(spec: str | os.PathLike | Sequence[str]) -> list[str]:
+    """A template set by name, from a file, or as a list of template strings."""
+    if not isinstance(spec, (str, os.PathLike)):
+        return _validate_templates(list(spec), "template list")
+    name = os.fspath(spec)
+    if name in OPEN_CLIP_TEMPLATE_SETS:
+        import open_clip
+
+        functions = (open_clip.OPENAI_IMAGENET_TEMPLATES if name == "openai_imagenet"
+                     else open_clip.SIMPLE_IMAGENET_TEMPLATES)
+        return [f("{}") for f in functions]
+    shipped = resources.files("zeroshot_plus.prompt_data").joinpath("templates", f"{name}.txt")
+    if shipped.is_file():
+        return _validate_templates(_template_lines(shipped.read_text("utf-8")), f"template set '{name}'")
+    path = Path(name)
+    if path.is_file():
+        return _validate_templates(_template_lines(path.read_text("utf-8-sig")), f"template file '{path}'")
+    raise InputError(f"unknown template set '{name}': not a file, and not one of "
+                     f"{', '.join(available_template_sets())}.")
+
+
+def _template_lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def _validate_templates(templates: list[str], source: str) -> list[str]:
+    if not templates:
+        raise InputError(f"the {source} holds no templates.")
+    for i, template in enumerate(templates, 1):
+        if template.count("{}") != 1:
+            raise InputError(f"template {i} of the {source} ('{template}') must contain '{{}}' "
+                             f"exactly once, where the class name goes.")
+    return templates
+
+
+def class_prompts(classnames: Sequence[str], templates: Sequence[str]) -> list[list[str]]:
+    """Per class, every template filled with the class name ('_' read as a space)."""
+    return [[t.replace("{}", name.replace("_", " ")) for t in templates] for name in classnames]

@@ -1,0 +1,40 @@
+"""Per-class prompt lists -> class weight matrix (C, D)."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from .errors import InputError
+
+if TYPE_CHECKING:
+    from .backbone import Backbone
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (float32)."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def segment_mean(rows: np.ndarray, counts: Sequence[int]) -> np.ndarray:
+    """Mean of consecutive row segments: rows (sum(counts), D), counts (C,) -> (C, D)."""
+    counts = np.asarray(counts)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return np.add.reduceat(rows, offsets, axis=0) / counts[:, None]
+
+
+def class_weights(backbone: Backbone, prompts: Sequence[Sequence[str]], *,
+                  cache: str | os.PathLike | None = None) -> np.ndarray:
+    """Ensemble text head: mean of each class's normalised prompt embeddings, renormalised.
+
+    prompts: per class, a non-empty list of prompt strings. Returns (C, D) float32.
+    All prompts of all classes are encoded in one batched pass.
+    """
+    counts = [len(p) for p in prompts]
+    if 0 in counts:
+        raise InputError(f"class {counts.index(0)} has no prompts.")
+    embeddings = backbone.encode_texts([p for group in prompts for p in group], cache=cache)
+    return l2_normalise(segment_mean(embeddings, counts))
