@@ -228,6 +228,8 @@ class Backbone:
         store = EmbeddingStore(cache, self.fingerprint, "texts") if cache is not None else None
         missing = [i for i, k in enumerate(keys) if store is None or k not in store]
         encoded: dict[int, np.ndarray] = {}
+        if missing:
+            self.model  # load (or fail) before a progress bar is drawn
         show = self.progress if progress is None else progress
         with tqdm(total=len(missing), desc="encoding texts", unit="text",
                   disable=not show or len(missing) <= self.batch_size, leave=False) as bar:
@@ -267,6 +269,8 @@ class Backbone:
             hits = frozenset(i for i, key in enumerate(keys) if key in store)
         # A run whose images are all stored needs no model (and imports no open_clip).
         needs_model = len(hits) < len(image_set)
+        if needs_model:
+            self.model  # load (or fail) before a progress bar is drawn
         show = self.progress if progress is None else progress
         with tqdm(total=len(image_set), desc="embedding images", unit="img",
                   disable=not show) as bar:

@@ -1,0 +1,269 @@
+"""`zeroshot-plus` command line: a thin layer over the library."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+from scipy.special import softmax
+
+from .backbone import PRECISIONS, Backbone, EncodeReport
+from .errors import InputError
+from .images import ImageSet, read_image_source
+from .metrics import classification_summary
+from .methods.zeroshot import ZeroShotClassifier
+from .prompts import parse_classnames
+
+log = logging.getLogger("zeroshot_plus")
+
+METHODS = ("zeroshot",)
+
+
+def _model_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("model")
+    group.add_argument("--model", default="ViT-B-32",
+                       help="open_clip model name (default: ViT-B-32), or the path of an "
+                            "open_clip model-config JSON file")
+    group.add_argument("--pretrained", default="openai", metavar="TAG|none",
+                       help="open_clip pretrained tag (default: openai); 'none' builds random "
+                            "weights, for smoke tests and speed measurements only")
+    group.add_argument("--checkpoint", metavar="PATH",
+                       help="local weights file (.pt/.bin/.safetensors); use it offline")
+    group.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
+    group.add_argument("--precision", choices=PRECISIONS,
+                       help="fp32, or fp16/bf16 autocast (default: fp32 on CPU, fp16 on CUDA)")
+    group.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    group.add_argument("--workers", type=int, help="image-decoding processes (default: 1 on CPU, 4 on CUDA)")
+    group.add_argument("--cache", metavar="DIR",
+                       help="embedding store: images and prompts already encoded are read back, "
+                            "not encoded again")
+    group.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    group.add_argument("--strict", action="store_true",
+                       help="stop at the first unreadable image (default: skip it and list it at the end)")
+    group.add_argument("-v", "--verbose", action="store_true", help="log what is being done")
+    return parent
+
+
+def _class_options(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument("--classes", required=required, metavar="FILE|a,b,c",
+                        help="class names: a file (one per line, or a JSON list) or a comma list"
+                             + ("" if required else "; default: the labels of IMAGES, sorted"))
+    parser.add_argument("--templates", default="openai_imagenet", metavar="NAME|FILE",
+                        help="prompt templates: openai_imagenet (80, default), simple_imagenet (7), "
+                             "photo ('a photo of a {}.'), or a file with one template per line")
+    parser.add_argument("--method", default="zeroshot", choices=METHODS,
+                        help="classification method (default: zeroshot)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zeroshot-plus",
+        description="Adapt a frozen CLIP model to your task without training it. IMAGES is a "
+                    "folder (class sub-folders give labels), a CSV/JSONL manifest (path[,label]) "
+                    "or image files.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    model = _model_options()
+
+    embed = commands.add_parser("embed", parents=[model], help="write image embeddings to a file",
+                                description="Encode images and write their embeddings (.npz: "
+                                            "embeddings (N, D) float32, paths, labels).")
+    embed.add_argument("images", nargs="+", metavar="IMAGES")
+    embed.add_argument("--out", required=True, metavar="FILE.npz", help="output file")
+
+    predict = commands.add_parser("predict", parents=[model], help="predict a class for each image",
+                                  description="Classify images; one row per image with the top-k "
+                                              "labels and their probabilities.")
+    predict.add_argument("images", nargs="+", metavar="IMAGES")
+    _class_options(predict, required=True)
+    predict.add_argument("--top-k", type=int, default=5, help="labels per image (default: 5)")
+    predict.add_argument("--out", metavar="FILE.csv|FILE.jsonl",
+                         help="output file (default: CSV on stdout)")
+
+    evaluate = commands.add_parser("evaluate", parents=[model], help="accuracy on a labelled set",
+                                   description="Classify a labelled set and report top-1/top-5 "
+                                               "accuracy, per-class accuracy and ECE.")
+    evaluate.add_argument("images", nargs="+", metavar="IMAGES")
+    _class_options(evaluate, required=False)
+    evaluate.add_argument("--out", metavar="FILE.json", help="also write the full report as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="zeroshot-plus: %(message)s")
+    try:
+        return {"embed": _embed, "predict": _predict, "evaluate": _evaluate}[args.command](args)
+    except InputError as exc:
+        print(f"zeroshot-plus: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("zeroshot-plus: interrupted; embeddings written so far are kept in the --cache "
+              "store" if args.cache else "zeroshot-plus: interrupted", file=sys.stderr)
+        return 130
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _backbone(args) -> Backbone:
+    return Backbone(args.model, args.pretrained, checkpoint=args.checkpoint, device=args.device,
+                    precision=args.precision, batch_size=args.batch_size,
+                    num_workers=args.workers, progress=not args.no_progress)
+
+
+def _images(args) -> ImageSet:
+    sources = [read_image_source(s) for s in args.images]
+    if len(sources) == 1:
+        return sources[0]
+    labelled = [s.labels is not None for s in sources]
+    if any(labelled) and not all(labelled):
+        raise InputError("some IMAGES sources carry labels and some do not; give only labelled "
+                         "sources or only unlabelled ones.")
+    return ImageSet([i for s in sources for i in s.items],
+                    [lab for s in sources for lab in s.labels] if all(labelled) else None,
+                    source=", ".join(s.source for s in sources))
+
+
+def _stream(args, backbone: Backbone, images: ImageSet, report: EncodeReport
+            ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    yield from backbone.iter_image_embeddings(images, cache=args.cache, report=report,
+                                              on_error="raise" if args.strict else "skip")
+
+
+def _finish(report: EncodeReport, total: int) -> int:
+    log.info("%d images: %d encoded, %d read from the store, %d skipped",
+             total, report.n_encoded, report.n_cached, len(report.failures))
+    if report.failures:
+        print(f"zeroshot-plus: skipped {len(report.failures)} unreadable image(s):", file=sys.stderr)
+        for failure in report.failures:
+            print(f"  {failure.name}: {failure.reason}", file=sys.stderr)
+    if total and len(report.failures) == total:
+        print("zeroshot-plus: error: no image could be read.", file=sys.stderr)
+        return 2
+    return 0
+
+
+@contextmanager
+def _atomic_output(path: str | None, binary: bool = False):
+    """A stream to ``path`` that appears only once complete (stdout when path is None)."""
+    if path is None:
+        yield sys.stdout
+        return
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise InputError(f"output folder '{target.parent}' does not exist.")
+    temporary = target.with_name(f".{target.name}.partial")
+    try:
+        with (open(temporary, "wb") if binary
+              else open(temporary, "w", newline="", encoding="utf-8")) as handle:
+            yield handle
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _classifier(args, backbone: Backbone, classnames: list[str]) -> ZeroShotClassifier:
+    return ZeroShotClassifier(backbone, classnames, templates=args.templates, cache=args.cache).fit()
+
+
+# ---------------------------------------------------------------------- commands
+
+
+def _embed(args) -> int:
+    if not args.out.endswith(".npz"):
+        raise InputError(f"--out '{args.out}' must end in .npz.")
+    backbone, images, report = _backbone(args), _images(args), EncodeReport()
+    names = images.names()
+    positions, parts = [], []
+    for batch_positions, vectors in _stream(args, backbone, images, report):
+        positions.append(batch_positions)
+        parts.append(vectors)
+    kept = np.concatenate(positions) if positions else np.empty(0, np.int64)
+    arrays = {"embeddings": np.concatenate(parts) if parts else np.empty((0, 0), np.float32),
+              "paths": np.array([names[i] for i in kept]),
+              "fingerprint": np.array(backbone.fingerprint)}
+    if images.labels is not None:
+        arrays["labels"] = np.array([images.labels[i] for i in kept])
+    with _atomic_output(args.out, binary=True) as handle:
+        np.savez(handle, **arrays)
+    print(f"wrote {len(kept)} embeddings of dimension {arrays['embeddings'].shape[1] if len(kept) else 0} "
+          f"to {args.out}", file=sys.stderr)
+    return _finish(report, len(images))
+
+
+def _predict(args) -> int:
+    if args.out is not None and not args.out.endswith((".csv", ".jsonl")):
+        raise InputError(f"--out '{args.out}' must end in .csv or .jsonl.")
+    if args.top_k < 1:
+        raise InputError(f"--top-k must be at least 1, got {args.top_k}.")
+    backbone, images, report = _backbone(args), _images(args), EncodeReport()
+    classifier = _classifier(args, backbone, parse_classnames(args.classes))
+    k = min(args.top_k, len(classifier.classes_))
+    names = images.names()
+    jsonl = args.out is not None and args.out.endswith(".jsonl")
+    with _atomic_output(args.out) as handle:
+        writer = None if jsonl else csv.writer(handle)
+        if writer is not None:
+            writer.writerow(["path"] + [f"{c}{i}" for i in range(1, k + 1) for c in ("label", "prob")])
+        for positions, vectors in _stream(args, backbone, images, report):
+            probabilities = classifier.predict_proba(vectors)
+            top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+            for position, row, order in zip(positions, probabilities, top):
+                labels = [str(classifier.classes_[j]) for j in order]
+                probs = [round(float(row[j]), 6) for j in order]
+                if jsonl:
+                    handle.write(json.dumps({"path": names[position], "labels": labels,
+                                             "probs": probs}) + "\n")
+                else:
+                    writer.writerow([names[position]] + [v for pair in zip(labels, probs) for v in pair])
+    return _finish(report, len(images))
+
+
+def _evaluate(args) -> int:
+    backbone, images, report = _backbone(args), _images(args), EncodeReport()
+    if images.labels is None:
+        raise InputError(f"'{images.source}' carries no labels: use a folder with one "
+                         f"sub-folder per class, or a manifest with a label column.")
+    classnames = (parse_classnames(args.classes) if args.classes
+                  else sorted(set(images.labels)))
+    unknown = sorted(set(images.labels) - set(classnames))
+    if unknown:
+        raise InputError(f"labels not in the class list: {', '.join(unknown[:10])}"
+                         f"{' ...' if len(unknown) > 10 else ''}.")
+    classifier = _classifier(args, backbone, classnames)
+    index = {c: i for i, c in enumerate(classnames)}
+    y_true, scores = [], []
+    for positions, vectors in _stream(args, backbone, images, report):
+        y_true.extend(index[images.labels[p]] for p in positions)
+        scores.append(classifier.decision_function(vectors))
+    status = _finish(report, len(images))
+    if not scores:
+        return status or 2
+    logits = np.concatenate(scores)
+    probabilities = softmax(logits.astype(np.float64), axis=1)
+    summary = classification_summary(np.array(y_true), logits, probabilities, classifier.classes_)
+    summary.update(method=args.method, model=backbone.describe(), templates=args.templates,
+                   skipped=[f.name for f in report.failures])
+    print(f"images: {summary['n_images']}  top-1: {summary['top1']:.2%}  top-5: "
+          f"{summary['top5']:.2%}  mean per-class: {summary['mean_per_class_accuracy']:.2%}  "
+          f"ECE: {summary['ece']:.4f}")
+    for name, accuracy in summary["per_class_accuracy"].items():
+        print(f"  {name:<30} {'n/a' if accuracy is None else f'{accuracy:.2%}'}")
+    if args.out:
+        with _atomic_output(args.out) as handle:
+            json.dump(summary, handle, indent=2)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
