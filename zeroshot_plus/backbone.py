@@ -211,15 +211,18 @@ class Backbone:
         return F.normalize(features.float(), dim=-1).cpu().numpy()
 
     @torch.inference_mode()
-    def _encode_tokens(self, texts: Sequence[str]) -> np.ndarray:
-        tokens = self.tokenizer(list(texts)).to(self.device)
+    def _encode_tokens(self, tokens: torch.Tensor) -> np.ndarray:
         with self._autocast():
-            features = self.model.encode_text(tokens)
+            features = encode_text_truncated(self.model, tokens.to(self.device))
         return F.normalize(features.float(), dim=-1).cpu().numpy()
 
     def encode_texts(self, texts: Sequence[str], *, cache: str | os.PathLike | None = None,
                      progress: bool | None = None) -> np.ndarray:
-        """Texts -> L2-normalised float32 embeddings (N, D). Repeated texts are encoded once."""
+        """Texts -> L2-normalised float32 embeddings (N, D). Repeated texts are encoded once.
+
+        Texts are batched by token length, and each batch runs the text tower only up to its
+        longest text (see ``encode_text_truncated``).
+        """
         texts = [str(t) for t in texts]
         if not texts:
             raise InputError("no texts to encode.")
@@ -229,17 +232,19 @@ class Backbone:
         missing = [i for i, k in enumerate(keys) if store is None or k not in store]
         encoded: dict[int, np.ndarray] = {}
         if missing:
-            self.model  # load (or fail) before a progress bar is drawn
-        show = self.progress if progress is None else progress
-        with tqdm(total=len(missing), desc="encoding texts", unit="text",
-                  disable=not show or len(missing) <= self.batch_size, leave=False) as bar:
-            for start in range(0, len(missing), self.batch_size):
-                chunk = missing[start:start + self.batch_size]
-                vectors = self._encode_tokens([unique[i] for i in chunk])
-                if store is not None:
-                    store.put([keys[i] for i in chunk], vectors)
-                encoded.update(zip(chunk, vectors))
-                bar.update(len(chunk))
+            tokens = self.tokenizer([unique[i] for i in missing])
+            by_length = np.argsort(_token_lengths(tokens).numpy(), kind="stable")
+            show = self.progress if progress is None else progress
+            with tqdm(total=len(missing), desc="encoding texts", unit="text",
+                      disable=not show or len(missing) <= self.batch_size, leave=False) as bar:
+                for start in range(0, len(missing), self.batch_size):
+                    rows = by_length[start:start + self.batch_size]
+                    chunk = [missing[r] for r in rows]
+                    vectors = self._encode_tokens(tokens[torch.from_numpy(rows)])
+                    if store is not None:
+                        store.put([keys[i] for i in chunk], vectors)
+                    encoded.update(zip(chunk, vectors))
+                    bar.update(len(chunk))
         hits = [i for i in range(len(unique)) if i not in encoded]
         if hits:
             encoded.update(zip(hits, store.get([keys[i] for i in hits])))
@@ -263,10 +268,16 @@ class Backbone:
         report = report if report is not None else EncodeReport()
         store = keys = None
         hits: frozenset[int] = frozenset()
+        copies: frozenset[int] = frozenset()
         if cache is not None:
             store = EmbeddingStore(cache, self.fingerprint, "images")
             keys = content_keys(image_set.items)
             hits = frozenset(i for i, key in enumerate(keys) if key in store)
+            # The same content under several names is encoded once: later copies are read
+            # back from the store, where the first copy is written before they are reached.
+            first: dict[str, int] = {}
+            copies = frozenset(i for i, key in enumerate(keys)
+                               if key is not None and i not in hits and first.setdefault(key, i) != i)
         # A run whose images are all stored needs no model (and imports no open_clip).
         needs_model = len(hits) < len(image_set)
         if needs_model:
@@ -276,7 +287,7 @@ class Backbone:
                   disable=not show) as bar:
             for batch in decoded_batches(
                     image_set.items, self.preprocess if needs_model else None,
-                    batch_size=self.batch_size, num_workers=self.num_workers, skip=hits,
+                    batch_size=self.batch_size, num_workers=self.num_workers, skip=hits | copies,
                     draft_size=self.image_size if needs_model else None):
                 positions, vectors = self._embed_batch(batch, image_set, keys, store, on_error, report)
                 bar.update(len(batch))
@@ -293,11 +304,7 @@ class Backbone:
             elif item.error is None:
                 stored.append(item.position)
             else:
-                name = image_name(image_set.items[item.position], item.position)
-                if on_error == "raise":
-                    raise InputError(f"cannot read image '{name}': {item.error}")
-                log.warning("skipping %s: %s", name, item.error)
-                report.failures.append(Failure(name, item.error))
+                self._fail(image_set, item.position, item.error, on_error, report)
         vectors: dict[int, np.ndarray] = {}
         if fresh:
             encoded = self.encode_pixels(torch.stack([it.pixels for it in batch if it.pixels is not None]))
@@ -305,6 +312,11 @@ class Backbone:
                 store.put([keys[p] for p in fresh], encoded)
             vectors.update(zip(fresh, encoded))
             report.n_encoded += len(fresh)
+        # A copy of an image that could not be read never reaches the store.
+        for position in [p for p in stored if keys[p] not in store]:
+            stored.remove(position)
+            self._fail(image_set, position, "same content as another image that could not be "
+                       "read.", on_error, report)
         if stored:
             vectors.update(zip(stored, store.get([keys[p] for p in stored])))
             report.n_cached += len(stored)
@@ -312,6 +324,15 @@ class Backbone:
         if not vectors:
             return positions, np.empty((0, 0), np.float32)
         return positions, np.stack([vectors[p] for p in positions])
+
+    @staticmethod
+    def _fail(image_set: ImageSet, position: int, error: str, on_error: str,
+              report: EncodeReport) -> None:
+        name = image_name(image_set.items[position], position)
+        if on_error == "raise":
+            raise InputError(f"cannot read image '{name}': {error}")
+        log.warning("skipping %s: %s", name, error)
+        report.failures.append(Failure(name, error))
 
     def encode_images(self, images: str | os.PathLike | Sequence[ImageInput] | ImageSet, *,
                       cache: str | os.PathLike | None = None,
@@ -323,6 +344,37 @@ class Backbone:
         parts = [vectors for _, vectors in
                  self.iter_image_embeddings(images, cache=cache, on_error="raise", progress=progress)]
         return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+def _token_lengths(tokens: torch.Tensor) -> torch.Tensor:
+    """(B,) number of tokens up to and including the end-of-text token (the largest id)."""
+    return tokens.argmax(dim=-1) + 1
+
+
+def encode_text_truncated(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip text features (B, D) of tokens (B, L), run only up to the longest text.
+
+    For the standard CLIP text tower (causal mask, pooling at the end-of-text token) no position
+    attends to a later one, so dropping the padding after the batch's last end-of-text token
+    leaves the features unchanged; the cost falls from L=77 positions to the prompt length.
+    Other text towers go through ``model.encode_text`` unchanged.
+    """
+    standard = (getattr(model, "attn_mask", None) is not None
+                and getattr(model, "text_pool_type", None) == "argmax"
+                and hasattr(model, "token_embedding"))
+    if not standard:
+        return model.encode_text(tokens)
+    length = int(_token_lengths(tokens).max())
+    tokens = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+    projection = model.text_projection
+    if projection is None:
+        return x
+    return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
 
 
 def _file_digest(path: Path) -> str:
