@@ -4,11 +4,12 @@ from .backbone import Backbone, EncodeReport
 from .embedder import ImageEmbedder
 from .errors import InputError, ModelLoadError
 from .images import ImageSet, read_image_source
+from .methods.gda import GDAClassifier
 from .methods.zeroshot import ZeroShotClassifier
 from .predictor import Predictor
 
 __all__ = [
-    "Backbone", "EncodeReport", "ImageEmbedder", "ImageSet", "InputError", "ModelLoadError",
-    "Predictor", "ZeroShotClassifier", "read_image_source",
+    "Backbone", "EncodeReport", "GDAClassifier", "ImageEmbedder", "ImageSet", "InputError",
+    "ModelLoadError", "Predictor", "ZeroShotClassifier", "read_image_source",
 ]
 __version__ = "0.1.0"

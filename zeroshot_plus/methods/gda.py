@@ -1,0 +1,383 @@
+"""GDA: Gaussian discriminant analysis on CLIP embeddings, ensembled with the zero-shot head.
+
+Wang et al., "A Hard-to-Beat Baseline for Training-free CLIP-based Adaptation" (ICLR 2024).
+Support embeddings x_n (N, D) with labels y_n, a text head t_c (C, D):
+
+    1. μ_c = mean{x_n : y_n = c}                                  class means
+    2. S = Σ_n (x_n − μ_{y_n})(x_n − μ_{y_n})ᵀ,   Σ̂ = S / (N − 1)   pooled within-class scatter
+    3. P = D · (S + tr(Σ̂) · I)⁻¹                                   Kubokawa–Srivastava precision
+    4. w_c = P μ_c,   b_c = log(1/C) − ½ μ_cᵀ P μ_c                 linear discriminant
+    5. logits(x) = 100 · xᵀt_c + α · (xᵀw_c + b_c)                   ensemble with zero-shot
+    6. α = the grid value with the best validation accuracy (ties to the smaller α)
+
+Scatter, precision and solves are float64 (S as ZᵀZ, P by a Cholesky solve); the fitted
+weights and the logits are float32. Without a text side the logits are xᵀw_c + b_c alone.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import sparse
+from scipy.linalg import cho_factor, cho_solve
+from sklearn.model_selection import KFold, StratifiedKFold
+from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ..errors import InputError
+from ..predictor import Predictor, resolve_text_weights
+
+LOGIT_SCALE = 100.0
+ALPHA_GRID = (1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)
+_ROWS = 16384  # rows per float64 block: 16384 x 1024 x 8 B = 128 MiB
+
+
+class GDAClassifier(Predictor):
+    """Few-shot CLIP classifier in closed form: GDA with a shared KS precision + zero-shot prior.
+
+    Parameters
+    ----------
+    backbone, classnames, templates : the text side as in ZeroShotClassifier (prompts
+        encoded by ``backbone``); ``classnames`` become ``classes_``.
+    text_weights : precomputed (C, D) text head (any text head: templates, descriptors,
+        synonyms), instead of backbone + classnames; ``classnames`` optionally names its rows,
+        otherwise the classes are 0..C-1. With no text side at all, this is plain GDA.
+    alpha : weight of the GDA term, a number >= 0, or "auto" to choose it from ``alpha_grid``
+        on the validation set passed to ``fit``, else by cross-validation on the support set.
+    alpha_grid : candidate values of alpha (the paper's grid by default).
+    cv : number of cross-validation folds when alpha is "auto" and no validation set is given.
+    n_neighbors, text_copies : statistics of classes without support samples (see below).
+    random_state : seed of the cross-validation folds.
+    cache : embedding store directory for the prompt embeddings.
+
+    Classes without support samples (base-to-new, text side only)
+        A class named on the text side but absent from ``y`` gets a synthesised mean: the
+        average of its text vector t_u repeated ``text_copies`` times and of the
+        ``n_neighbors`` support embeddings most similar to t_u. The scatter of those
+        neighbours about t_u joins the pooled scatter S (with N counting them), so all
+        classes share one precision and their logits stay comparable. This fixes two bugs of
+        the reference code: it hard-codes D = 512, and it averages per-class precisions
+        instead of pooling covariances (here: one GEMM over all neighbours, one Cholesky).
+
+    Cross-validation (alpha="auto", no validation set)
+        Stratified folds over support *images*: pass ``groups`` to ``fit`` (one id per image,
+        shared by its augmented views, as ``augmented_support`` returns) so that views of one
+        image never fall on both sides. Folds = min(cv, most images of any class). A class
+        with fewer images than folds is absent from some training folds and is then
+        predicted there like a class without samples. With one image per class the folds
+        hold out whole classes (plain K-fold).
+
+    Edge cases
+        A class with one sample contributes zero scatter; if no class has two distinct
+        samples, S = 0 and tr(Σ̂) is taken as 1 (the largest total variance of unit vectors),
+        so P = D·I: nearest class mean. Embeddings are L2-normalised on input.
+
+    Fitted attributes: ``classes_`` (C,), ``n_features_in_`` (D), ``class_counts_`` (C,)
+    support samples per class, ``means_`` (C, D) float64, ``precision_`` (D, D) float64,
+    ``weights_`` (C, D) and ``bias_`` (C,) float32 (w_c, b_c), ``text_weights_`` (C, D) or
+    None, ``alpha_``, and ``alpha_grid_`` / ``alpha_scores_`` (validation accuracy per grid
+    value; None when alpha was not searched).
+    """
+
+    def __init__(self, backbone=None, classnames=None, templates="openai_imagenet",
+                 text_weights=None, alpha="auto", alpha_grid=ALPHA_GRID, cv: int = 5,
+                 n_neighbors: int = 64, text_copies: int = 16, random_state=None, cache=None):
+        self.backbone = backbone
+        self.classnames = classnames
+        self.templates = templates
+        self.text_weights = text_weights
+        self.alpha = alpha
+        self.alpha_grid = alpha_grid
+        self.cv = cv
+        self.n_neighbors = n_neighbors
+        self.text_copies = text_copies
+        self.random_state = random_state
+        self.cache = cache
+
+    # ------------------------------------------------------------------ fit
+
+    def fit(self, X, y, X_val=None, y_val=None, groups=None):
+        """Fit on support embeddings X (N, D) with labels y (N,).
+
+        X_val, y_val : a validation set for choosing alpha (alpha="auto" with a text side).
+        groups : (N,) source-image id of each row, for cross-validation folds.
+        """
+        self._check_params()
+        name = type(self).__name__
+        text, classes = self._text_side()
+        X, y = self._checked(lambda: validate_data(self, X, y, dtype=np.float32))
+        self._checked(lambda: check_classification_targets(y))
+        X = self._embeddings(X, reset=False)
+        if text is None:
+            classes, codes = np.unique(y, return_inverse=True)
+        else:
+            if text.shape[1] != X.shape[1]:
+                raise InputError(f"{name}: the support embeddings have D={X.shape[1]} but the "
+                                 f"text side has D={text.shape[1]}; encode images and texts "
+                                 f"with the same backbone.")
+            codes = _encode(y, classes, f"{name}: support label")
+        n_classes = len(classes)
+
+        search = text is not None and self.alpha == "auto"
+        grid = np.sort(np.asarray(self.alpha_grid, dtype=np.float64))
+        cross_validate = search and X_val is None
+        parts = (self._folds(codes, groups, len(X)) if cross_validate
+                 else np.zeros(len(X), np.int64))
+        moments = _moments(X, codes, parts, n_classes)
+
+        correct = np.zeros(len(grid))
+        if cross_validate:
+            for fold in range(moments.n_parts):
+                held_out = parts == fold
+                model = self._discriminant(moments, moments.parts_except(fold), X, ~held_out, text)
+                correct += _correct_per_alpha(X[held_out], codes[held_out], text, *model[2:], grid)
+        self.means_, self.precision_, self.weights_, self.bias_ = self._discriminant(
+            moments, moments.parts_except(None), X, None, text)
+        if search and not cross_validate:
+            X_val = self._embeddings(X_val, reset=False)
+            codes_val = _encode(np.asarray(y_val).ravel(), classes, f"{name}: validation label")
+            if len(codes_val) != len(X_val):
+                raise InputError(f"{name}: X_val has {len(X_val)} rows but y_val has "
+                                 f"{len(codes_val)} labels.")
+            correct = _correct_per_alpha(X_val, codes_val, text, self.weights_, self.bias_, grid)
+
+        self.classes_ = classes
+        self.class_counts_ = np.bincount(codes, minlength=n_classes)
+        self.text_weights_ = text
+        if search:
+            scores = correct / (len(X) if cross_validate else len(X_val))
+            self.alpha_grid_, self.alpha_scores_ = grid, scores
+            self.alpha_ = float(grid[np.argmax(scores)])  # first maximum = smallest alpha
+        else:
+            self.alpha_grid_ = self.alpha_scores_ = None
+            self.alpha_ = 1.0 if text is None else float(self.alpha)
+        return self
+
+    def _discriminant(self, moments: "_Moments", parts: np.ndarray, X: np.ndarray,
+                      train_rows: np.ndarray | None, text: np.ndarray | None):
+        """Steps 1-4 on the given parts -> means (C, D), P (D, D), W (C, D) f32, b (C,) f32."""
+        counts, means, scatter = moments.pool(parts)
+        n = int(counts.sum())
+        unseen = np.flatnonzero(counts == 0)
+        if len(unseen):  # only with a text side: every class of y is seen in some part
+            k = min(self.n_neighbors, n)
+            means[unseen], extra = _synthesise(X, train_rows, text[unseen], k, self.text_copies)
+            scatter += extra
+            n += len(unseen) * k
+        precision = _ks_precision(scatter, n)
+        weights = means @ precision                                     # w_c = P μ_c (rows)
+        bias = np.log(1.0 / len(means)) - 0.5 * np.einsum("cd,cd->c", weights, means)
+        return means, precision, weights.astype(np.float32), bias.astype(np.float32)
+
+    def _folds(self, codes: np.ndarray, groups, n: int) -> np.ndarray:
+        """Fold id (N,) of each support row; folds are drawn over images (``groups``)."""
+        name = type(self).__name__
+        if groups is None:
+            image, first = np.arange(n), np.arange(n)
+        else:
+            groups = np.asarray(groups).ravel()
+            if len(groups) != n:
+                raise InputError(f"{name}: groups has {len(groups)} entries for {n} support rows.")
+            _, first, image = np.unique(groups, return_index=True, return_inverse=True)
+            if (codes != codes[first][image]).any():
+                raise InputError(f"{name}: a group (support image) carries more than one label.")
+        image_class = codes[first]
+        per_class = np.bincount(image_class)
+        n_splits = min(self.cv, int(per_class.max()))
+        rng = check_random_state(self.random_state)
+        if n_splits >= 2:
+            splitter = StratifiedKFold(n_splits, shuffle=True, random_state=rng)
+        elif len(image_class) >= 2:  # one image per class: held-out classes are "unseen"
+            splitter = KFold(min(self.cv, len(image_class)), shuffle=True, random_state=rng)
+        else:
+            raise InputError(f"{name}: alpha='auto' cannot cross-validate a single support "
+                             f"image; pass X_val and y_val, or a number for alpha.")
+        fold_of_image = np.empty(len(image_class), np.int64)
+        with warnings.catch_warnings():  # "least populated class has fewer members": handled
+            warnings.simplefilter("ignore", UserWarning)
+            for fold, (_, test) in enumerate(splitter.split(image_class, image_class)):
+                fold_of_image[test] = fold
+        return fold_of_image[image]
+
+    # ------------------------------------------------------------------ predict
+
+    def decision_function(self, X) -> np.ndarray:
+        """(N, C) float64 logits: 100·xᵀT + α(xᵀW + b); without a text side xᵀW + b."""
+        check_is_fitted(self)
+        X = self._embeddings(X, reset=False).astype(np.float64)
+        logits = X @ self.weights_.T.astype(np.float64)
+        logits += self.bias_
+        if self.text_weights_ is not None:
+            logits *= self.alpha_
+            logits += LOGIT_SCALE * (X @ self.text_weights_.T.astype(np.float64))
+        return logits
+
+    # ------------------------------------------------------------------ inputs
+
+    def _text_side(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        if self.text_weights is None and self.backbone is None and self.classnames is None:
+            return None, None
+        return resolve_text_weights(type(self).__name__, self.text_weights, self.backbone,
+                                    self.classnames, self.templates, self.cache)
+
+    def _embeddings(self, X, *, reset: bool) -> np.ndarray:
+        return self._checked(lambda: self._validate_embeddings(X, reset=reset))
+
+    def _checked(self, validate):
+        """Run a scikit-learn validation; its ValueError becomes one InputError sentence."""
+        try:
+            return validate()
+        except InputError:
+            raise
+        except ValueError as exc:
+            lines = str(exc).splitlines()
+            advice = [line for line in lines[1:] if line.startswith("Reshape your data")]
+            message = " ".join([lines[0].rstrip(":") + ("." if advice else ""), *advice])
+            raise InputError(f"{type(self).__name__}: {message}") from None
+
+    def _check_params(self) -> None:
+        name = type(self).__name__
+        alpha = self.alpha
+        if not (alpha == "auto" if isinstance(alpha, str) else
+                isinstance(alpha, numbers.Real) and not isinstance(alpha, bool)
+                and np.isfinite(alpha) and alpha >= 0):
+            raise InputError(f"{name}: alpha must be 'auto' or a number >= 0, got {alpha!r}.")
+        grid = np.asarray(self.alpha_grid, dtype=np.float64).ravel()
+        if not len(grid) or not np.isfinite(grid).all() or (grid < 0).any():
+            raise InputError(f"{name}: alpha_grid must be non-empty numbers >= 0, "
+                             f"got {self.alpha_grid!r}.")
+        for param, low in (("cv", 2), ("n_neighbors", 1), ("text_copies", 0)):
+            value = getattr(self, param)
+            if not isinstance(value, (int, np.integer)) or value < low:
+                raise InputError(f"{name}: {param} must be an integer >= {low}, got {value!r}.")
+
+
+# ---------------------------------------------------------------------- statistics
+
+
+@dataclass
+class _Moments:
+    """Per (part, class) sufficient statistics of the support set; parts are CV folds."""
+
+    counts: np.ndarray   # (F, C) samples
+    means: np.ndarray    # (F, C, D) float64; 0 where the count is 0
+    scatter: np.ndarray  # (F, D, D) float64: Σ (x − m_{f,y})(x − m_{f,y})ᵀ over part f
+
+    @property
+    def n_parts(self) -> int:
+        return len(self.counts)
+
+    def parts_except(self, part: int | None) -> np.ndarray:
+        keep = np.ones(self.n_parts, bool)
+        if part is not None:
+            keep[part] = False
+        return keep
+
+    def pool(self, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Counts (C,), means (C, D) and within-class scatter (D, D) of the kept parts.
+
+        Exact pooling (parallel-axis rule): S = Σ_f S_f + Σ_{f,c} n_fc (m_fc − μ_c)(m_fc − μ_c)ᵀ.
+        """
+        counts_fc, means_fc = self.counts[keep], self.means[keep]
+        counts = counts_fc.sum(axis=0)
+        means = np.einsum("fc,fcd->cd", counts_fc, means_fc) / np.maximum(counts, 1)[:, None]
+        scatter = self.scatter[keep].sum(axis=0)
+        if len(counts_fc) > 1:
+            spread = ((means_fc - means) * np.sqrt(counts_fc)[..., None]).reshape(-1, means.shape[1])
+            scatter += spread.T @ spread
+        return counts, means, scatter
+
+
+def _moments(X: np.ndarray, codes: np.ndarray, parts: np.ndarray, n_classes: int) -> _Moments:
+    """One pass over X (two over blocks): per (part, class) counts, means and scatter."""
+    n, dim = X.shape
+    n_parts = int(parts.max()) + 1
+    cell = parts * n_classes + codes
+    counts = np.bincount(cell, minlength=n_parts * n_classes)
+    sums = np.zeros((n_parts * n_classes, dim))
+    for rows in _blocks(n):
+        size = rows.stop - rows.start
+        onehot = sparse.csr_array((np.ones(size), (cell[rows], np.arange(size))),
+                                  shape=(len(sums), size))
+        sums += onehot @ X[rows].astype(np.float64)
+    means = sums / np.maximum(counts, 1)[:, None]
+    scatter = np.zeros((n_parts, dim, dim))
+    for part in range(n_parts):
+        rows_of_part = np.flatnonzero(parts == part) if n_parts > 1 else np.arange(n)
+        for rows in _blocks(len(rows_of_part)):
+            index = rows_of_part[rows]
+            centred = X[index].astype(np.float64)
+            centred -= means[cell[index]]
+            scatter[part] += centred.T @ centred      # ZᵀZ (BLAS syrk)
+    return _Moments(counts.reshape(n_parts, n_classes),
+                    means.reshape(n_parts, n_classes, dim), scatter)
+
+
+def _ks_precision(scatter: np.ndarray, n: int) -> np.ndarray:
+    """P = D·(S + tr(Σ̂)·I)⁻¹ with Σ̂ = S/(n−1), by Cholesky (tr(Σ̂) := 1 when S = 0)."""
+    dim = len(scatter)
+    trace = np.trace(scatter)
+    ridge = trace / (n - 1) if trace > 0 else 1.0
+    system = scatter + ridge * np.eye(dim)
+    factor = cho_factor(system, lower=True, overwrite_a=True, check_finite=False)
+    return dim * cho_solve(factor, np.eye(dim), overwrite_b=True, check_finite=False)
+
+
+def _synthesise(X: np.ndarray, train_rows: np.ndarray | None, text: np.ndarray, k: int,
+                copies: int) -> tuple[np.ndarray, np.ndarray]:
+    """Statistics of classes without samples, from their text vectors t_u (U, D).
+
+    Neighbours: the k training rows with the largest x·t_u. Returns the synthesised means
+    (U, D) = mean(k neighbours, ``copies`` × t_u) and the summed scatter of the neighbours
+    about t_u (D, D), all float64.
+    """
+    dim = X.shape[1]
+    means = np.empty((len(text), dim))
+    scatter = np.zeros((dim, dim))
+    per_block = max(1, (1 << 24) // max(len(X), 1))  # (block, N) similarity matrix <= 64 MiB
+    for start in range(0, len(text), per_block):
+        vectors = text[start:start + per_block].astype(np.float64)
+        similarity = text[start:start + per_block] @ X.T
+        if train_rows is not None:
+            similarity[:, ~train_rows] = -np.inf
+        nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+        neighbours = X[nearest].astype(np.float64)                       # (block, k, D)
+        means[start:start + per_block] = (neighbours.sum(axis=1) + copies * vectors) / (k + copies)
+        offsets = (neighbours - vectors[:, None, :]).reshape(-1, dim)
+        scatter += offsets.T @ offsets
+    return means, scatter
+
+
+def _correct_per_alpha(X: np.ndarray, codes: np.ndarray, text: np.ndarray, weights: np.ndarray,
+                       bias: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Correct predictions of 100·xᵀT + α(xᵀW + b) for every α of the grid; both logit
+    terms are computed once per block, α only scales one."""
+    correct = np.zeros(len(grid))
+    for rows in _blocks(len(X)):
+        zero_shot = LOGIT_SCALE * (X[rows] @ text.T)
+        gda = X[rows] @ weights.T + bias
+        for i, alpha in enumerate(grid):
+            correct[i] += np.count_nonzero(
+                np.argmax(zero_shot + np.float32(alpha) * gda, axis=1) == codes[rows])
+    return correct
+
+
+def _blocks(n: int) -> list[slice]:
+    return [slice(start, min(start + _ROWS, n)) for start in range(0, n, _ROWS)]
+
+
+def _encode(y: np.ndarray, classes: np.ndarray, what: str) -> np.ndarray:
+    """Labels -> indices into ``classes``; labels not among them are an InputError."""
+    index = {c: i for i, c in enumerate(classes.tolist())}
+    codes = np.fromiter((index.get(v, -1) for v in y.tolist()), dtype=np.int64, count=len(y))
+    if (codes < 0).any():
+        unknown = sorted({repr(v) for v in y[codes < 0].tolist()})
+        known = ", ".join(repr(c) for c in classes.tolist()[:5])
+        raise InputError(f"{what}s {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} "
+                         f"are not among the classes of the text side ({known}"
+                         f"{', ...' if len(classes) > 5 else ''}).")
+    return codes
