@@ -7,9 +7,11 @@ from .images import ImageSet, read_image_source
 from .methods.gda import GDAClassifier
 from .methods.zeroshot import ZeroShotClassifier
 from .predictor import Predictor
+from .support import AugmentedSupport, augmented_support, sample_shots
 
 __all__ = [
     "Backbone", "EncodeReport", "GDAClassifier", "ImageEmbedder", "ImageSet", "InputError",
-    "ModelLoadError", "Predictor", "ZeroShotClassifier", "read_image_source",
+    "ModelLoadError", "Predictor", "ZeroShotClassifier", "AugmentedSupport", "augmented_support",
+    "read_image_source", "sample_shots",
 ]
 __version__ = "0.1.0"
