@@ -144,7 +144,7 @@ def _read_manifest(path: Path) -> ImageSet:
             label_col = header.index("label") if "label" in header else None
             table = table[1:]
         else:
-            label_col = 1 if table and len(table[0]) > 1 else None
+            label_col = 1 if any(len(r) > 1 for r in table) else None
         for r in table:
             label = r[label_col].strip() if label_col is not None and len(r) > label_col else None
             rows.append((r[0].strip(), label or None))
@@ -173,7 +173,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         if image.mode == "F":
             low, high = float(np.nanmin(values)), float(np.nanmax(values))
             values = (values - low) / (high - low or 1.0) * 255.0
-        elif values.max() > 255:  # 16-bit range
+        elif image.mode.startswith("I;16") or values.max() > 255:  # 16-bit range
             values = values / 257.0
         grey = np.clip(np.nan_to_num(values), 0, 255).round().astype(np.uint8)
         return Image.fromarray(grey, mode="L").convert("RGB")

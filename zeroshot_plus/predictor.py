@@ -50,7 +50,8 @@ class Predictor(ClassifierMixin, BaseEstimator):
         return softmax(self.decision_function(X).astype(np.float64), axis=1)
 
     def predict(self, X) -> np.ndarray:
-        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
+        scores = self.decision_function(X)  # first: an unfitted predictor raises NotFittedError
+        return self.classes_[np.argmax(scores, axis=1)]
 
     # ------------------------------------------------------------------ persistence
 

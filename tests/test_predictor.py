@@ -1,0 +1,249 @@
+"""The Predictor contract through ZeroShotClassifier: maths, scikit-learn conventions, save/load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.pipeline import make_pipeline
+
+from zeroshot_plus import Backbone, ImageEmbedder, InputError, Predictor, ZeroShotClassifier
+
+from conftest import synthetic_image
+
+D = 32
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def raw_weights(rng):
+    return rng.normal(size=(4, D)) * rng.uniform(0.5, 3, size=(4, 1))  # rows not unit length
+
+
+@pytest.fixture
+def raw_x(rng):
+    return rng.normal(size=(9, D)) * rng.uniform(0.1, 5, size=(9, 1))
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    return (a / np.linalg.norm(a, axis=1, keepdims=True)) @ (b / np.linalg.norm(b, axis=1, keepdims=True)).T
+
+
+def test_logits_are_100_times_cosine(raw_weights, raw_x):
+    clf = ZeroShotClassifier(text_weights=raw_weights).fit()
+    logits = clf.decision_function(raw_x)
+    assert logits.shape == (9, 4)
+    np.testing.assert_allclose(logits, 100 * _cos(raw_x, raw_weights), atol=1e-3)
+    half = clone(clf).set_params(logit_scale=50.0).fit()
+    np.testing.assert_allclose(half.decision_function(raw_x), 50 * _cos(raw_x, raw_weights), atol=1e-3)
+
+
+def test_probabilities_are_softmax_and_sum_to_one(raw_weights, raw_x):
+    clf = ZeroShotClassifier(text_weights=raw_weights, logit_scale=10.0).fit()
+    proba = clf.predict_proba(raw_x)
+    logits = 10 * _cos(raw_x, raw_weights)
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(proba, expected, atol=1e-5)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-12)
+    assert (proba >= 0).all()
+    # at CLIP's scale the probabilities still sum to 1 (no overflow)
+    sharp = ZeroShotClassifier(text_weights=raw_weights).fit().predict_proba(raw_x)
+    np.testing.assert_allclose(sharp.sum(axis=1), 1.0, atol=1e-12)
+    assert np.isfinite(sharp).all()
+
+
+def test_predict_and_score_use_class_names(raw_weights, raw_x):
+    names = ["ant", "bee", "cow", "dog"]
+    clf = ZeroShotClassifier(text_weights=raw_weights, classnames=names).fit()
+    expected = np.array(names)[_cos(raw_x, raw_weights).argmax(axis=1)]
+    assert list(clf.classes_) == names
+    np.testing.assert_array_equal(clf.predict(raw_x), expected)
+    y = expected.copy()
+    y[:3] = "ant" if expected[0] != "ant" else "bee"  # 3 of 9 wrong at least for row 0
+    wrong = int((y != expected).sum())
+    assert clf.score(raw_x, y) == pytest.approx(1 - wrong / 9)
+    # without names the classes are row indices
+    unnamed = ZeroShotClassifier(text_weights=raw_weights).fit()
+    np.testing.assert_array_equal(unnamed.classes_, np.arange(4))
+
+
+def test_fit_from_backbone_builds_the_template_ensemble(backbone):
+    templates = ["a photo of a {}.", "a sketch of the {}."]
+    clf = ZeroShotClassifier(backbone, ["cat", "sea_lion"], templates=templates).fit()
+    assert list(clf.classes_) == ["cat", "sea_lion"] and clf.n_features_in_ == D
+    for c, name in enumerate(["cat", "sea lion"]):
+        each = backbone.encode_texts([t.format(name) for t in templates]).astype(np.float64)
+        mean = each.mean(axis=0)
+        np.testing.assert_allclose(clf.weights_[c], mean / np.linalg.norm(mean), atol=1e-5)
+    images = backbone.encode_images([synthetic_image(i) for i in range(4)])
+    np.testing.assert_allclose(clf.decision_function(images), 100 * _cos(images, clf.weights_),
+                               atol=1e-3)
+
+
+def test_classnames_as_comma_string_and_named_template_set(backbone):
+    clf = ZeroShotClassifier(backbone, "cat,dog", templates="photo").fit()
+    expected = backbone.encode_texts(["a photo of a cat.", "a photo of a dog."])
+    np.testing.assert_allclose(clf.weights_, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({}, "text_weights, or a backbone and classnames"),
+    ({"text_weights": np.ones(5)}, "shape"),
+    ({"text_weights": np.full((2, 4), np.nan)}, "finite"),
+    ({"text_weights": np.eye(3), "classnames": ["a", "b"]}, "2 class names for 3 rows"),
+    ({"classnames": ["a", "a"], "text_weights": np.eye(2)}, "'a' more than once"),
+])
+def test_bad_text_side(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        ZeroShotClassifier(**kwargs).fit()
+
+
+def test_backbone_without_classnames(backbone):
+    with pytest.raises(InputError, match="classnames"):
+        ZeroShotClassifier(backbone).fit()
+
+
+def test_bad_embeddings(raw_weights):
+    clf = ZeroShotClassifier(text_weights=raw_weights).fit()
+    with pytest.raises(ValueError, match=str(D)):
+        clf.predict(np.ones((2, D + 1)))
+    with pytest.raises(ValueError):
+        clf.predict(np.full((2, D), np.nan))
+    zero = np.ones((3, D))
+    zero[1] = 0
+    with pytest.raises(InputError, match="row 1"):
+        clf.predict(zero)
+    with pytest.raises(ValueError, match=str(D)):
+        ZeroShotClassifier(text_weights=raw_weights).fit(np.ones((2, 5)))
+
+
+def test_not_fitted(raw_x):
+    with pytest.raises(NotFittedError):
+        ZeroShotClassifier(text_weights=np.eye(D)).predict(raw_x)
+
+
+# ---------------------------------------------------------------------- scikit-learn conventions
+
+
+def test_get_params_set_params_and_clone_share_the_backbone(backbone):
+    clf = ZeroShotClassifier(backbone, ["cat", "dog"], templates="photo", logit_scale=20.0)
+    params = clf.get_params()
+    assert params["backbone"] is backbone and params["classnames"] == ["cat", "dog"]
+    assert params["templates"] == "photo" and params["logit_scale"] == 20.0
+    assert set(params) == {"backbone", "classnames", "templates", "text_weights",
+                           "logit_scale", "cache"}
+    assert clf.set_params(logit_scale=5.0) is clf and clf.logit_scale == 5.0
+    copy = clone(clf)
+    assert copy is not clf and copy.backbone is backbone  # shared, not copied
+    assert copy.get_params()["logit_scale"] == 5.0
+    assert copy.classnames == ["cat", "dog"] and copy.classnames is not clf.classnames
+    assert not hasattr(copy, "weights_")
+    fitted = clf.fit()
+    refit = clone(fitted).fit()
+    np.testing.assert_array_equal(refit.weights_, fitted.weights_)
+
+
+def test_constructor_stores_arguments_unchanged(backbone):
+    weights = np.eye(3, D)
+    clf = ZeroShotClassifier(text_weights=weights, classnames="a,b,c")
+    assert clf.text_weights is weights and clf.classnames == "a,b,c"
+
+
+def test_pipeline_on_image_paths(backbone, tmp_path):
+    paths = []
+    for i in range(6):
+        paths.append(tmp_path / f"{i}.png")
+        synthetic_image(i).save(paths[-1])
+    embeddings = backbone.encode_images(paths)
+    weights = embeddings[[0, 3]]  # class "first" looks like image 0, "second" like image 3
+    pipe = make_pipeline(ImageEmbedder(backbone),
+                         ZeroShotClassifier(text_weights=weights, classnames=["first", "second"]))
+    pipe.fit(paths)
+    predicted = pipe.predict([str(p) for p in paths])
+    assert predicted[0] == "first" and predicted[3] == "second"
+    np.testing.assert_array_equal(predicted, np.array(["first", "second"])[
+        (embeddings @ weights.T).argmax(axis=1)])
+    np.testing.assert_allclose(ImageEmbedder(backbone).fit_transform(paths), embeddings, atol=1e-6)
+    assert clone(pipe).steps[0][1].backbone is backbone
+
+
+def test_image_embedder_with_cache(backbone, tmp_path):
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        synthetic_image(i).save(paths[-1])
+    embedder = ImageEmbedder(backbone, cache=tmp_path / "cache")
+    first = embedder.transform(np.array([str(p) for p in paths]))
+    assert any((tmp_path / "cache").rglob("*.npz"))
+    np.testing.assert_array_equal(embedder.transform(paths), first)
+
+
+# ---------------------------------------------------------------------- save / load
+
+
+def test_save_load_round_trip_with_backbone(backbone, tmp_path):
+    clf = ZeroShotClassifier(backbone, ["cat", "dog", "bird"], templates="simple_imagenet",
+                             logit_scale=42.0).fit()
+    X = backbone.encode_images([synthetic_image(i) for i in range(5)])
+    path = tmp_path / "clf.npz"
+    clf.save(path)
+    loaded = ZeroShotClassifier.load(path, backbone=backbone)
+    assert type(loaded) is ZeroShotClassifier and loaded.backbone is backbone
+    assert loaded.get_params()["logit_scale"] == 42.0
+    assert loaded.get_params()["templates"] == "simple_imagenet"
+    np.testing.assert_array_equal(loaded.classes_, clf.classes_)
+    np.testing.assert_array_equal(loaded.predict(X), clf.predict(X))
+    np.testing.assert_array_equal(loaded.decision_function(X), clf.decision_function(X))
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+    # through the base class too
+    assert type(Predictor.load(path, backbone=backbone)) is ZeroShotClassifier
+
+
+def test_load_rebuilds_the_backbone(backbone, tmp_path):
+    clf = ZeroShotClassifier(backbone, ["cat", "dog"], templates="photo").fit()
+    clf.save(tmp_path / "clf.npz")
+    loaded = ZeroShotClassifier.load(tmp_path / "clf.npz")
+    assert isinstance(loaded.backbone, Backbone) and loaded.backbone is not backbone
+    assert loaded.backbone.fingerprint == backbone.fingerprint
+    refit = clone(loaded).fit()  # the rebuilt backbone encodes the same prompts
+    np.testing.assert_allclose(refit.weights_, clf.weights_, atol=1e-6)
+
+
+def test_load_refuses_a_backbone_with_another_fingerprint(backbone, tiny_config, tmp_path):
+    clf = ZeroShotClassifier(backbone, ["cat", "dog"], templates="photo").fit()
+    clf.save(tmp_path / "clf.npz")
+    other = Backbone(tiny_config, "none", precision="bf16", progress=False)
+    with pytest.raises(InputError, match="clf.npz") as info:
+        ZeroShotClassifier.load(tmp_path / "clf.npz", backbone=other)
+    assert "not the backbone given" in str(info.value)
+
+
+def test_save_load_with_text_weights(raw_weights, raw_x, tmp_path):
+    clf = ZeroShotClassifier(text_weights=raw_weights, classnames=["a", "b", "c", "d"]).fit()
+    clf.save(tmp_path / "tw.npz")
+    loaded = ZeroShotClassifier.load(tmp_path / "tw.npz")
+    assert loaded.backbone is None
+    np.testing.assert_array_equal(loaded.text_weights, raw_weights)
+    np.testing.assert_array_equal(loaded.predict(raw_x), clf.predict(raw_x))
+    np.testing.assert_array_equal(loaded.predict_proba(raw_x), clf.predict_proba(raw_x))
+
+
+def test_save_requires_fit_and_load_rejects_other_files(tmp_path):
+    with pytest.raises(NotFittedError):
+        ZeroShotClassifier(text_weights=np.eye(2)).save(tmp_path / "x.npz")
+    np.savez(tmp_path / "plain.npz", a=np.ones(2))
+    with pytest.raises(InputError, match="plain.npz"):
+        ZeroShotClassifier.load(tmp_path / "plain.npz")
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    with pytest.raises(InputError, match="junk.npz"):
+        ZeroShotClassifier.load(tmp_path / "junk.npz")
+    with pytest.raises(InputError, match="missing.npz"):
+        ZeroShotClassifier.load(tmp_path / "missing.npz")

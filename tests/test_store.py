@@ -1,0 +1,273 @@
+"""The on-disk embedding store: reuse, resume after a kill, damage, sharing, deduplication."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from zeroshot_plus import Backbone, EncodeReport
+from zeroshot_plus.store import EmbeddingStore
+
+REPO_DIR = Path(__file__).resolve().parents[1]
+
+
+def _unit_rows(n: int, d: int = 8, seed: int = 0) -> np.ndarray:
+    rows = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def _run(backbone: Backbone, images, cache) -> tuple[np.ndarray, EncodeReport]:
+    report = EncodeReport()
+    parts = list(backbone.iter_image_embeddings(images, cache=cache, report=report))
+    positions = np.concatenate([p for p, _ in parts])
+    assert positions.tolist() == sorted(positions.tolist())  # input order
+    return np.concatenate([e for _, e in parts]), report
+
+
+def _shards(cache: Path) -> list[Path]:
+    return sorted(cache.rglob("*.npz"))
+
+
+@pytest.fixture
+def image_folder(tmp_path, make_image) -> Path:
+    folder = tmp_path / "images"
+    for i in range(20):
+        make_image(folder / f"{i:02d}.png", 100 + i)
+    return folder
+
+
+# ---------------------------------------------------------------------- EmbeddingStore itself
+
+
+def test_put_get_round_trip_and_persistence(tmp_path):
+    store = EmbeddingStore(tmp_path, "fp1", "images")
+    assert len(store) == 0 and "a" not in store
+    vectors = _unit_rows(3)
+    store.put(["a", "b", "c"], vectors)
+    store.put(["d"], _unit_rows(1, seed=1))
+    assert store.keys() == {"a", "b", "c", "d"}
+    np.testing.assert_array_equal(store.get(["c", "a"]), vectors[[2, 0]])
+    reopened = EmbeddingStore(tmp_path, "fp1", "images")
+    assert reopened.keys() == {"a", "b", "c", "d"}
+    got = reopened.get(["d", "b"])
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, np.concatenate([_unit_rows(1, seed=1), vectors[[1]]]))
+    # other fingerprints and kinds are separate stores
+    assert len(EmbeddingStore(tmp_path, "fp2", "images")) == 0
+    assert len(EmbeddingStore(tmp_path, "fp1", "texts")) == 0
+    assert not list(tmp_path.rglob("*.tmp"))  # no temporary files left behind
+
+
+def test_two_stores_on_one_directory_see_each_others_shards(tmp_path):
+    first = EmbeddingStore(tmp_path, "fp", "images")
+    second = EmbeddingStore(tmp_path, "fp", "images")
+    first.put(["from-first"], _unit_rows(1, seed=1))
+    second.put(["from-second"], _unit_rows(1, seed=2))
+    assert "from-first" not in second and "from-second" not in first
+    first.refresh()
+    second.refresh()
+    assert first.keys() == second.keys() == {"from-first", "from-second"}
+    np.testing.assert_array_equal(second.get(["from-first"]), _unit_rows(1, seed=1))
+    np.testing.assert_array_equal(first.get(["from-second"]), _unit_rows(1, seed=2))
+
+
+def test_corrupted_shard_is_set_aside(tmp_path):
+    store = EmbeddingStore(tmp_path, "fp", "images")
+    store.put([f"k{i}" for i in range(16)], _unit_rows(16, d=64))
+    store.put(["other"], _unit_rows(1, seed=3))
+    shard = next(s for s in _shards(tmp_path) if s.stat().st_size > 2000)
+    data = bytearray(shard.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 16] = bytes(b ^ 0xFF for b in data[middle:middle + 16])
+    shard.write_bytes(bytes(data))
+    reopened = EmbeddingStore(tmp_path, "fp", "images")
+    assert reopened.keys() == {"other"}
+    assert not shard.exists() and shard.with_suffix(".damaged").exists()
+
+
+def test_rows_that_are_not_unit_vectors_are_not_served(tmp_path):
+    store = EmbeddingStore(tmp_path, "fp", "images")
+    rows = _unit_rows(3)
+    rows[1] *= 2.0
+    rows[2, 0] = np.nan
+    store.put(["good", "scaled", "nan"], rows)
+    assert EmbeddingStore(tmp_path, "fp", "images").keys() == {"good"}
+
+
+def test_unwritable_store_location(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    from zeroshot_plus import InputError
+
+    with pytest.raises(InputError, match="file"):
+        EmbeddingStore(blocker, "fp", "images")
+
+
+# ---------------------------------------------------------------------- through the Backbone
+
+
+def test_second_run_encodes_nothing(backbone, image_folder, tmp_path):
+    cache = tmp_path / "cache"
+    first, report1 = _run(backbone, image_folder, cache)
+    assert (report1.n_encoded, report1.n_cached) == (20, 0)
+    second, report2 = _run(backbone, image_folder, cache)
+    assert (report2.n_encoded, report2.n_cached) == (0, 20)
+    np.testing.assert_array_equal(second, first)
+    np.testing.assert_allclose(first, backbone.encode_images(image_folder), atol=1e-6)
+
+
+def test_fully_cached_run_does_not_load_the_model(backbone, tiny_config, image_folder, tmp_path):
+    cache = tmp_path / "cache"
+    expected, _ = _run(backbone, image_folder, cache)
+    fresh = Backbone(tiny_config, "none", progress=False)
+    assert fresh.fingerprint == backbone.fingerprint
+    embeddings, report = _run(fresh, image_folder, cache)
+    assert report.n_encoded == 0 and fresh._model is None
+    np.testing.assert_array_equal(embeddings, expected)
+
+
+def test_new_images_in_a_cached_folder_are_the_only_ones_encoded(backbone, image_folder,
+                                                                  make_image, tmp_path):
+    cache = tmp_path / "cache"
+    _run(backbone, image_folder, cache)
+    for i in range(3):
+        make_image(image_folder / f"new{i}.png", 500 + i)
+    embeddings, report = _run(backbone, image_folder, cache)
+    assert (report.n_encoded, report.n_cached) == (3, 20)
+    np.testing.assert_allclose(embeddings, backbone.encode_images(image_folder), atol=1e-6)
+
+
+def test_other_backbone_does_not_reuse_the_store(backbone, tiny_config, image_folder, tmp_path):
+    cache = tmp_path / "cache"
+    _run(backbone, image_folder, cache)
+    other = Backbone(tiny_config, "none", precision="bf16", progress=False)
+    assert other.fingerprint != backbone.fingerprint
+    _, report = _run(other, sorted(image_folder.iterdir())[:2], cache)
+    assert (report.n_encoded, report.n_cached) == (2, 0)
+
+
+def test_corrupted_shard_entries_are_recomputed(backbone, image_folder, tmp_path):
+    cache = tmp_path / "cache"
+    expected, _ = _run(backbone, image_folder, cache)  # 20 images, batch 16: two shards
+    shards = _shards(cache)
+    assert len(shards) == 2
+    victim = max(shards, key=lambda s: s.stat().st_size)
+    with np.load(victim) as data:
+        n_victim = len(data["keys"])
+    data = bytearray(victim.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 32] = bytes(b ^ 0x5A for b in data[middle:middle + 32])
+    victim.write_bytes(bytes(data))
+    embeddings, report = _run(backbone, image_folder, cache)
+    assert report.n_encoded == n_victim and report.n_cached == 20 - n_victim
+    np.testing.assert_allclose(embeddings, expected, atol=1e-6)
+    # and the recomputed entries are stored again
+    _, report = _run(backbone, image_folder, cache)
+    assert report.n_encoded == 0
+
+
+def test_same_content_under_two_names_is_encoded_once(backbone, make_image, tmp_path):
+    folder = tmp_path / "dups"
+    original = make_image(folder / "a.png", 7)
+    shutil.copy(original, folder / "b_copy.png")
+    make_image(folder / "c.png", 8)
+    shutil.copy(original, folder / "d_copy.png")
+    cache = tmp_path / "cache"
+    embeddings, report = _run(backbone, folder, cache)
+    assert report.n_encoded == 2 and report.n_encoded + report.n_cached == 4
+    np.testing.assert_array_equal(embeddings[0], embeddings[1])
+    np.testing.assert_array_equal(embeddings[0], embeddings[3])
+    np.testing.assert_allclose(embeddings, backbone.encode_images(folder), atol=1e-6)
+    # a renamed file is found in the store by its content
+    os.rename(folder / "c.png", folder / "e_renamed.png")
+    _, report = _run(backbone, folder, cache)
+    assert report.n_encoded == 0
+
+
+def test_duplicates_of_a_corrupt_file_are_all_reported(backbone, make_image, tmp_path):
+    folder = tmp_path / "bad"
+    make_image(folder / "good.png", 1)
+    (folder / "x.png").write_bytes(b"not an image at all")
+    (folder / "y.png").write_bytes(b"not an image at all")
+    report = EncodeReport()
+    parts = list(backbone.iter_image_embeddings(folder, cache=tmp_path / "cache",
+                                                on_error="skip", report=report))
+    assert np.concatenate([p for p, _ in parts]).tolist() == [0]
+    assert sorted(Path(f.name).name for f in report.failures) == ["x.png", "y.png"]
+
+
+def test_pil_images_are_cached_by_pixels(backbone, tmp_path):
+    images = [Image.new("RGB", (20, 20), (i * 40, 0, 0)) for i in range(3)]
+    cache = tmp_path / "cache"
+    first, _ = _run(backbone, images, cache)
+    again = [Image.new("RGB", (20, 20), (i * 40, 0, 0)) for i in range(3)]
+    second, report = _run(backbone, again, cache)
+    assert report.n_encoded == 0
+    np.testing.assert_array_equal(first, second)
+
+
+def test_text_cache(backbone, tmp_path):
+    cache = tmp_path / "cache"
+    texts = ["a photo of a cat.", "a photo of a dog.", "a photo of a cat."]
+    first = backbone.encode_texts(texts, cache=cache)
+    assert len(EmbeddingStore(cache, backbone.fingerprint, "texts")) == 2
+    np.testing.assert_array_equal(backbone.encode_texts(texts, cache=cache), first)
+    np.testing.assert_allclose(first, backbone.encode_texts(texts), atol=1e-6)
+
+
+# ---------------------------------------------------------------------- resume after a kill
+
+
+def test_killed_run_resumes(backbone, tiny_config, tmp_path):
+    n = 200
+    folder = tmp_path / "many"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        pixels = rng.integers(0, 256, (160, 160, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:03d}.png", compress_level=1)
+    cache, out = tmp_path / "cache", tmp_path / "out.npz"
+    command = [sys.executable, "-m", "zeroshot_plus.cli", "embed", str(folder), "--out", str(out),
+               "--cache", str(cache), "--batch-size", "8", "--model", tiny_config,
+               "--pretrained", "none", "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    process = subprocess.Popen(command, cwd=REPO_DIR, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _shards(cache):
+            if process.poll() is not None:
+                pytest.fail(f"embed exited ({process.returncode}) before writing a shard: "
+                            f"{process.stderr.read().decode()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail("no shard written within 120 s")
+            time.sleep(0.002)
+        assert process.poll() is None, "the run finished before it could be killed"
+        os.killpg(process.pid, signal.SIGKILL)  # the CLI and its decoding worker
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        process.stderr.close()
+    assert process.returncode == -signal.SIGKILL
+    assert not out.exists()  # outputs appear only when complete
+    n_shards = len(_shards(cache))
+    assert 1 <= n_shards < n // 8
+
+    resumed, report = _run(backbone, folder, cache)
+    assert report.n_cached > 0 and report.n_encoded > 0
+    assert report.n_cached + report.n_encoded == n
+    assert report.n_cached == 8 * n_shards  # every shard on disk is whole
+    assert report.failures == []
+    fresh = backbone.encode_images(folder)
+    np.testing.assert_allclose(resumed, fresh, atol=1e-6)
