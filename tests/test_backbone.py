@@ -225,3 +225,29 @@ def test_unreachable_weights_fail_fast_with_advice(monkeypatch, tmp_path):
     assert "--checkpoint" in message and "ViT-B-32" in message and "openai" in message
     assert "\n" not in message
     assert not any(tmp_path.iterdir())  # nothing was downloaded
+
+
+def test_truncated_text_tower_equals_full_77_token_features(backbone):
+    """Under the causal mask, running the text tower only up to the longest prompt is exact."""
+    from zeroshot_plus.backbone import encode_text_truncated
+
+    texts = ["a", "a photo of a dog.", "a very long prompt " * 6, "itap of a cat."]
+    tokens = backbone.tokenizer(texts)
+    assert tokens.shape[1] == 77
+    with torch.inference_mode():
+        full = backbone.model.encode_text(tokens)
+        truncated = encode_text_truncated(backbone.model, tokens)
+        # each prompt alone, truncated to its own length, gives the same features again
+        alone = torch.cat([encode_text_truncated(backbone.model, tokens[i:i + 1])
+                           for i in range(len(texts))])
+    torch.testing.assert_close(truncated, full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(alone, full, rtol=1e-5, atol=1e-5)
+
+
+def test_encode_texts_order_does_not_depend_on_length_batching(backbone):
+    """Texts are encoded in length order internally, but come back in the order given."""
+    texts = ["a photo of a very large and fluffy dog.", "cat", "a photo of a bird.", "cat"]
+    together = backbone.encode_texts(texts)
+    one_by_one = np.concatenate([backbone.encode_texts([t]) for t in texts])
+    np.testing.assert_allclose(together, one_by_one, atol=1e-5)
+    np.testing.assert_array_equal(together[1], together[3])
