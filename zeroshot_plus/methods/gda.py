@@ -10,8 +10,8 @@ Support embeddings x_n (N, D) with labels y_n, a text head t_c (C, D):
     5. logits(x) = 100 · xᵀt_c + α · (xᵀw_c + b_c)                   ensemble with zero-shot
     6. α = the grid value with the best validation accuracy (ties to the smaller α)
 
-Scatter, precision and solves are float64 (S as ZᵀZ, P by a Cholesky solve); the fitted
-weights and the logits are float32. Without a text side the logits are xᵀw_c + b_c alone.
+Scatter, precision, weights and logits are float64 (S as ZᵀZ, P by a Cholesky solve).
+Without a text side the logits are xᵀw_c + b_c alone.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from ..predictor import Predictor, resolve_text_weights
 
 LOGIT_SCALE = 100.0
 ALPHA_GRID = (1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)
-_ROWS = 16384  # rows per float64 block: 16384 x 1024 x 8 B = 128 MiB
+_UNIT_TOLERANCE = 4 * np.finfo(np.float32).eps
+_ROWS = 4096  # rows per block: 4096 x 1024 x 8 B = 32 MiB in float64
 
 
 class GDAClassifier(Predictor):
@@ -78,7 +79,7 @@ class GDAClassifier(Predictor):
 
     Fitted attributes: ``classes_`` (C,), ``n_features_in_`` (D), ``class_counts_`` (C,)
     support samples per class, ``means_`` (C, D) float64, ``precision_`` (D, D) float64,
-    ``weights_`` (C, D) and ``bias_`` (C,) float32 (w_c, b_c), ``text_weights_`` (C, D) or
+    ``weights_`` (C, D) and ``bias_`` (C,) float64 (w_c, b_c), ``text_weights_`` (C, D) or
     None, ``alpha_``, and ``alpha_grid_`` / ``alpha_scores_`` (validation accuracy per grid
     value; None when alpha was not searched).
     """
@@ -111,7 +112,7 @@ class GDAClassifier(Predictor):
         text, classes = self._text_side()
         X, y = self._checked(lambda: validate_data(self, X, y, dtype=np.float32))
         self._checked(lambda: check_classification_targets(y))
-        X = self._embeddings(X, reset=False)
+        X = _unit_rows(X, name)
         if text is None:
             classes, codes = np.unique(y, return_inverse=True)
         else:
@@ -125,53 +126,64 @@ class GDAClassifier(Predictor):
         search = text is not None and self.alpha == "auto"
         grid = np.sort(np.asarray(self.alpha_grid, dtype=np.float64))
         cross_validate = search and X_val is None
+        if search and not cross_validate:
+            X_val, codes_val = self._validation_set(X_val, y_val, classes)
         parts = (self._folds(codes, groups, len(X)) if cross_validate
                  else np.zeros(len(X), np.int64))
-        moments = _moments(X, codes, parts, n_classes)
+        moments = _moments(X, codes, parts, n_classes)               # one pass over the data
 
-        correct = np.zeros(len(grid))
-        if cross_validate:
-            for fold in range(moments.n_parts):
-                held_out = parts == fold
-                model = self._discriminant(moments, moments.parts_except(fold), X, ~held_out, text)
-                correct += _correct_per_alpha(X[held_out], codes[held_out], text, *model[2:], grid)
-        self.means_, self.precision_, self.weights_, self.bias_ = self._discriminant(
-            moments, moments.parts_except(None), X, None, text)
-        if search and not cross_validate:
-            X_val = self._embeddings(X_val, reset=False)
-            codes_val = _encode(np.asarray(y_val).ravel(), classes, f"{name}: validation label")
-            if len(codes_val) != len(X_val):
-                raise InputError(f"{name}: X_val has {len(X_val)} rows but y_val has "
-                                 f"{len(codes_val)} labels.")
-            correct = _correct_per_alpha(X_val, codes_val, text, self.weights_, self.bias_, grid)
-
+        self.means_, self.precision_ = self._gaussians(moments, moments.parts_except(None), X,
+                                                       None, text)
+        self.weights_ = self.means_ @ self.precision_                  # w_c = P μ_c (rows)
+        self.bias_ = (np.log(1.0 / n_classes)
+                      - 0.5 * np.einsum("cd,cd->c", self.weights_, self.means_))
         self.classes_ = classes
         self.class_counts_ = np.bincount(codes, minlength=n_classes)
         self.text_weights_ = text
-        if search:
-            scores = correct / (len(X) if cross_validate else len(X_val))
-            self.alpha_grid_, self.alpha_scores_ = grid, scores
-            self.alpha_ = float(grid[np.argmax(scores)])  # first maximum = smallest alpha
-        else:
+        if not search:
             self.alpha_grid_ = self.alpha_scores_ = None
             self.alpha_ = 1.0 if text is None else float(self.alpha)
+            return self
+        if cross_validate:
+            correct = np.zeros(len(grid))
+            for fold in range(moments.n_parts):
+                held_out = parts == fold
+                means, precision = self._gaussians(moments, moments.parts_except(fold), X,
+                                                   ~held_out, text)
+                correct += _correct_per_alpha(X[held_out], codes[held_out], text, means,
+                                              precision, grid)
+            scores = correct / len(X)
+        else:
+            scores = _correct_per_alpha(X_val, codes_val, text, self.means_, self.precision_,
+                                        grid) / len(X_val)
+        self.alpha_grid_, self.alpha_scores_ = grid, scores
+        self.alpha_ = float(grid[np.argmax(scores)])  # first maximum = the smallest alpha
         return self
 
-    def _discriminant(self, moments: "_Moments", parts: np.ndarray, X: np.ndarray,
-                      train_rows: np.ndarray | None, text: np.ndarray | None):
-        """Steps 1-4 on the given parts -> means (C, D), P (D, D), W (C, D) f32, b (C,) f32."""
+    def _gaussians(self, moments: "_Moments", parts: np.ndarray, X: np.ndarray,
+                   train_rows: np.ndarray | None, text: np.ndarray | None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """Steps 1-3 on the given parts -> class means (C, D) and shared precision P (D, D).
+
+        Classes without samples there get synthesised statistics (text side only)."""
         counts, means, scatter = moments.pool(parts)
         n = int(counts.sum())
         unseen = np.flatnonzero(counts == 0)
-        if len(unseen):  # only with a text side: every class of y is seen in some part
+        if len(unseen):
             k = min(self.n_neighbors, n)
             means[unseen], extra = _synthesise(X, train_rows, text[unseen], k, self.text_copies)
             scatter += extra
             n += len(unseen) * k
-        precision = _ks_precision(scatter, n)
-        weights = means @ precision                                     # w_c = P μ_c (rows)
-        bias = np.log(1.0 / len(means)) - 0.5 * np.einsum("cd,cd->c", weights, means)
-        return means, precision, weights.astype(np.float32), bias.astype(np.float32)
+        return means, _ks_precision(scatter, n)
+
+    def _validation_set(self, X_val, y_val, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        name = type(self).__name__
+        X_val = self._embeddings(X_val, reset=False)
+        codes = _encode(np.asarray(y_val).ravel(), classes, f"{name}: validation label")
+        if len(codes) != len(X_val):
+            raise InputError(f"{name}: X_val has {len(X_val)} rows but y_val has "
+                             f"{len(codes)} labels.")
+        return X_val, codes
 
     def _folds(self, codes: np.ndarray, groups, n: int) -> np.ndarray:
         """Fold id (N,) of each support row; folds are drawn over images (``groups``)."""
@@ -209,7 +221,7 @@ class GDAClassifier(Predictor):
         """(N, C) float64 logits: 100·xᵀT + α(xᵀW + b); without a text side xᵀW + b."""
         check_is_fitted(self)
         X = self._embeddings(X, reset=False).astype(np.float64)
-        logits = X @ self.weights_.T.astype(np.float64)
+        logits = X @ self.weights_.T
         logits += self.bias_
         if self.text_weights_ is not None:
             logits *= self.alpha_
@@ -225,7 +237,8 @@ class GDAClassifier(Predictor):
                                     self.classnames, self.templates, self.cache)
 
     def _embeddings(self, X, *, reset: bool) -> np.ndarray:
-        return self._checked(lambda: self._validate_embeddings(X, reset=reset))
+        X = self._checked(lambda: validate_data(self, X, reset=reset, dtype=np.float32))
+        return _unit_rows(X, type(self).__name__)
 
     def _checked(self, validate):
         """Run a scikit-learn validation; its ValueError becomes one InputError sentence."""
@@ -307,11 +320,11 @@ def _moments(X: np.ndarray, codes: np.ndarray, parts: np.ndarray, n_classes: int
     means = sums / np.maximum(counts, 1)[:, None]
     scatter = np.zeros((n_parts, dim, dim))
     for part in range(n_parts):
-        rows_of_part = np.flatnonzero(parts == part) if n_parts > 1 else np.arange(n)
-        for rows in _blocks(len(rows_of_part)):
-            index = rows_of_part[rows]
-            centred = X[index].astype(np.float64)
-            centred -= means[cell[index]]
+        rows_of_part = np.flatnonzero(parts == part) if n_parts > 1 else slice(None)
+        members, cells = X[rows_of_part], cell[rows_of_part]
+        for rows in _blocks(len(cells)):
+            centred = members[rows].astype(np.float64)
+            centred -= means[cells[rows]]
             scatter[part] += centred.T @ centred      # ZᵀZ (BLAS syrk)
     return _Moments(counts.reshape(n_parts, n_classes),
                     means.reshape(n_parts, n_classes, dim), scatter)
@@ -352,18 +365,42 @@ def _synthesise(X: np.ndarray, train_rows: np.ndarray | None, text: np.ndarray, 
     return means, scatter
 
 
-def _correct_per_alpha(X: np.ndarray, codes: np.ndarray, text: np.ndarray, weights: np.ndarray,
-                       bias: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """Correct predictions of 100·xᵀT + α(xᵀW + b) for every α of the grid; both logit
-    terms are computed once per block, α only scales one."""
+def _correct_per_alpha(X: np.ndarray, codes: np.ndarray, text: np.ndarray, means: np.ndarray,
+                       precision: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Correct predictions of 100·xᵀT + α(xᵀW + b) for every α of the grid.
+
+    Both logit terms are computed once per block (α only scales one), in float32 with the
+    GDA term shifted by the class-independent xᵀPμ̄ − ½μ̄ᵀPμ̄ (μ̄ = mean of the class means),
+    which leaves every argmax unchanged and keeps float32 exact where all embeddings share a
+    large common component: w'_c = P δ_c, b'_c = log(1/C) − μ̄ᵀP δ_c − ½ δ_cᵀP δ_c, δ_c = μ_c − μ̄.
+    """
+    centre = means.mean(axis=0)
+    offsets = means - centre
+    weights = offsets @ precision
+    bias = (np.log(1.0 / len(means)) - weights @ centre
+            - 0.5 * np.einsum("cd,cd->c", weights, offsets)).astype(np.float32)
+    weights = weights.astype(np.float32)
     correct = np.zeros(len(grid))
     for rows in _blocks(len(X)):
         zero_shot = LOGIT_SCALE * (X[rows] @ text.T)
         gda = X[rows] @ weights.T + bias
+        logits = np.empty_like(gda)
         for i, alpha in enumerate(grid):
-            correct[i] += np.count_nonzero(
-                np.argmax(zero_shot + np.float32(alpha) * gda, axis=1) == codes[rows])
+            np.multiply(gda, np.float32(alpha), out=logits)
+            logits += zero_shot
+            correct[i] += np.count_nonzero(np.argmax(logits, axis=1) == codes[rows])
     return correct
+
+
+def _unit_rows(X: np.ndarray, owner: str) -> np.ndarray:
+    """Rows scaled to unit L2 norm; rows already unit (to float32 rounding) are kept as they
+    are, without a copy. An all-zero row is an InputError."""
+    norms = np.sqrt(np.einsum("ij,ij->i", X, X))
+    if not norms.all():
+        raise InputError(f"{owner}: embedding row {int(np.argmin(norms))} is all zeros.")
+    if np.abs(norms - 1).max(initial=0) <= _UNIT_TOLERANCE:
+        return X
+    return X / norms[:, None]
 
 
 def _blocks(n: int) -> list[slice]:
