@@ -19,12 +19,15 @@ from .backbone import PRECISIONS, Backbone, EncodeReport
 from .errors import InputError
 from .images import ImageSet, read_image_source
 from .metrics import classification_summary
+from .methods.gda import GDAClassifier
 from .methods.zeroshot import ZeroShotClassifier
+from .predictor import Predictor
 from .prompts import parse_classnames
+from .support import augmented_support, sample_shots
 
 log = logging.getLogger("zeroshot_plus")
 
-METHODS = ("zeroshot",)
+METHODS = ("zeroshot", "gda")
 
 
 def _model_options() -> argparse.ArgumentParser:
@@ -54,14 +57,37 @@ def _model_options() -> argparse.ArgumentParser:
 
 
 def _class_options(parser: argparse.ArgumentParser, required: bool) -> None:
-    parser.add_argument("--classes", required=required, metavar="FILE|a,b,c",
+    parser.add_argument("--classes", metavar="FILE|a,b,c",
                         help="class names: a file (one per line, or a JSON list) or a comma list"
-                             + ("" if required else "; default: the labels of IMAGES, sorted"))
+                             + ("; required unless --classifier" if required
+                                else "; default: the labels of IMAGES, sorted"))
     parser.add_argument("--templates", default="openai_imagenet", metavar="NAME|FILE",
                         help="prompt templates: openai_imagenet (80, default), simple_imagenet (7), "
                              "photo ('a photo of a {}.'), or a file with one template per line")
     parser.add_argument("--method", default="zeroshot", choices=METHODS,
                         help="classification method (default: zeroshot)")
+    parser.add_argument("--classifier", metavar="FILE",
+                        help="a classifier written by `zeroshot-plus fit`: its model, classes and "
+                             "weights are used (the model options are taken from the file)")
+    _few_shot_options(parser, support=True)
+
+
+def _few_shot_options(parser: argparse.ArgumentParser, support: bool) -> None:
+    group = parser.add_argument_group("few-shot (--method gda)")
+    if support:
+        group.add_argument("--support", metavar="DIR",
+                           help="labelled support images (class sub-folders, or a manifest); "
+                                "classes without support images are predicted from their text")
+    group.add_argument("--shots", type=int, metavar="K",
+                       help="support images per class, sampled with --seed (default: all)")
+    group.add_argument("--views", type=int, default=10,
+                       help="augmented views per support image (default: 10)")
+    group.add_argument("--alpha", default="auto", metavar="auto|NUMBER",
+                       help="weight of the GDA term against the zero-shot logits; auto (default): "
+                            "chosen on --val, else by 5-fold cross-validation on the support")
+    group.add_argument("--val", metavar="IMAGES", help="labelled images to choose alpha on")
+    group.add_argument("--seed", type=int, default=0,
+                       help="seed of the shot sampling, the views and the folds (default: 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("images", nargs="+", metavar="IMAGES")
     _class_options(evaluate, required=False)
     evaluate.add_argument("--out", metavar="FILE.json", help="also write the full report as JSON")
+
+    fit = commands.add_parser("fit", parents=[model], help="fit a few-shot classifier to a file",
+                              description="Fit GDA on labelled support images and write the "
+                                          "classifier (.npz) that `predict --classifier` reuses.")
+    fit.add_argument("support", metavar="SUPPORT",
+                     help="labelled support images (class sub-folders, or a manifest)")
+    fit.add_argument("--classes", metavar="FILE|a,b,c",
+                     help="class names (default: the labels of SUPPORT, sorted); classes "
+                          "without support images are predicted from their text")
+    fit.add_argument("--templates", default="openai_imagenet", metavar="NAME|FILE",
+                     help="prompt templates of the zero-shot part (default: openai_imagenet)")
+    fit.add_argument("--out", required=True, metavar="FILE.npz", help="classifier file")
+    _few_shot_options(fit, support=False)
     return parser
 
 
@@ -102,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="zeroshot-plus: %(message)s")
     try:
-        return {"embed": _embed, "predict": _predict, "evaluate": _evaluate}[args.command](args)
+        return {"embed": _embed, "predict": _predict, "evaluate": _evaluate,
+                "fit": _fit}[args.command](args)
     except InputError as exc:
         print(f"zeroshot-plus: error: {exc}", file=sys.stderr)
         return 2
@@ -116,6 +156,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _backbone(args) -> Backbone:
+    if getattr(args, "classifier", None):
+        saved = Predictor.load(args.classifier).get_params().get("backbone")
+        if isinstance(saved, Backbone):  # the file's model, with this run's device and options
+            return Backbone(saved.model_name, saved.pretrained, checkpoint=saved.checkpoint,
+                            precision=saved.precision, device=args.device,
+                            batch_size=args.batch_size, num_workers=args.workers,
+                            progress=not args.no_progress)
     return Backbone(args.model, args.pretrained, checkpoint=args.checkpoint, device=args.device,
                     precision=args.precision, batch_size=args.batch_size,
                     num_workers=args.workers, progress=not args.no_progress)
@@ -172,8 +219,45 @@ def _atomic_output(path: str | None, binary: bool = False):
         temporary.unlink(missing_ok=True)
 
 
-def _classifier(args, backbone: Backbone, classnames: list[str]) -> ZeroShotClassifier:
+def _classifier(args, backbone: Backbone, classnames: list[str] | None) -> Predictor:
+    if args.classifier:
+        classifier = Predictor.load(args.classifier, backbone)
+        if classnames is not None and classnames != [str(c) for c in classifier.classes_]:
+            raise InputError(f"--classes differs from the classes of --classifier "
+                             f"'{args.classifier}'; leave --classes out.")
+        return classifier
+    if classnames is None:
+        raise InputError("predict needs --classes (or --classifier FILE).")
+    if args.method == "gda":
+        return _fit_gda(args, backbone, classnames)
     return ZeroShotClassifier(backbone, classnames, templates=args.templates, cache=args.cache).fit()
+
+
+def _fit_gda(args, backbone: Backbone, classnames: list[str]) -> GDAClassifier:
+    """K shots per class -> augmented views -> GDAClassifier (alpha on --val, else by CV)."""
+    if not args.support:
+        raise InputError("--method gda needs --support DIR (labelled support images).")
+    support = read_image_source(args.support)
+    if args.shots is not None:
+        support = sample_shots(support, args.shots, args.seed)
+    views = augmented_support(backbone, support, n_views=args.views, random_state=args.seed,
+                              cache=args.cache)
+    X_val = y_val = None
+    if args.val:
+        val = read_image_source(args.val)
+        if val.labels is None:
+            raise InputError(f"--val '{args.val}' carries no labels.")
+        X_val, y_val = backbone.encode_images(val, cache=args.cache), val.labels
+    try:
+        alpha = args.alpha if args.alpha == "auto" else float(args.alpha)
+    except ValueError:
+        raise InputError(f"--alpha must be 'auto' or a number, got '{args.alpha}'.") from None
+    classifier = GDAClassifier(backbone, classnames, templates=args.templates, alpha=alpha,
+                               random_state=args.seed, cache=args.cache)
+    classifier.fit(views.X, views.y, X_val=X_val, y_val=y_val, groups=views.groups)
+    log.info("GDA: %d support views of %d images, alpha = %g", len(views.X), len(support),
+             classifier.alpha_)
+    return classifier
 
 
 # ---------------------------------------------------------------------- commands
@@ -207,7 +291,8 @@ def _predict(args) -> int:
     if args.top_k < 1:
         raise InputError(f"--top-k must be at least 1, got {args.top_k}.")
     backbone, images, report = _backbone(args), _images(args), EncodeReport()
-    classifier = _classifier(args, backbone, parse_classnames(args.classes))
+    classnames = parse_classnames(args.classes) if args.classes else None
+    classifier = _classifier(args, backbone, classnames)
     k = min(args.top_k, len(classifier.classes_))
     names = images.names()
     jsonl = args.out is not None and args.out.endswith(".jsonl")
@@ -235,7 +320,8 @@ def _evaluate(args) -> int:
         raise InputError(f"'{images.source}' carries no labels: use a folder with one "
                          f"sub-folder per class, or a manifest with a label column.")
     classnames = (parse_classnames(args.classes) if args.classes
-                  else sorted(set(images.labels)))
+                  else [str(c) for c in Predictor.load(args.classifier, backbone).classes_]
+                  if args.classifier else sorted(set(images.labels)))
     unknown = sorted(set(images.labels) - set(classnames))
     if unknown:
         raise InputError(f"labels not in the class list: {', '.join(unknown[:10])}"
@@ -252,7 +338,8 @@ def _evaluate(args) -> int:
     logits = np.concatenate(scores)
     probabilities = softmax(logits.astype(np.float64), axis=1)
     summary = classification_summary(np.array(y_true), logits, probabilities, classifier.classes_)
-    summary.update(method=args.method, model=backbone.describe(), templates=args.templates,
+    summary.update(method=f"classifier {args.classifier}" if args.classifier else args.method,
+                   model=backbone.describe(), templates=args.templates,
                    skipped=[f.name for f in report.failures])
     print(f"images: {summary['n_images']}  top-1: {summary['top1']:.2%}  top-5: "
           f"{summary['top5']:.2%}  mean per-class: {summary['mean_per_class_accuracy']:.2%}  "
@@ -263,6 +350,25 @@ def _evaluate(args) -> int:
         with _atomic_output(args.out) as handle:
             json.dump(summary, handle, indent=2)
     return status
+
+
+def _fit(args) -> int:
+    if not args.out.endswith(".npz"):
+        raise InputError(f"--out '{args.out}' must end in .npz.")
+    if not Path(args.out).resolve().parent.is_dir():
+        raise InputError(f"output folder '{Path(args.out).parent}' does not exist.")
+    backbone = _backbone(args)
+    classnames = (parse_classnames(args.classes) if args.classes
+                  else sorted(set(read_image_source(args.support).labels or [])))
+    if not classnames:
+        raise InputError(f"support images '{args.support}' carry no labels: use a folder with "
+                         f"one sub-folder per class, or a manifest with a label column.")
+    classifier = _fit_gda(args, backbone, classnames)
+    classifier.save(args.out)
+    print(f"wrote a GDA classifier ({len(classifier.classes_)} classes, "
+          f"{int(classifier.class_counts_.sum())} support views, alpha {classifier.alpha_:g}) "
+          f"to {args.out}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
