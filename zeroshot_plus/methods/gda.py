@@ -10,8 +10,10 @@ Support embeddings x_n (N, D) with labels y_n, a text head t_c (C, D):
     5. logits(x) = 100 · xᵀt_c + α · (xᵀw_c + b_c)                   ensemble with zero-shot
     6. α = the grid value with the best validation accuracy (ties to the smaller α)
 
-Scatter, precision, weights and logits are float64 (S as ZᵀZ, P by a Cholesky solve).
-Without a text side the logits are xᵀw_c + b_c alone.
+Scatter, precision, weights and logits are float64 (S from ZᵀZ over float64 blocks, P by
+a Cholesky solve); the alpha search evaluates its logits in float32. Without a text side the
+logits are xᵀw_c + b_c alone. ``decision_function`` returns (N, C) logits for every C, two
+classes included (the Predictor contract), not scikit-learn's (N,) binary margin.
 """
 
 from __future__ import annotations
@@ -55,14 +57,20 @@ class GDAClassifier(Predictor):
     random_state : seed of the cross-validation folds.
     cache : embedding store directory for the prompt embeddings.
 
-    Classes without support samples (base-to-new, text side only)
+    Classes without support samples (base-to-new, METHODS.md §1.3; text side only)
         A class named on the text side but absent from ``y`` gets a synthesised mean: the
         average of its text vector t_u repeated ``text_copies`` times and of the
         ``n_neighbors`` support embeddings most similar to t_u. The scatter of those
-        neighbours about t_u joins the pooled scatter S (with N counting them), so all
-        classes share one precision and their logits stay comparable. This fixes two bugs of
-        the reference code: it hard-codes D = 512, and it averages per-class precisions
-        instead of pooling covariances (here: one GEMM over all neighbours, one Cholesky).
+        neighbours about t_u (as in the reference) joins the pooled scatter S, and N counts
+        them: covariances are pooled, so all classes share one KS precision and seen and
+        unseen logits stay comparable in one softmax. (The scatter about t_u is wide along
+        the image-text gap, the direction in which the text copies displace the synthesised
+        means, so P discounts it.) This fixes the reference code, which hard-codes D = 512,
+        averages per-class *precisions*, and runs a Python loop of D x D pinvs; here it is
+        one batched top-k, one GEMM over all neighbours and one Cholesky. Without unseen
+        classes the fit is exactly steps 1-6. The reference scores base and new classes in
+        separate heads; restricting ``decision_function`` to either block of columns gives
+        that protocol (the prior log(1/C) is a constant per row).
 
     Cross-validation (alpha="auto", no validation set)
         Stratified folds over support *images*: pass ``groups`` to ``fit`` (one id per image,
@@ -306,28 +314,36 @@ class _Moments:
 
 
 def _moments(X: np.ndarray, codes: np.ndarray, parts: np.ndarray, n_classes: int) -> _Moments:
-    """One pass over X (two over blocks): per (part, class) counts, means and scatter."""
-    n, dim = X.shape
-    n_parts = int(parts.max()) + 1
+    """One pass over X in float64 blocks: per (part, class) counts, means and scatter.
+
+    Rows are centred at an anchor a (the first row of their part and class) as they stream by:
+    Z = X − a, S_a = ZᵀZ, and with δ = mean(Z) the mean is a + δ and the scatter about it is
+    S = S_a − n δδᵀ (exact; the anchor keeps the subtraction well conditioned).
+    """
+    n_parts, dim = int(parts.max()) + 1, X.shape[1]
     cell = parts * n_classes + codes
     counts = np.bincount(cell, minlength=n_parts * n_classes)
-    sums = np.zeros((n_parts * n_classes, dim))
-    for rows in _blocks(n):
-        size = rows.stop - rows.start
-        onehot = sparse.csr_array((np.ones(size), (cell[rows], np.arange(size))),
-                                  shape=(len(sums), size))
-        sums += onehot @ X[rows].astype(np.float64)
-    means = sums / np.maximum(counts, 1)[:, None]
+    cells_present, first = np.unique(cell, return_index=True)
+    anchors = np.zeros((n_parts * n_classes, dim))
+    anchors[cells_present] = X[first]
+    shifted_sums = np.zeros_like(anchors)
     scatter = np.zeros((n_parts, dim, dim))
     for part in range(n_parts):
         rows_of_part = np.flatnonzero(parts == part) if n_parts > 1 else slice(None)
         members, cells = X[rows_of_part], cell[rows_of_part]
         for rows in _blocks(len(cells)):
             centred = members[rows].astype(np.float64)
-            centred -= means[cells[rows]]
+            centred -= anchors[cells[rows]]
             scatter[part] += centred.T @ centred      # ZᵀZ (BLAS syrk)
+            size = len(centred)
+            onehot = sparse.csr_array((np.ones(size), (cells[rows], np.arange(size))),
+                                      shape=(len(anchors), size))
+            shifted_sums += onehot @ centred
+    shift = (shifted_sums / np.maximum(counts, 1)[:, None]).reshape(n_parts, n_classes, dim)
+    for part, weighted in enumerate(shift * np.sqrt(counts.reshape(n_parts, n_classes, 1))):
+        scatter[part] -= weighted.T @ weighted
     return _Moments(counts.reshape(n_parts, n_classes),
-                    means.reshape(n_parts, n_classes, dim), scatter)
+                    anchors.reshape(n_parts, n_classes, dim) + shift, scatter)
 
 
 def _ks_precision(scatter: np.ndarray, n: int) -> np.ndarray:
@@ -369,21 +385,22 @@ def _correct_per_alpha(X: np.ndarray, codes: np.ndarray, text: np.ndarray, means
                        precision: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """Correct predictions of 100·xᵀT + α(xᵀW + b) for every α of the grid.
 
-    Both logit terms are computed once per block (α only scales one), in float32 with the
-    GDA term shifted by the class-independent xᵀPμ̄ − ½μ̄ᵀPμ̄ (μ̄ = mean of the class means),
-    which leaves every argmax unchanged and keeps float32 exact where all embeddings share a
-    large common component: w'_c = P δ_c, b'_c = log(1/C) − μ̄ᵀP δ_c − ½ δ_cᵀP δ_c, δ_c = μ_c − μ̄.
+    Both logit terms come from one GEMM per block (α only scales one), in float32. The GDA
+    term is shifted by the class-independent xᵀPμ̄ − ½μ̄ᵀPμ̄ (μ̄: mean of the class means),
+    which leaves every argmax unchanged and keeps float32 accurate when all embeddings share
+    a large common component: w'_c = Pδ_c, b'_c = log(1/C) − μ̄ᵀPδ_c − ½δ_cᵀPδ_c, δ_c = μ_c − μ̄.
     """
     centre = means.mean(axis=0)
     offsets = means - centre
     weights = offsets @ precision
     bias = (np.log(1.0 / len(means)) - weights @ centre
             - 0.5 * np.einsum("cd,cd->c", weights, offsets)).astype(np.float32)
-    weights = weights.astype(np.float32)
+    heads = np.vstack([LOGIT_SCALE * text, weights.astype(np.float32)]).T   # (D, 2C)
     correct = np.zeros(len(grid))
     for rows in _blocks(len(X)):
-        zero_shot = LOGIT_SCALE * (X[rows] @ text.T)
-        gda = X[rows] @ weights.T + bias
+        both = X[rows] @ heads
+        zero_shot, gda = both[:, :len(text)], both[:, len(text):]
+        gda += bias
         logits = np.empty_like(gda)
         for i, alpha in enumerate(grid):
             np.multiply(gda, np.float32(alpha), out=logits)
