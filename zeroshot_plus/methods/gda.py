@@ -50,7 +50,8 @@ class GDAClassifier(Predictor):
         synonyms), instead of backbone + classnames; ``classnames`` optionally names its rows,
         otherwise the classes are 0..C-1. With no text side at all, this is plain GDA.
     alpha : weight of the GDA term, a number >= 0, or "auto" to choose it from ``alpha_grid``
-        on the validation set passed to ``fit``, else by cross-validation on the support set.
+        on the validation set passed to ``fit``, else by cross-validation on the support set
+        (ignored without a text side). alpha = 0 gives the zero-shot classifier.
     alpha_grid : candidate values of alpha (the paper's grid by default).
     cv : number of cross-validation folds when alpha is "auto" and no validation set is given.
     n_neighbors, text_copies : statistics of classes without support samples (see below).
@@ -328,14 +329,14 @@ def _moments(X: np.ndarray, codes: np.ndarray, parts: np.ndarray, n_classes: int
     anchors[cells_present] = X[first]
     shifted_sums = np.zeros_like(anchors)
     scatter = np.zeros((n_parts, dim, dim))
+    block = np.empty((min(_ROWS, len(X)), dim))
     for part in range(n_parts):
         rows_of_part = np.flatnonzero(parts == part) if n_parts > 1 else slice(None)
         members, cells = X[rows_of_part], cell[rows_of_part]
         for rows in _blocks(len(cells)):
-            centred = members[rows].astype(np.float64)
-            centred -= anchors[cells[rows]]
+            size = rows.stop - rows.start
+            centred = np.subtract(members[rows], anchors[cells[rows]], out=block[:size])
             scatter[part] += centred.T @ centred      # ZᵀZ (BLAS syrk)
-            size = len(centred)
             onehot = sparse.csr_array((np.ones(size), (cells[rows], np.arange(size))),
                                       shape=(len(anchors), size))
             shifted_sums += onehot @ centred
