@@ -36,7 +36,7 @@ from ..predictor import Predictor, resolve_text_weights
 LOGIT_SCALE = 100.0
 ALPHA_GRID = (1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)
 _UNIT_TOLERANCE = 4 * np.finfo(np.float32).eps
-_ROWS = 4096  # rows per block: 4096 x 1024 x 8 B = 32 MiB in float64
+_ROWS = 1024  # rows per block: 1024 x 1024 x 8 B = 8 MiB in float64, cache-friendly
 
 
 class GDAClassifier(Predictor):
