@@ -1,0 +1,161 @@
+"""Classification by description: score each class by its descriptors, not just its name.
+
+Menon & Vondrick, "Visual Classification via Description from Large Language Models"
+(ICLR 2023); METHODS.md §2. Class k has descriptors d_k1 .. d_kn (from an LLM):
+
+    1. s_kj = prompt(k, d_kj)                   "tench, which is a freshwater fish" (§2.1)
+    2. e_kj = g(s_kj) / ‖g(s_kj)‖               all prompts of all classes, one encoding pass
+    3. S_k(x) = (1/n_k) Σ_j xᵀ e_kj             mean similarity to the class's descriptors
+    4. predict argmax_k S_k(x); explain by the e_kj with the largest xᵀ e_kj
+
+The mean is linear, so step 3 is S_k(x) = xᵀ m_k with m_k = (1/n_k) Σ_j e_kj, the *unnormalised*
+mean descriptor embedding: ``fit`` forms every m_k with one segment sum (``np.add.reduceat``)
+and prediction is one (N, D) x (D, C) product, with no Python loop over classes and no
+(N, descriptors) similarity matrix (benchmarks/descriptions.py compares this with the
+per-class loop of the reference code and with a similarity-matrix segment mean).
+
+Scale: the reference code uses none (raw mean cosine; its top-5 is a softmax of S, and the
+argmax does not depend on a scale). Here ``logit_scale`` multiplies S, 100 by default (CLIP's
+own) so that ``predict_proba`` gives usable probabilities; logit_scale=1 is the reference's.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from sklearn.utils.validation import check_is_fitted
+
+from ..descriptors import check_prompt_style, descriptor_prompts, match_descriptors, wordify
+from ..errors import InputError
+from ..predictor import Predictor
+from ..prompts import parse_classnames
+from ..text_head import l2_normalise
+
+_ROWS = 1024  # image rows per block in explain()
+
+
+class Explanation(NamedTuple):
+    """Why one image got its label: the label's descriptors with the highest similarity."""
+
+    label: object
+    descriptors: list[str]
+    similarities: list[float]
+
+
+class DescriptionClassifier(Predictor):
+    """Zero-shot classifier scoring each class by the mean similarity to its descriptors.
+
+    Parameters
+    ----------
+    backbone : Backbone that encodes the descriptor prompts.
+    classnames : class names (list, comma string or file); default: the keys of
+        ``descriptors`` in file order. They become ``classes_``.
+    descriptors : ``{class: [descriptor, ...]}`` as a dict or the path of a JSON file (the
+        released DCLIP descriptors, CuPL sentence files, or ``zeroshot-plus describe``).
+    prompt_style : "menon" (the paper's rule with its quirks), "corrected", "plain"
+        ("{class}, {descriptor}") or "sentences" (each entry is a whole prompt, for CuPL
+        files); see ``zeroshot_plus.descriptors``.
+    suffix : text after each descriptor prompt and after a bare class-name prompt (the
+        reference appends "." for ImageNet in one version of its code).
+    allow_missing : classes absent from ``descriptors`` are classified by their name instead
+        of raising InputError.
+    logit_scale : multiplier of the mean similarities (the reference uses 1; see above).
+    cache : embedding store directory for the prompt embeddings.
+
+    A class with no descriptors (an empty list, or missing with ``allow_missing``) is scored
+    by its bare name ``wordify(name) + suffix``, the reference's "CLIP-standard" prompt. (The
+    reference itself gives an empty list the single descriptor "", i.e. the prompt
+    "k, which has "; pass [""] to get that.)
+
+    Fitted attributes: ``classes_`` (C,), ``prompts_`` and ``descriptors_`` (P,) str,
+    ``descriptor_embeddings_`` (P, D) float32 (class-contiguous), ``counts_`` and ``offsets_``
+    (C,) int (class k owns rows offsets_[k] : offsets_[k] + counts_[k]), ``class_means_``
+    (C, D) the unnormalised means m_k, ``text_head_`` (C, D) and ``report_`` (dict: which
+    classes have descriptors, see ``DescriptorMatch.report``).
+
+    ``text_head_`` = m_k / ‖m_k‖ is the descriptor ensemble as a text head, for use wherever
+    a (C, D) head is taken, e.g. ``GDAClassifier(text_weights=clf.text_head_,
+    classnames=clf.classes_)``. Its cosine differs from S_k by the per-class factor ‖m_k‖
+    (<= 1, smaller for more diverse descriptors): S_k(x) = ‖m_k‖ · cos(x, text_head_k), so
+    the two rank classes alike when all classes have equally spread descriptors. With
+    "sentences" the text head is exactly CuPL's class weight (§2.4).
+    """
+
+    def __init__(self, backbone=None, classnames=None, descriptors=None,
+                 prompt_style: str = "menon", suffix: str = "", allow_missing: bool = False,
+                 logit_scale: float = 100.0, cache=None):
+        self.backbone = backbone
+        self.classnames = classnames
+        self.descriptors = descriptors
+        self.prompt_style = prompt_style
+        self.suffix = suffix
+        self.allow_missing = allow_missing
+        self.logit_scale = logit_scale
+        self.cache = cache
+
+    def fit(self, X=None, y=None):
+        """Build and encode the descriptor prompts; X and y are not used (zero-shot)."""
+        name = type(self).__name__
+        check_prompt_style(self.prompt_style)
+        if self.backbone is None or self.descriptors is None:
+            raise InputError(f"{name} needs a backbone and descriptors.")
+        names = None if self.classnames is None else parse_classnames(self.classnames)
+        match = match_descriptors(self.descriptors, names, allow_missing=self.allow_missing)
+        prompts, shown = [], []
+        for classname, items in zip(match.classnames, match.descriptors):
+            if items:
+                prompts.append(descriptor_prompts(classname, items, self.prompt_style, self.suffix))
+                shown.append(items)
+            else:  # no descriptors: the class name alone
+                prompts.append([wordify(classname) + self.suffix])
+                shown.append([wordify(classname)])
+        self.counts_ = np.array([len(p) for p in prompts], dtype=np.int64)
+        self.offsets_ = np.concatenate([[0], np.cumsum(self.counts_)[:-1]]).astype(np.int64)
+        self.prompts_ = np.array([p for group in prompts for p in group])
+        self.descriptors_ = np.array([d for group in shown for d in group])
+        self.descriptor_embeddings_ = self.backbone.encode_texts(self.prompts_.tolist(),
+                                                                 cache=self.cache)
+        sums = np.add.reduceat(self.descriptor_embeddings_.astype(np.float64), self.offsets_, axis=0)
+        self.class_means_ = (sums / self.counts_[:, None]).astype(np.float32)
+        self.text_head_ = l2_normalise(self.class_means_)
+        self.classes_ = np.array(match.classnames)
+        self.n_features_in_ = self.descriptor_embeddings_.shape[1]
+        self.report_ = match.report()
+        if X is not None:
+            self._validate_embeddings(X, reset=False)
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        """(N, C) logits: logit_scale * S_k(x), the mean similarity to class k's descriptors."""
+        check_is_fitted(self)
+        X = self._validate_embeddings(X, reset=False)
+        return self.logit_scale * (X @ self.class_means_.T)
+
+    def explain(self, X, top: int = 3) -> list[Explanation]:
+        """Per image, the predicted label and its ``top`` descriptors by similarity xᵀe_kj.
+
+        These are the descriptors that raised the label's score most (each adds xᵀe_kj / n_k).
+        A class with fewer descriptors gives fewer; a class without any shows its name.
+        """
+        if not isinstance(top, (int, np.integer)) or top < 1:
+            raise InputError(f"top must be an integer >= 1, got {top!r}.")
+        predicted = np.argmax(self.decision_function(X), axis=1)
+        X = self._validate_embeddings(X, reset=False)
+        width = int(min(top, self.counts_.max()))
+        slots = np.arange(int(self.counts_.max()))
+        rows = self.offsets_[predicted][:, None] + slots                  # (N, L) prompt rows
+        valid = slots < self.counts_[predicted][:, None]
+        rows = np.where(valid, rows, 0)
+        best = np.empty((len(X), width), dtype=np.int64)
+        sims = np.empty((len(X), width), dtype=np.float32)
+        for start in range(0, len(X), _ROWS):
+            block = slice(start, start + _ROWS)
+            s = np.einsum("nd,nld->nl", X[block], self.descriptor_embeddings_[rows[block]])
+            s[~valid[block]] = -np.inf
+            order = np.argsort(-s, axis=1, kind="stable")[:, :width]
+            best[block] = np.take_along_axis(rows[block], order, axis=1)
+            sims[block] = np.take_along_axis(s, order, axis=1)
+        return [Explanation(self.classes_[k].item(), self.descriptors_[b[np.isfinite(v)]].tolist(),
+                            v[np.isfinite(v)].tolist())
+                for k, b, v in zip(predicted, best, sims)]
