@@ -1,0 +1,475 @@
+"""TPT: test-time prompt tuning, with DiffTPT's generated views.
+
+Shu et al., "Test-Time Prompt Tuning for Zero-Shot Generalization in Vision-Language Models"
+(NeurIPS 2022); Feng et al., "Diverse Data Augmentation with Diffusions for Effective
+Test-time Prompt Tuning" (ICCV 2023). For each test image x, with the context ctx ∈ R^{n×W}
+(n learnable token embeddings shared by all classes, initialised from "a photo of a"):
+
+    1. views v_0 = preprocess(x), v_1..v_V = RandomResizedCrop + flip (+ AugMix) of raw x
+       (DiffTPT: + the generated images of x, resized and centre-cropped)
+    2. f_i = image features of v_i                      encoded once, without gradients
+    3. z_i = s · f_i · T(ctx_0)ᵀ,  H_i = −Σ_c p_ic log p_ic     per-view logits and entropy
+    4. S = the ⌊ρ·V'⌋ views of lowest entropy                    confidence selection
+       (DiffTPT: first keep the ⌊ρ_cos·(V'−1)⌋ views whose logits are most cosine-similar
+        to z_0, prepend v_0, then select by entropy among those)
+    5. L(ctx) = −Σ_c p̄_c log p̄_c,   p̄ = mean_{i∈S} softmax(z_i(ctx))   marginal entropy
+    6. ctx ← AdamW(ctx, ∇L), ``steps`` times (selection fixed after step 1)
+    7. predict argmax_c s · f_0 · T(ctx)_cᵀ, then reset ctx ← ctx_0 for the next image
+
+T(ctx) (C, D) runs the frozen text tower on [SOS] ctx [class name] "." [EOS]. Exact
+shortcuts make it fast on a CPU: the text tower runs only up to the longest class prompt
+(causal mask, end-of-text pooling); the first AdamW step is applied in closed form; several
+images are tuned in one pass with a batch dimension on the context; more prompts than fit in
+memory go through the text tower in chunks, with the gradient accumulated chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from sklearn.utils.validation import check_is_fitted
+from torchvision import transforms
+from tqdm.auto import tqdm
+
+from ..backbone import Backbone, EncodeReport
+from ..errors import InputError
+from ..images import (Failure, ImageInput, ImageSet, IMAGE_EXTENSIONS, decoded_batches, image_name,
+                      open_image, pil_key, read_image_source)
+from ..predictor import Predictor
+from ..prompts import parse_classnames
+
+log = logging.getLogger(__name__)
+
+BETAS = (0.9, 0.999)  # torch.optim.AdamW defaults, as the reference uses them
+EPS = 1e-8
+WEIGHT_DECAY = 0.01
+
+DiffusionViews = str | os.PathLike | Callable[[Image.Image], Sequence[Image.Image]]
+
+
+class TPTClassifier(Predictor):
+    """Zero-shot classifier that tunes its prompt context on each test image (TPT / DiffTPT).
+
+    Parameters
+    ----------
+    backbone : Backbone whose text tower is open_clip's standard CLIP transformer.
+    classnames : class names (list, comma string or file); they become ``classes_``.
+    n_ctx : number of context vectors when ``ctx_init`` is None (random N(0, 0.02²) init).
+    ctx_init : initial context words, e.g. "a photo of a" (then n_ctx is their token count),
+        or one template with "{}" where the class name goes: the words before it are the
+        context, the text after it a fixed suffix ("a photo of a" means "a photo of a {}.").
+    n_views : augmented views per image besides the original (the paper: 63).
+    augmix : AugMix on top of the crop + flip (the paper: for fine-grained data sets only).
+    selection_p : fraction ρ of views kept by confidence selection, ⌊ρ·V'⌋ views.
+    lr : AdamW learning rate.
+    steps : AdamW steps per image; the first is applied in closed form when it is the only one.
+    batch_images : images tuned together in one batched pass (separate contexts).
+    text_batch : prompts (image, class pairs) per text-tower pass; more go in chunks.
+    random_state : seed; with the image content it fixes the views of each image.
+    diffusion_views : DiffTPT's generated variations per image: a folder of files
+        ``{stem}_{i}.{ext}`` for an image file ``{stem}.*``, or a callable image -> images.
+        None: plain TPT.
+    cosine_p : DiffTPT: fraction of the non-original views kept by the logit-cosine filter.
+
+    DiffTPT's own setting is ``n_views=64, selection_p=0.3, steps=4`` with ``diffusion_views``.
+    ``fit(X=None, y=None)`` builds the prompt learner; X are images (paths or PIL images).
+    """
+
+    def __init__(self, backbone: Backbone | None = None, classnames=None, n_ctx: int = 4,
+                 ctx_init: str | None = "a photo of a", n_views: int = 63, augmix: bool = False,
+                 selection_p: float = 0.1, lr: float = 5e-3, steps: int = 1,
+                 batch_images: int = 4, text_batch: int = 256, random_state: int = 0,
+                 diffusion_views: DiffusionViews | None = None, cosine_p: float = 0.8):
+        self.backbone = backbone
+        self.classnames = classnames
+        self.n_ctx = n_ctx
+        self.ctx_init = ctx_init
+        self.n_views = n_views
+        self.augmix = augmix
+        self.selection_p = selection_p
+        self.lr = lr
+        self.steps = steps
+        self.batch_images = batch_images
+        self.text_batch = text_batch
+        self.random_state = random_state
+        self.diffusion_views = diffusion_views
+        self.cosine_p = cosine_p
+
+    # ------------------------------------------------------------------ fit
+
+    def fit(self, X=None, y=None):
+        """Build the prompt learner and the initial class weights; learns nothing from X."""
+        owner = type(self).__name__
+        if not isinstance(self.backbone, Backbone):
+            raise InputError(f"{owner} needs a Backbone, got {type(self.backbone).__name__}.")
+        if self.classnames is None:
+            raise InputError(f"{owner} needs classnames.")
+        for name, value, low in (("n_views", self.n_views, 0), ("steps", self.steps, 1),
+                                 ("batch_images", self.batch_images, 1),
+                                 ("text_batch", self.text_batch, 1)):
+            if not isinstance(value, (int, np.integer)) or value < low:
+                raise InputError(f"{owner}: {name} must be an integer >= {low}, got {value!r}.")
+        for name, value in (("selection_p", self.selection_p), ("cosine_p", self.cosine_p)):
+            if not 0 < value <= 1:
+                raise InputError(f"{owner}: {name} must be in (0, 1], got {value!r}.")
+        if self.diffusion_views is not None and not callable(self.diffusion_views) \
+                and not Path(self.diffusion_views).is_dir():
+            raise InputError(f"diffusion views folder '{self.diffusion_views}' does not exist.")
+        names = parse_classnames(self.classnames)
+        self.classes_ = np.array(names)
+        self._learner = PromptLearner(self.backbone, names, self.ctx_init, self.n_ctx,
+                                      self.random_state)
+        with torch.no_grad():
+            self._init_weights = self._learner.text_features(self._learner.ctx_init[None],
+                                                             self.text_batch)[0]
+        self.n_ctx_ = self._learner.n_ctx
+        return self
+
+    # ------------------------------------------------------------------ predict
+
+    def decision_function(self, X) -> np.ndarray:
+        """(N, C) logits of the original view of each image, after tuning on that image.
+
+        Raises InputError naming the first image that cannot be read.
+        """
+        parts = [logits for _, logits in self.iter_decision_function(X, on_error="raise")]
+        return np.concatenate(parts)
+
+    def iter_decision_function(self, X: str | os.PathLike | Sequence[ImageInput] | ImageSet, *,
+                               on_error: str = "raise", report: EncodeReport | None = None,
+                               progress: bool | None = None,
+                               ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Stream ``(positions, logits (B, C))`` in input order, ``batch_images`` at a time.
+
+        With ``on_error="skip"`` unreadable images are left out and listed in
+        ``report.failures``; with "raise" the first one raises InputError.
+        """
+        check_is_fitted(self)
+        if on_error not in ("raise", "skip"):
+            raise InputError(f"on_error must be 'raise' or 'skip', got '{on_error}'.")
+        image_set = read_image_source(X)
+        report = report if report is not None else EncodeReport()
+        backbone = self.backbone
+        views = AugmentedViews(backbone, self.n_views, self.augmix, self.random_state)
+        show = backbone.progress if progress is None else progress
+        with tqdm(total=len(image_set), desc="test-time prompt tuning", unit="img",
+                  disable=not show) as bar:
+            for batch in decoded_batches(image_set.items, views, batch_size=self.batch_images,
+                                         num_workers=backbone.num_workers):
+                good = []
+                for item in batch:
+                    if item.error is None:
+                        good.append(item)
+                        continue
+                    name = image_name(image_set.items[item.position], item.position)
+                    if on_error == "raise":
+                        raise InputError(f"cannot read image '{name}': {item.error}")
+                    log.warning("skipping %s: %s", name, item.error)
+                    report.failures.append(Failure(name, item.error))
+                if good:
+                    features = [self._encode_views(item.pixels, image_set.items[item.position])
+                                for item in good]
+                    report.n_encoded += len(good)
+                    positions = np.array([item.position for item in good], dtype=np.int64)
+                    yield positions, self._tune_and_predict(features).numpy()
+                bar.update(len(batch))
+
+    # ------------------------------------------------------------------ the algorithm
+
+    def _tune_and_predict(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """View features of B images, original view first -> (B, C) logits after tuning."""
+        learner, scale = self._learner, self._learner.logit_scale
+        selected = [f[self._select(scale * f @ self._init_weights.T)] for f in features]
+        ctx = learner.ctx_init.expand(len(features), -1, -1).clone()  # reset: one ctx per image
+        if self.steps == 1:
+            _, grad = self._loss_and_grad(ctx, selected)
+            ctx = adamw_first_step(ctx, grad, self.lr)
+        else:
+            ctx.requires_grad_(True)
+            optimiser = torch.optim.AdamW([ctx], lr=self.lr, betas=BETAS, eps=EPS,
+                                          weight_decay=WEIGHT_DECAY)
+            for _ in range(self.steps):
+                _, ctx.grad = self._loss_and_grad(ctx.detach(), selected)
+                optimiser.step()
+            ctx = ctx.detach()
+        with torch.no_grad():
+            weights = learner.text_features(ctx, self.text_batch)  # (B, C, D)
+        originals = torch.stack([f[0] for f in features])  # (B, D)
+        return scale * torch.einsum("bd,bcd->bc", originals, weights)
+
+    def _select(self, logits: torch.Tensor) -> torch.Tensor:
+        """Indices of the selected views, given the logits (V', C) of all views."""
+        if self.diffusion_views is None:
+            return confident_views(logits, self.selection_p)
+        return cosine_confident_views(logits, self.cosine_p, self.selection_p)
+
+    def _loss_and_grad(self, ctx: torch.Tensor, selected: list[torch.Tensor]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Σ_b L_b(ctx_b) and its gradient (B, n, W); each L_b depends on ctx_b alone."""
+        learner, scale = self._learner, self._learner.logit_scale
+        n_images, n_classes = ctx.shape[0], len(self.classes_)
+        ctx = ctx.detach().requires_grad_(True)
+
+        def loss_of(weights: torch.Tensor) -> torch.Tensor:  # weights (B, C, D)
+            return sum(marginal_entropy(scale * s @ w.T) for s, w in zip(selected, weights))
+
+        if n_images * n_classes <= self.text_batch:  # one pass with gradients
+            loss = loss_of(learner.text_features(ctx, self.text_batch))
+            return loss.detach(), torch.autograd.grad(loss, ctx)[0]
+        # Too many prompts for one pass: dL/dT first, then the text tower's vector-Jacobian
+        # product chunk by chunk, so that only one chunk's activations are held at a time.
+        with torch.no_grad():
+            weights = learner.text_features(ctx, self.text_batch)
+        weights.requires_grad_(True)
+        loss = loss_of(weights)
+        upstream = torch.autograd.grad(loss, weights)[0].reshape(n_images * n_classes, -1)
+        grad = torch.zeros_like(ctx)
+        for rows in torch.arange(n_images * n_classes).split(self.text_batch):
+            chunk = learner.encode(ctx, rows // n_classes, rows % n_classes)
+            grad += torch.autograd.grad(chunk, ctx, grad_outputs=upstream[rows])[0]
+        return loss.detach(), grad
+
+    # ------------------------------------------------------------------ views
+
+    def _encode_views(self, pixels: torch.Tensor, item: ImageInput) -> torch.Tensor:
+        """(V', D) unit features: original, augmented views, then DiffTPT's generated views."""
+        if self.diffusion_views is not None:
+            generated = self._generated_views(item)
+            if generated:
+                pixels = torch.cat([pixels, torch.stack([self.backbone.preprocess(g)
+                                                         for g in generated])])
+        size = self.backbone.batch_size
+        return torch.cat([torch.from_numpy(self.backbone.encode_pixels(pixels[i:i + size]))
+                          for i in range(0, len(pixels), size)]).to(self._learner.device)
+
+    def _generated_views(self, item: ImageInput) -> list[Image.Image]:
+        if callable(self.diffusion_views):
+            generated = list(self.diffusion_views(open_image(item)))
+            if not all(isinstance(g, Image.Image) for g in generated):
+                raise InputError("diffusion_views callable must return a list of PIL images.")
+            return [open_image(g) for g in generated]
+        if isinstance(item, Image.Image):
+            raise InputError("diffusion_views as a folder needs image files, not PIL images; "
+                             "pass a callable instead.")
+        stem = Path(item).stem
+        pattern = re.compile(rf"{re.escape(stem)}_(\d+)\.\w+$")
+        found = []
+        for path in Path(self.diffusion_views).glob(f"{glob_escape(stem)}_*"):
+            match = pattern.fullmatch(path.name)
+            if match and path.suffix.lower() in IMAGE_EXTENSIONS:
+                found.append((int(match.group(1)), path))
+        if not found:
+            log.warning("no generated views %s_<i>.* in %s for %s", stem, self.diffusion_views, item)
+        return [open_image(path) for _, path in sorted(found)]
+
+
+# ---------------------------------------------------------------------- the maths
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """(..., C) logits -> (...) entropy of their softmax, −Σ_c p_c log p_c."""
+    log_p = logits.log_softmax(dim=-1)
+    return -(log_p.exp() * log_p).sum(dim=-1)
+
+
+def confident_views(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """The ⌊p·V⌋ (at least one) views of lowest entropy among the logits (V, C)."""
+    keep = max(1, int(p * logits.shape[0]))
+    return torch.argsort(entropy(logits), stable=True)[:keep]
+
+
+def cosine_confident_views(logits: torch.Tensor, cosine_p: float, p: float) -> torch.Tensor:
+    """DiffTPT's joint selection among the logits (V, C) of the original view and the others.
+
+    Keep the ⌊cosine_p·(V−1)⌋ other views whose logits are most cosine-similar to the
+    original's, prepend the original, then the ⌊p·kept⌋ of lowest entropy among them.
+    """
+    similarity = F.cosine_similarity(logits[1:], logits[:1], dim=-1)
+    n_similar = int(cosine_p * (logits.shape[0] - 1))
+    similar = torch.argsort(similarity, descending=True, stable=True)[:n_similar] + 1
+    candidates = torch.cat([torch.zeros(1, dtype=similar.dtype), similar])
+    return candidates[confident_views(logits[candidates], p)]
+
+
+def marginal_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the mean of the softmaxes of the logits (k, C): TPT's loss."""
+    log_p = logits.log_softmax(dim=-1)
+    log_mean = torch.logsumexp(log_p, dim=0) - math.log(logits.shape[0])
+    log_mean = log_mean.clamp(min=torch.finfo(log_mean.dtype).min)
+    return -(log_mean.exp() * log_mean).sum()
+
+
+def adamw_first_step(param: torch.Tensor, grad: torch.Tensor, lr: float,
+                     betas: tuple[float, float] = BETAS, eps: float = EPS,
+                     weight_decay: float = WEIGHT_DECAY) -> torch.Tensor:
+    """The first step of a fresh AdamW, in closed form.
+
+    At step 1, m = (1−β₁)g and v = (1−β₂)g², so the bias-corrected moments are m̂ = g and
+    v̂ = g², and  p ← p·(1 − lr·wd) − lr · g / (|g| + eps)  elementwise: a sign step. The
+    moments are formed as torch.optim.AdamW forms them, so the result agrees to rounding.
+    """
+    beta1, beta2 = betas
+    m = grad * (1 - beta1)
+    v = grad * grad * (1 - beta2)
+    denominator = v.sqrt() / math.sqrt(1 - beta2) + eps
+    return param * (1 - lr * weight_decay) - (lr / (1 - beta1)) * m / denominator
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+# ---------------------------------------------------------------------- the prompt learner
+
+
+@dataclass
+class _Tower:
+    """The parts of a standard CLIP text transformer."""
+
+    token_embedding: torch.nn.Module
+    positional_embedding: torch.Tensor
+    transformer: torch.nn.Module
+    ln_final: torch.nn.Module
+    text_projection: torch.Tensor | torch.nn.Module | None
+    attn_mask: torch.Tensor
+
+
+def _text_tower(backbone: Backbone) -> _Tower:
+    """The standard CLIP text tower of an open_clip model, or InputError naming the model."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    model = backbone.model
+    tower, pool = (model, getattr(model, "text_pool_type", None))
+    if hasattr(model, "text") and not hasattr(model, "token_embedding"):
+        tower, pool = model.text, getattr(model.text, "pool_type", None)
+    parts = ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask")
+    standard = (all(getattr(tower, p, None) is not None for p in parts) and pool == "argmax"
+                and getattr(tower, "cls_emb", None) is None
+                and isinstance(backbone.tokenizer, SimpleTokenizer))
+    if not standard:
+        raise InputError(
+            f"TPT needs open_clip's standard CLIP text transformer (causal mask, end-of-text "
+            f"pooling, CLIP tokenizer); model '{backbone.model_name}' has a "
+            f"{type(getattr(model, 'text', model)).__name__} text tower, which is not supported.")
+    return _Tower(*(getattr(tower, p) for p in parts[:4]), getattr(tower, "text_projection", None),
+                  tower.attn_mask)
+
+
+class PromptLearner:
+    """Class prompts ``[SOS] ctx_1..ctx_n [name tokens] [suffix] [EOS]`` with a learnable ctx.
+
+    Only the tokens up to the longest prompt's end-of-text token are kept: under the causal
+    mask no position attends to a later one, so the features equal the full 77-token ones.
+    """
+
+    def __init__(self, backbone: Backbone, classnames: Sequence[str], ctx_init: str | None,
+                 n_ctx: int, random_state: int):
+        self.backbone = backbone
+        self.tower = _text_tower(backbone)
+        self.device = backbone.device
+        tokenizer = backbone.tokenizer
+        if ctx_init is None:
+            if not isinstance(n_ctx, (int, np.integer)) or n_ctx < 1:
+                raise InputError(f"n_ctx must be an integer >= 1, got {n_ctx!r}.")
+            template = " ".join(["X"] * n_ctx) + " {}."
+        else:
+            template = str(ctx_init).replace("_", " ").strip()
+            template = template if "{}" in template else template + " {}."
+            if template.count("{}") != 1 or not template.split("{}")[0].strip():
+                raise InputError(f"ctx_init '{ctx_init}' must be context words, or one template "
+                                 f"with words before a single '{{}}'.")
+        context = template.split("{}")[0].strip()
+        context_tokens = tokenizer([context])[0]
+        self.n_ctx = int(context_tokens.argmax()) - 1
+        tokens = tokenizer([template.replace("{}", name.replace("_", " ")) for name in classnames])
+        eot = tokens.argmax(dim=-1)
+        n_positions = tokens.shape[1]
+        if (eot >= n_positions - 1).any() or (tokens[:, 1:1 + self.n_ctx]
+                                              != context_tokens[1:1 + self.n_ctx]).any():
+            bad = int(((eot >= n_positions - 1)
+                       | (tokens[:, 1:1 + self.n_ctx] != context_tokens[1:1 + self.n_ctx]).any(1))
+                      .int().argmax())
+            raise InputError(f"the prompt for class '{classnames[bad]}' is too long for the "
+                             f"{n_positions}-token text context or does not start with the "
+                             f"context '{context}'.")
+        length = int(eot.max()) + 1
+        tokens = tokens[:, :length].to(self.device)
+        with torch.no_grad():
+            embedded = self.tower.token_embedding(tokens).float()  # (C, L, W)
+        self.prefix = embedded[:, :1]                    # [SOS]
+        self.suffix = embedded[:, 1 + self.n_ctx:]       # name, suffix, [EOS], padding
+        self.eot = eot.to(self.device)
+        self.n_classes = len(classnames)
+        if ctx_init is None:  # the reference's random init
+            generator = torch.Generator().manual_seed(int(random_state))
+            ctx = torch.randn(self.n_ctx, embedded.shape[-1], generator=generator) * 0.02
+            self.ctx_init = ctx.to(self.device)
+        else:
+            self.ctx_init = embedded[0, 1:1 + self.n_ctx].clone()  # (n, W)
+        self.length = length
+        self.logit_scale = float(backbone.model.logit_scale.exp())
+
+    def encode(self, ctx: torch.Tensor, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Contexts (B, n, W) and R (image, class) index pairs -> unit text features (R, D)."""
+        tower = self.tower
+        x = torch.cat([self.prefix[classes], ctx[images], self.suffix[classes]], dim=1)
+        with self.backbone._autocast():
+            cast = tower.transformer.get_cast_dtype()
+            x = x.to(cast) + tower.positional_embedding[:self.length].to(cast)
+            x = tower.transformer(x, attn_mask=tower.attn_mask[:self.length, :self.length])
+            x = tower.ln_final(x)
+            x = x[torch.arange(len(classes), device=x.device), self.eot[classes]]
+            projection = tower.text_projection
+            if projection is not None:
+                x = projection(x) if isinstance(projection, torch.nn.Module) else x @ projection
+        return F.normalize(x.float(), dim=-1)
+
+    def text_features(self, ctx: torch.Tensor, chunk: int) -> torch.Tensor:
+        """Contexts (B, n, W) -> class weights (B, C, D), ``chunk`` prompts per pass."""
+        rows = torch.arange(len(ctx) * self.n_classes, device=ctx.device)
+        parts = [self.encode(ctx, r // self.n_classes, r % self.n_classes) for r in rows.split(chunk)]
+        return torch.cat(parts).reshape(len(ctx), self.n_classes, -1)
+
+
+class AugmentedViews:
+    """PIL image -> (1 + n_views, 3, S, S): the preprocessed original, then its random views.
+
+    Each view is RandomResizedCrop(S) (torchvision defaults: scale (0.08, 1), bilinear) +
+    horizontal flip of the raw image (+ AugMix at severity 1, the reference's operations),
+    normalised like the original. The randomness is seeded by the image content and
+    ``random_state``, so the views do not depend on the order of the images.
+    """
+
+    def __init__(self, backbone: Backbone, n_views: int, augmix: bool, random_state: int):
+        normalise = [t for t in backbone.preprocess.transforms if isinstance(t, transforms.Normalize)]
+        if not normalise:
+            raise InputError(f"the preprocessing of {backbone!r} has no Normalize step to reuse.")
+        self.preprocess = backbone.preprocess
+        self.n_views = n_views
+        self.random_state = int(random_state)
+        steps = [transforms.RandomResizedCrop(backbone.image_size), transforms.RandomHorizontalFlip()]
+        if augmix:
+            steps.append(transforms.AugMix(severity=1, all_ops=False))
+        self.augment = transforms.Compose([*steps, transforms.ToTensor(), normalise[-1]])
+
+    def seed(self, image: Image.Image) -> int:
+        digest = hashlib.blake2b(f"{pil_key(image)}/{self.random_state}".encode(), digest_size=8)
+        return int.from_bytes(digest.digest(), "little")
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        views = [self.preprocess(image)]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed(image))
+            views.extend(self.augment(image) for _ in range(self.n_views))
+        return torch.stack(views)
