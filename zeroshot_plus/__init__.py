@@ -5,6 +5,7 @@ from .embedder import ImageEmbedder
 from .errors import InputError, ModelLoadError
 from .images import ImageSet, read_image_source
 from .methods.gda import GDAClassifier
+from .methods.tpt import TPTClassifier
 from .methods.zeroshot import ZeroShotClassifier
 from .predictor import Predictor
 from .support import AugmentedSupport, augmented_support, sample_shots
@@ -12,6 +13,6 @@ from .support import AugmentedSupport, augmented_support, sample_shots
 __all__ = [
     "Backbone", "EncodeReport", "GDAClassifier", "ImageEmbedder", "ImageSet", "InputError",
     "ModelLoadError", "Predictor", "ZeroShotClassifier", "AugmentedSupport", "augmented_support",
-    "read_image_source", "sample_shots",
+    "read_image_source", "sample_shots", "TPTClassifier",
 ]
 __version__ = "0.1.0"
