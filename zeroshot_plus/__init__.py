@@ -4,6 +4,7 @@ from .backbone import Backbone, EncodeReport
 from .embedder import ImageEmbedder
 from .errors import InputError, ModelLoadError
 from .images import ImageSet, read_image_source
+from .methods.descriptions import DescriptionClassifier
 from .methods.gda import GDAClassifier
 from .methods.tpt import TPTClassifier
 from .methods.zeroshot import ZeroShotClassifier
@@ -13,6 +14,6 @@ from .support import AugmentedSupport, augmented_support, sample_shots
 __all__ = [
     "Backbone", "EncodeReport", "GDAClassifier", "ImageEmbedder", "ImageSet", "InputError",
     "ModelLoadError", "Predictor", "ZeroShotClassifier", "AugmentedSupport", "augmented_support",
-    "read_image_source", "sample_shots", "TPTClassifier",
+    "read_image_source", "sample_shots", "TPTClassifier", "DescriptionClassifier",
 ]
 __version__ = "0.1.0"

@@ -123,13 +123,22 @@ class DescriptionClassifier(Predictor):
         self.n_features_in_ = self.descriptor_embeddings_.shape[1]
         self.report_ = match.report()
         if X is not None:
-            self._validate_embeddings(X, reset=False)
+            self._embeddings(X)
         return self
+
+    def _embeddings(self, X) -> np.ndarray:
+        """Unit-norm float32 (N, D); scikit-learn's shape errors become one InputError."""
+        try:
+            return self._validate_embeddings(X, reset=False)
+        except InputError:
+            raise
+        except ValueError as exc:
+            raise InputError(f"{type(self).__name__}: {str(exc).splitlines()[0]}") from None
 
     def decision_function(self, X) -> np.ndarray:
         """(N, C) logits: logit_scale * S_k(x), the mean similarity to class k's descriptors."""
         check_is_fitted(self)
-        X = self._validate_embeddings(X, reset=False)
+        X = self._embeddings(X)
         return self.logit_scale * (X @ self.class_means_.T)
 
     def explain(self, X, top: int = 3) -> list[Explanation]:
@@ -141,7 +150,7 @@ class DescriptionClassifier(Predictor):
         if not isinstance(top, (int, np.integer)) or top < 1:
             raise InputError(f"top must be an integer >= 1, got {top!r}.")
         predicted = np.argmax(self.decision_function(X), axis=1)
-        X = self._validate_embeddings(X, reset=False)
+        X = self._embeddings(X)
         width = int(min(top, self.counts_.max()))
         slots = np.arange(int(self.counts_.max()))
         rows = self.offsets_[predicted][:, None] + slots                  # (N, L) prompt rows

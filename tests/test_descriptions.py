@@ -1,0 +1,275 @@
+"""Classification by description: prompt rules, file matching, scores, explanations."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from zeroshot_plus import GDAClassifier, InputError, Predictor, ZeroShotClassifier
+from zeroshot_plus.descriptors import descriptor_prompts, match_descriptors
+from zeroshot_plus.methods.descriptions import DescriptionClassifier
+
+DESCRIPTORS = {
+    "tench": ["a freshwater fish", "olive green or brown in color", "has a long body"],
+    "goldfish": ["orange scales", "a small fish", "often kept in a bowl", "fins"],
+    "great_white_shark": ["typically grey on top", "sharp teeth"],
+}
+
+
+def _embeddings(n: int, d: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(size=(n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------- prompt rules
+
+MENON_CASES = [
+    # (descriptor, prompt) as the reference's make_descriptor_sentence builds them
+    ("a freshwater fish", "tench, which is a freshwater fish"),
+    ("an oval body", "tench, which is an oval body"),
+    ("antlers", "tench, which is antlers"),                       # quirk: any word with 'a'
+    ("arched back", "tench, which is arched back"),               # quirk
+    ("has a long body", "tench, which has a long body"),
+    ("hasty swimmer", "tench, which hasty swimmer"),              # quirk: prefix, not word
+    ("often found in ponds", "tench, which often found in ponds"),
+    ("typically greenish", "tench, which typically greenish"),
+    ("may have barbels", "tench, which may have barbels"),
+    ("can be large", "tench, which can be large"),
+    ("canopy of weeds", "tench, which canopy of weeds"),          # quirk: 'can' prefix
+    ("used as bait", "tench, which is used as bait"),
+    ("olive green or brown in color", "tench, which has olive green or brown in color"),
+    ("An oval body", "tench, which has An oval body"),            # case-sensitive
+    ("", "tench, which has "),                                    # empty descriptor
+]
+
+
+@pytest.mark.parametrize("descriptor, prompt", MENON_CASES)
+def test_menon_rule_reproduces_reference_strings(descriptor, prompt):
+    assert descriptor_prompts("tench", [descriptor], "menon") == [prompt]
+
+
+@pytest.mark.parametrize("descriptor, prompt", [
+    ("antlers", "tench, which has antlers"),
+    ("arched back", "tench, which has arched back"),
+    ("canopy of weeds", "tench, which has canopy of weeds"),
+    ("hasty swimmer", "tench, which has hasty swimmer"),
+    ("An oval body", "tench, which is An oval body"),
+    ("a freshwater fish", "tench, which is a freshwater fish"),
+    ("can be large", "tench, which can be large"),
+    ("used as bait", "tench, which is used as bait"),
+])
+def test_corrected_rule_matches_whole_first_word(descriptor, prompt):
+    assert descriptor_prompts("tench", [descriptor], "corrected") == [prompt]
+
+
+def test_other_styles_class_wording_and_suffix():
+    assert descriptor_prompts("great_white_shark", ["sharp teeth"], "menon", ".") == [
+        "great white shark, which has sharp teeth."]
+    assert descriptor_prompts("great_white_shark", ["sharp teeth", "a fin"], "plain") == [
+        "great white shark, sharp teeth", "great white shark, a fin"]
+    assert descriptor_prompts("tench", ["A tench is a fish."], "sentences") == ["A tench is a fish."]
+    with pytest.raises(InputError, match="prompt style 'fancy'"):
+        descriptor_prompts("tench", ["x"], "fancy")
+
+
+# ---------------------------------------------------------------------- matching
+
+
+def test_matching_reports_and_tolerates_spelling_variants():
+    match = match_descriptors({**DESCRIPTORS, "eel": []},
+                              ["Great White Shark", "tench", "eel"])
+    assert match.descriptors[0] == DESCRIPTORS["great_white_shark"]
+    report = match.report()
+    assert report["renamed"] == {"Great White Shark": "great_white_shark"}
+    assert report["unused"] == ["goldfish"]
+    assert report["without_descriptors"] == ["eel"]
+    assert report["n_with_descriptors"] == 2
+    assert report["descriptors_per_class"] == {"min": 0, "mean": 5 / 3, "max": 3}
+
+
+def test_missing_class_error_names_it_and_suggests_the_close_key():
+    with pytest.raises(InputError) as info:
+        match_descriptors(DESCRIPTORS, ["tench", "goldfsh", "zebra"])
+    message = str(info.value)
+    assert "2 of the 3 classes" in message
+    assert "'goldfsh' (did you mean 'goldfish'?)" in message
+    assert "'zebra'" in message and "zebra' (did" not in message
+    assert "\n" not in message
+    match = match_descriptors(DESCRIPTORS, ["tench", "zebra"], allow_missing=True)
+    assert match.descriptors[1] == [] and match.report()["missing"] == ["zebra"]
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("{not json", "not valid JSON"),
+    ('["tench"]', "must be a JSON object"),
+    ('{"tench": "a fish"}', "class 'tench' maps to"),
+    ('{"tench": ["a fish", 3]}', "class 'tench' maps to"),
+    ("{}", "names no classes"),
+])
+def test_bad_descriptor_files(tmp_path, content, fragment):
+    path = tmp_path / "d.json"
+    path.write_text(content)
+    with pytest.raises(InputError, match=fragment):
+        match_descriptors(path)
+    with pytest.raises(InputError, match="does not exist"):
+        match_descriptors(tmp_path / "absent.json")
+
+
+def test_released_descriptor_files_load(shared_data):
+    folder = shared_data / "descriptors"
+    # counts from the METHODS.md §2.3 table (classes, min / max descriptors per class)
+    expected = {"imagenet": (1000, 2, 11), "cub": (200, 4, 9), "food101": (101, 0, 12),
+                "places365": (365, 0, 13), "eurosat": (10, 1, 4)}
+    for name, (n, low, high) in expected.items():
+        report = match_descriptors(folder / f"descriptors_{name}.json").report()
+        assert report["n_classes"] == n
+        assert (report["descriptors_per_class"]["min"], report["descriptors_per_class"]["max"]) == (low, high)
+    imagenet = match_descriptors(folder / "descriptors_imagenet.json")
+    assert imagenet.classnames[:3] == ["tench", "goldfish", "great white shark"]
+    food = match_descriptors(folder / "descriptors_food101.json").report()
+    assert 0 < len(food["without_descriptors"]) < 101
+    # a user's class list with a typo fails with a suggestion
+    with pytest.raises(InputError, match="'goldfsh' \\(did you mean 'goldfish'\\?\\)"):
+        match_descriptors(folder / "descriptors_imagenet.json", ["tench", "goldfsh"])
+
+
+def test_released_cupl_sentences_as_whole_prompts(shared_data, backbone):
+    path = shared_data / "cupl" / "cifar10_prompts_full.json"
+    raw = json.loads(path.read_text())
+    clf = DescriptionClassifier(backbone, ["cat", "dog"], str(path), prompt_style="sentences").fit()
+    assert clf.counts_.tolist() == [len(raw["cat"]), len(raw["dog"])]
+    assert clf.prompts_[0] == raw["cat"][0].strip()
+    # CuPL's class weight: normalised mean of normalised sentence embeddings (§2.4)
+    cat = backbone.encode_texts(raw["cat"]).mean(axis=0)
+    np.testing.assert_allclose(clf.text_head_[0], cat / np.linalg.norm(cat), atol=1e-5)
+
+
+# ---------------------------------------------------------------------- scores
+
+
+@pytest.fixture
+def fitted(backbone) -> DescriptionClassifier:
+    return DescriptionClassifier(backbone, descriptors=DESCRIPTORS).fit()
+
+
+def test_segment_mean_equals_a_per_class_loop(fitted, backbone):
+    X = _embeddings(7, fitted.n_features_in_)
+    expected = np.empty((7, 3))
+    for k, (name, items) in enumerate(DESCRIPTORS.items()):   # the reference's loop
+        prompts = [descriptor_prompts(name, [d])[0] for d in items]
+        expected[:, k] = (X @ backbone.encode_texts(prompts).T).mean(axis=1)
+    np.testing.assert_allclose(fitted.decision_function(X), 100 * expected, atol=1e-4)
+    assert list(fitted.classes_) == list(DESCRIPTORS)
+    assert list(fitted.predict(X)) == [list(DESCRIPTORS)[k] for k in expected.argmax(axis=1)]
+
+
+def test_one_pass_encoding_in_class_order(backbone, monkeypatch):
+    calls = []
+    original = type(backbone).encode_texts
+
+    def spy(self, texts, **kwargs):
+        calls.append(list(texts))
+        return original(self, texts, **kwargs)
+
+    monkeypatch.setattr(type(backbone), "encode_texts", spy)
+    clf = DescriptionClassifier(backbone, descriptors=DESCRIPTORS).fit()
+    assert len(calls) == 1 and len(calls[0]) == 9
+    assert clf.offsets_.tolist() == [0, 3, 7] and clf.counts_.tolist() == [3, 4, 2]
+
+
+def test_equal_single_descriptor_is_the_zero_shot_classifier(backbone):
+    names = ["tench", "goldfish", "eel", "ray"]
+    desc = DescriptionClassifier(backbone, names, {n: ["black fur"] for n in names}).fit()
+    zero = ZeroShotClassifier(backbone, names, templates=["{}, which has black fur"]).fit()
+    X = _embeddings(20, desc.n_features_in_, seed=1)
+    np.testing.assert_allclose(desc.decision_function(X), zero.decision_function(X), atol=1e-4)
+    assert (desc.predict(X) == zero.predict(X)).all()
+
+
+def test_equal_descriptor_lists_are_zero_shot_up_to_the_mean_norm(backbone):
+    names = ["tench", "goldfish", "eel"]
+    items = ["a fish", "fins", "scales"]
+    desc = DescriptionClassifier(backbone, names, {n: items for n in names}).fit()
+    templates = ["{}, which is a fish", "{}, which has fins", "{}, which has scales"]
+    zero = ZeroShotClassifier(backbone, names, templates=templates).fit()
+    np.testing.assert_allclose(desc.text_head_, zero.weights_, atol=1e-5)
+    norms = np.array([np.linalg.norm(backbone.encode_texts([t.format(n) for t in templates])
+                                     .mean(axis=0)) for n in names])
+    X = _embeddings(10, desc.n_features_in_, seed=2)
+    np.testing.assert_allclose(desc.decision_function(X), zero.decision_function(X) * norms,
+                               atol=1e-4)
+
+
+def test_class_without_descriptors_falls_back_to_its_name(backbone):
+    clf = DescriptionClassifier(backbone, ["tench", "ray"], {"tench": ["fins"], "ray": []},
+                                suffix=".").fit()
+    assert clf.prompts_.tolist() == ["tench, which has fins.", "ray."]
+    X = _embeddings(4, clf.n_features_in_, seed=3)
+    name = backbone.encode_texts(["ray."])[0]
+    np.testing.assert_allclose(clf.decision_function(X)[:, 1], 100 * X @ name, atol=1e-4)
+    missing = DescriptionClassifier(backbone, ["tench", "ray"], {"tench": ["fins"]},
+                                    suffix=".", allow_missing=True).fit()
+    np.testing.assert_allclose(missing.decision_function(X), clf.decision_function(X), atol=1e-6)
+    assert missing.report_["missing"] == ["ray"]
+    with pytest.raises(InputError, match="'ray'"):
+        DescriptionClassifier(backbone, ["tench", "ray"], {"tench": ["fins"]}).fit()
+
+
+def test_probabilities_and_scale(fitted):
+    X = _embeddings(5, fitted.n_features_in_, seed=4)
+    raw = DescriptionClassifier(fitted.backbone, descriptors=DESCRIPTORS, logit_scale=1.0).fit()
+    np.testing.assert_allclose(fitted.decision_function(X), 100 * raw.decision_function(X), atol=1e-4)
+    proba = raw.predict_proba(X)
+    logits = raw.decision_function(X)
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(proba, expected, atol=1e-6)
+
+
+def test_explain_lists_the_predicted_class_descriptors_by_similarity(fitted, backbone):
+    X = _embeddings(12, fitted.n_features_in_, seed=5)
+    explanations = fitted.explain(X, top=2)
+    predicted = fitted.predict(X)
+    for x, label, explanation in zip(X, predicted, explanations):
+        items = DESCRIPTORS[label]
+        sims = backbone.encode_texts(descriptor_prompts(label, items)) @ x
+        order = np.argsort(-sims)[:2]
+        assert explanation.label == label
+        assert explanation.descriptors == [items[j] for j in order]
+        np.testing.assert_allclose(explanation.similarities, sims[order], atol=1e-5)
+    # top beyond a class's descriptor count gives all of them
+    assert all(len(e.descriptors) == len(DESCRIPTORS[e.label])
+               for e in fitted.explain(X, top=50))
+    with pytest.raises(InputError, match="top"):
+        fitted.explain(X, top=0)
+
+
+def test_text_head_serves_as_gda_prior(fitted):
+    X = _embeddings(30, fitted.n_features_in_, seed=6)
+    y = np.array(list(DESCRIPTORS))[np.arange(30) % 3]
+    gda = GDAClassifier(text_weights=fitted.text_head_, classnames=list(fitted.classes_),
+                        alpha=0.0).fit(X, y)
+    logits = 100 * X @ fitted.text_head_.T
+    assert (gda.predict(X) == fitted.classes_[logits.argmax(axis=1)]).all()
+
+
+def test_save_and_load_round_trip(fitted, backbone, tmp_path):
+    X = _embeddings(6, fitted.n_features_in_, seed=7)
+    fitted.save(tmp_path / "desc.npz")
+    loaded = Predictor.load(tmp_path / "desc.npz", backbone)
+    assert isinstance(loaded, DescriptionClassifier)
+    np.testing.assert_array_equal(loaded.decision_function(X), fitted.decision_function(X))
+    assert loaded.explain(X) == fitted.explain(X)
+    assert loaded.report_ == fitted.report_
+
+
+def test_bad_parameters_and_inputs(backbone, fitted):
+    with pytest.raises(InputError, match="backbone and descriptors"):
+        DescriptionClassifier(backbone).fit()
+    with pytest.raises(InputError, match="prompt style 'menon2'"):
+        DescriptionClassifier(backbone, descriptors=DESCRIPTORS, prompt_style="menon2").fit()
+    with pytest.raises(InputError, match="features"):
+        fitted.decision_function(np.ones((2, fitted.n_features_in_ + 1), np.float32))
+    with pytest.raises(InputError, match="all zeros"):
+        fitted.explain(np.zeros((1, fitted.n_features_in_), np.float32))
