@@ -1,0 +1,534 @@
+"""Schur-complement tools of "Dissecting CLIP": the SCE diversity score and prompt removal.
+
+n paired samples (prompt t_i, image x_i), mapped by one feature map φ into R^p
+(rows Φ_T, Φ_I of shape (n, p)):
+
+    1. C_TT = Φ_TᵀΦ_T/n,  C_TI = Φ_TᵀΦ_I/n,  C_II = Φ_IᵀΦ_I/n      uncentred joint covariance
+    2. C_{I←T} = C_TIᵀ (C_TT + λI)⁺ C_TI                             the part the text explains
+    3. C_{I|T} = C_II − C_{I←T}                                      Schur complement: the rest
+    4. SCE = exp(τ·H_α(λ/τ)), λ = eig C_{I|T}, τ = tr C_{I|T}        Schur complement entropy
+    5. Γ* = (C_TT + λI)⁺ C_TI,  φ̃(x) = φ(x) − Γ*ᵀφ(t_c)               remove prompt t_c from x
+
+Feature maps: ``kernel="cosine"`` is φ(u) = u/‖u‖ (p = D); ``kernel="gaussian"`` is the random
+Fourier map φ(u) = m^{-1/2}[cos(Ωᵀu); sin(Ωᵀu)] with Ω ~ N(0, σ⁻²)^{D×m} (p = 2m), whose inner
+products approximate exp(−‖u−u'‖²/(2σ²)); with ``n_features=None`` the exact Gaussian kernel
+is used (dual form). Both maps have ‖φ‖ = 1, so tr C_TT = tr C_II = 1 and the ridge λ is an
+absolute number on that scale.
+
+The score is computed exactly in whichever form is smaller: the primal (p × p covariances)
+or the dual (n × n Gram matrices K = ΦΦᵀ: with K_TT + nλI = U diag(k + nλ) Uᵀ and the
+weights w = k/(k + nλ), the non-zero eigenvalues of C_{I←T} and C_{I|T} are those of
+(1/n) diag(√w) UᵀK_IIU diag(√w) and (1/n) diag(√(1−w)) UᵀK_IIU diag(√(1−w))).
+
+Fixes of the reference code (aziksh-ospanov/CLIP-DISSECTION):
+- its cosine kernel correlates feature columns (dimensions) across samples; here the kernel
+  is the linear kernel on normalised rows, as the paper describes;
+- its Gaussian edit draws fresh random frequencies for the edited vectors; here Ω is drawn
+  once from ``random_state`` and stored, so fit and transform share it;
+- its covariances sum batched outer products (a B × p × p tensor, 6.4 GB at B = 64 and
+  p = 5000); here each covariance is one BLAS product ΦᵀΦ in float64;
+- its ε = 1e-12 is meaningless next to float32 features; here the ridge is explicit,
+  relative to tr C_TT, and everything is float64.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy.linalg import LinAlgError, blas, cholesky, eigh, lapack, solve_triangular
+from scipy.sparse.linalg import eigsh
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from ..errors import InputError
+
+KERNELS = ("cosine", "gaussian")
+ENTROPIES = ("reference", "normalized")
+FORMS = ("auto", "primal", "dual")
+_DEGENERATE_DOF = 0.9  # warn when the text features span this share of the n sample directions
+_SIGMA_RANGE = 5.0  # warn when sigma is this many times above or below the median distance
+
+
+# ---------------------------------------------------------------------- feature maps
+
+
+def draw_frequencies(dim: int, n_features: int, sigma: float, random_state: int | None = 0
+                     ) -> np.ndarray:
+    """Ω (dim, n_features/2) with N(0, σ⁻²) entries: the frequencies of the random Fourier map."""
+    if n_features < 2 or n_features % 2:
+        raise InputError(f"n_features must be an even number >= 2 (cos and sin halves), "
+                         f"got {n_features}.")
+    if not sigma > 0:
+        raise InputError(f"sigma must be positive, got {sigma}.")
+    rng = np.random.default_rng(random_state)
+    return rng.standard_normal((dim, n_features // 2)) / sigma
+
+
+def random_fourier_features(X: np.ndarray, omega: np.ndarray) -> np.ndarray:
+    """φ(X) = m^{-1/2} [cos(XΩ), sin(XΩ)]: X (n, D), Ω (D, m) -> (n, 2m) float64, unit rows.
+
+    φ(x)ᵀφ(y) = (1/m) Σ_j cos(ω_jᵀ(x − y)) → exp(−‖x − y‖²/(2σ²)) as m grows.
+    """
+    projection = np.asarray(X, dtype=np.float64) @ omega
+    m = omega.shape[1]
+    features = np.empty((len(projection), 2 * m))
+    np.cos(projection, out=features[:, :m])
+    np.sin(projection, out=features[:, m:])
+    features /= np.sqrt(m)
+    return features
+
+
+def _unit_rows(X: np.ndarray) -> np.ndarray:
+    return X / np.linalg.norm(X, axis=1, keepdims=True)
+
+
+def _gaussian_gram(A: np.ndarray, sigma: float) -> np.ndarray:
+    """Exact exp(−‖a_i − a_j‖²/(2σ²)) for the rows of A (n, D) -> (n, n) float64."""
+    squared = np.einsum("ij,ij->i", A, A)
+    distances = np.maximum(squared[:, None] + squared[None, :] - 2.0 * A @ A.T, 0.0)
+    return np.exp(-distances / (2.0 * sigma ** 2))
+
+
+def _second_moment(A: np.ndarray, scale: float) -> np.ndarray:
+    """scale · AᵀA (p, p) float64, symmetric, by one BLAS dsyrk (half the flops of a GEMM)."""
+    upper = blas.dsyrk(scale, A.T, trans=0, lower=0)  # A.T is the Fortran view of C-order A
+    return np.triu(upper) + np.triu(upper, 1).T
+
+
+# ---------------------------------------------------------------------- (C + λI)⁺
+
+
+class _RegularisedInverse:
+    """(C + λI)⁺ = FᵀF for a symmetric PSD C (p, p).
+
+    λ > 0: Cholesky C + λI = LLᵀ, F = L⁻¹. λ = 0 (or a failed Cholesky): the eigen-
+    decomposition, F = diag((c + λ)^{-1/2}) Vᵀ over the eigenvalues above max(p)·eps·c_max
+    (the pseudo-inverse cut-off of numpy.linalg.pinv).
+    """
+
+    def __init__(self, C: np.ndarray, lam: float):
+        self.lower, self.lam = None, lam
+        if lam > 0:
+            try:
+                self.lower = cholesky(C + lam * np.eye(len(C)), lower=True)
+                return
+            except LinAlgError:
+                pass
+        values, vectors = eigh(C)
+        shifted = values + lam
+        keep = shifted > len(C) * np.finfo(np.float64).eps * max(shifted.max(), 0.0)
+        self.scale = 1.0 / np.sqrt(shifted[keep])
+        self.vectors = vectors[:, keep]
+
+    def root(self, B: np.ndarray) -> np.ndarray:
+        """F B."""
+        if self.lower is not None:
+            return solve_triangular(self.lower, B, lower=True)
+        return self.scale[:, None] * (self.vectors.T @ B)
+
+    def solve(self, B: np.ndarray) -> np.ndarray:
+        """(C + λI)⁺ B = Fᵀ(F B)."""
+        if self.lower is not None:
+            return solve_triangular(self.lower, self.root(B), lower=True, trans="T")
+        return self.vectors @ (self.scale[:, None] * self.root(B))
+
+    def dof(self) -> float:
+        """tr(C (C + λI)⁺) = Σ c/(c + λ): the number of directions C spans, weighted.
+
+        Cholesky: p − λ·tr((C + λI)⁻¹) = p − λ‖L⁻¹‖²_F.
+        """
+        if self.lower is not None:
+            inverse, _ = lapack.dtrtri(self.lower, lower=1)
+            return float(len(self.lower) - self.lam * np.einsum("ij,ij->", inverse, inverse))
+        return float(np.sum(1.0 - self.lam * self.scale ** 2))
+
+
+# ---------------------------------------------------------------------- the score
+
+
+@dataclass(frozen=True)
+class SCEResult:
+    """What ``sce_score`` returns.
+
+    score : SCE of the images given the texts, exp(τ·H_α(λ/τ)) over λ = eig C_{I|T}
+        (the image generator's own diversity); ``entropy="normalized"`` drops the τ.
+    text_score : the same entropy of C_{I←T}, the diversity the prompts explain.
+    spectrum, text_spectrum : eigenvalues of C_{I|T} and C_{I←T}, descending, ≥ 0.
+    image_trace, residual_trace, explained_trace : tr C_II = tr C_{I|T} + tr C_{I←T}
+        (tr C_II = 1 for both feature maps: their rows have unit norm).
+    text_dof : tr(C_TT (C_TT + λI)⁺), the number of sample directions the text features span;
+        the score degenerates toward 1 as it approaches n_samples.
+    mode_scores : (n_samples, n_modes) projection of each image on the top eigenvectors of
+        C_{I|T} (signs chosen so that each column sums to ≥ 0): the modes the text misses.
+    form : "primal" (p × p covariances) or "dual" (n × n Gram matrices).
+    n_features : p, the dimension of the feature map (n_samples for the exact kernel).
+    ridge : the absolute λ used (ridge × tr C_TT).
+    """
+
+    score: float
+    text_score: float
+    spectrum: np.ndarray
+    text_spectrum: np.ndarray
+    image_trace: float
+    residual_trace: float
+    explained_trace: float
+    text_dof: float
+    mode_scores: np.ndarray
+    form: str
+    kernel: str
+    n_samples: int
+    n_features: int
+    sigma: float | None
+    ridge: float
+    order: float
+    entropy: str
+    random_state: int | None
+
+    def modes(self, top: int = 50) -> np.ndarray:
+        """(n_modes, top) image indices, each mode's most typical images first."""
+        return np.argsort(-self.mode_scores, axis=0, kind="stable").T[:, :top]
+
+
+def spectrum_entropy(eigenvalues: np.ndarray, order: float = 1.0, entropy: str = "reference"
+                     ) -> float:
+    """exp(τ·H_α(λ/τ)) ("reference") or exp(H_α(λ/τ)) ("normalized") with τ = Σλ.
+
+    H_α is the Rényi entropy of order α (α = 1: Shannon; α = inf: −log max p). The reference
+    formula exp(−Σ λ_i log(λ_i/τ)) equals the "reference" value at α = 1.
+    """
+    if entropy not in ENTROPIES:
+        raise InputError(f"entropy must be one of {', '.join(ENTROPIES)}, got '{entropy}'.")
+    if not order >= 0:
+        raise InputError(f"order must be a number >= 0, got {order}.")
+    values = np.maximum(np.asarray(eigenvalues, dtype=np.float64), 0.0)
+    total = values.sum()
+    if total <= 0:
+        return 1.0
+    p = values[values > 0] / total
+    if order == 1:
+        h = -np.sum(p * np.log(p))
+    elif np.isinf(order):
+        h = -np.log(p.max())
+    else:
+        h = np.log(np.sum(p ** order)) / (1.0 - order)
+    return float(np.exp(total * h if entropy == "reference" else h))
+
+
+def sce_score(image_embeddings, text_embeddings, kernel: str = "gaussian", sigma: float = 0.5,
+              order: float = 1.0, n_features: int | None = 5000, ridge: float = 1e-6,
+              random_state: int | None = 0, *, entropy: str = "reference",
+              normalize: bool = True, center: bool = False, form: str = "auto",
+              n_modes: int = 5) -> SCEResult:
+    """Schur complement entropy of images (n, D) given their prompts' embeddings (n, D).
+
+    kernel : "gaussian" (default; random Fourier features, or the exact kernel when
+        ``n_features`` is None) or "cosine" (the linear kernel on unit rows).
+    sigma : Gaussian bandwidth. The default 0.5 suits unit-norm CLIP embeddings (distances
+        ≤ 2); the reference's 3.5 belongs to raw ViT-B/32 features (``normalize=False``).
+    order, entropy : the Rényi order α and the weighting of ``spectrum_entropy``.
+    n_features : p = 2m, the dimension of the random Fourier map (the reference's 5000).
+    ridge : λ / tr C_TT, added to C_TT before inverting. The default is a numerical floor;
+        raise it (1e-3 … 1e-1) to keep the score informative when every prompt is distinct.
+    random_state : seed of the random frequencies Ω (the score varies with the draw).
+    normalize : L2-normalise the embeddings before the Gaussian map (always, for cosine).
+    center : centred covariances. The default (uncentred, as in the paper) always lets the
+        text explain the mean direction, so C_{I←T} ≠ 0 even for independent images.
+    form : "auto" (the smaller of primal p × p and dual n × n), "primal" or "dual".
+    n_modes : how many top eigenvectors of C_{I|T} to project the images on (``mode_scores``).
+
+    Warns (UserWarning) when the text features span almost all n sample directions (the
+    score then degenerates toward 1) and when sigma is far from the embeddings' distances.
+    """
+    images, texts = _check_pairs(image_embeddings, text_embeddings)
+    n = len(images)
+    if kernel not in KERNELS:
+        raise InputError(f"kernel must be one of {', '.join(KERNELS)}, got '{kernel}'.")
+    if form not in FORMS:
+        raise InputError(f"form must be one of {', '.join(FORMS)}, got '{form}'.")
+    if not ridge >= 0:
+        raise InputError(f"ridge must be a number >= 0, got {ridge}.")
+    spectrum_entropy(np.ones(1), order, entropy)  # validates order and entropy up front
+    exact = kernel == "gaussian" and n_features is None
+    if kernel == "cosine" or normalize:
+        images, texts = _unit_rows(images), _unit_rows(texts)
+    if kernel == "gaussian":
+        _check_sigma(images, sigma)
+    if exact:
+        if form == "primal":
+            raise InputError("the exact Gaussian kernel (n_features=None) has only the dual "
+                             "form; give n_features for random Fourier features.")
+        phi_t = phi_i = None
+        p = n
+    else:
+        if kernel == "gaussian":
+            omega = draw_frequencies(images.shape[1], n_features, sigma, random_state)
+            phi_t, phi_i = random_fourier_features(texts, omega), random_fourier_features(images, omega)
+        else:
+            phi_t, phi_i = texts, images
+        if center:
+            phi_t, phi_i = phi_t - phi_t.mean(axis=0), phi_i - phi_i.mean(axis=0)
+        p = phi_t.shape[1]
+    chosen = form if form != "auto" else ("dual" if exact or n <= p else "primal")
+    if chosen == "primal":
+        parts = _primal(phi_t, phi_i, ridge, n_modes)
+    else:
+        if exact:
+            k_tt, k_ii = _gaussian_gram(texts, sigma), _gaussian_gram(images, sigma)
+            if center:
+                k_tt, k_ii = _double_centre(k_tt), _double_centre(k_ii)
+        else:
+            k_tt, k_ii = phi_t @ phi_t.T, phi_i @ phi_i.T
+        parts = _dual(k_tt, k_ii, ridge, n_modes)
+    residual, explained, image_trace, lam, dof, mode_scores = parts
+    if dof >= _DEGENERATE_DOF * n:
+        warnings.warn(
+            f"the text features span {dof:.0f} of the {n} sample directions, so the prompts "
+            f"explain almost all of the image covariance and the SCE degenerates toward 1; "
+            f"use prompts that repeat (several images per prompt), fewer random features "
+            f"(n_features), a larger sigma, or a larger ridge.", UserWarning, stacklevel=2)
+    return SCEResult(
+        score=spectrum_entropy(residual, order, entropy),
+        text_score=spectrum_entropy(explained, order, entropy),
+        spectrum=np.maximum(residual, 0.0), text_spectrum=np.maximum(explained, 0.0),
+        image_trace=image_trace, residual_trace=float(residual.sum()),
+        explained_trace=float(explained.sum()), text_dof=dof, mode_scores=mode_scores,
+        form=chosen, kernel=kernel, n_samples=n, n_features=p,
+        sigma=sigma if kernel == "gaussian" else None, ridge=lam, order=order, entropy=entropy,
+        random_state=random_state if kernel == "gaussian" and not exact else None)
+
+
+def _primal(phi_t: np.ndarray, phi_i: np.ndarray, ridge: float, n_modes: int):
+    """Eigenvalues of C_{I|T} and C_{I←T} from the p × p covariances; modes from C_{I|T}."""
+    n = len(phi_t)
+    c_tt, c_ii = _second_moment(phi_t, 1.0 / n), _second_moment(phi_i, 1.0 / n)
+    c_ti = phi_t.T @ phi_i / n
+    lam = ridge * np.trace(c_tt)
+    inverse = _RegularisedInverse(c_tt, lam)
+    root = inverse.root(c_ti)  # C_{I←T} = (F C_TI)ᵀ(F C_TI)
+    explained = root.T @ root
+    residual = c_ii - explained
+    vectors = _top_eigenvectors(residual, n_modes)
+    return (_descending(eigh(residual, eigvals_only=True)),
+            _descending(eigh(explained, eigvals_only=True)), float(np.trace(c_ii)), lam,
+            inverse.dof(), _orient(phi_i @ vectors))
+
+
+def _dual(k_tt: np.ndarray, k_ii: np.ndarray, ridge: float, n_modes: int):
+    """The same eigenvalues from the n × n Gram matrices (see the module docstring)."""
+    n = len(k_tt)
+    lam = ridge * np.trace(k_tt) / n  # tr C_TT = tr K_TT / n
+    k, u = eigh(k_tt)
+    if lam > 0:
+        w = np.maximum(k, 0.0) / (np.maximum(k, 0.0) + n * lam)
+    else:
+        w = (k > n * np.finfo(np.float64).eps * max(k.max(), 0.0)).astype(np.float64)
+    rotated = u.T @ k_ii @ u
+    keep, drop = np.sqrt(w), np.sqrt(1.0 - w)
+    explained = keep[:, None] * rotated * keep[None, :] / n
+    residual = drop[:, None] * rotated * drop[None, :] / n
+    values, vectors = _top_eigenpairs(residual, n_modes)
+    # primal eigenvector u = Φ_Iᵀ U diag(√(1−w)) v / √(nμ), so Φ_I u = K_II U diag(√(1−w)) v / √(nμ)
+    scores = k_ii @ (u @ (drop[:, None] * vectors)) / np.sqrt(n * np.maximum(values, 1e-300))
+    return (_descending(eigh(residual, eigvals_only=True)),
+            _descending(eigh(explained, eigvals_only=True)), float(np.trace(k_ii)) / n, lam,
+            float(w.sum()), _orient(scores))
+
+
+def _top_eigenpairs(M: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest eigenpairs of a symmetric M, largest first (Lanczos when k ≪ dim)."""
+    k = min(k, len(M))
+    if k == 0:
+        return np.empty(0), np.empty((len(M), 0))
+    if k < len(M) // 10:
+        values, vectors = eigsh(M, k=k, which="LA", v0=np.ones(len(M)))
+    else:
+        values, vectors = eigh(M, subset_by_index=[len(M) - k, len(M) - 1])
+    order = np.argsort(-values)
+    return values[order], vectors[:, order]
+
+
+def _top_eigenvectors(M: np.ndarray, k: int) -> np.ndarray:
+    return _top_eigenpairs(M, k)[1]
+
+
+def _orient(scores: np.ndarray) -> np.ndarray:
+    """Flip each column's sign so that it sums to ≥ 0 (eigenvectors have no sign)."""
+    return scores * np.where(scores.sum(axis=0) < 0, -1.0, 1.0)
+
+
+def _descending(values: np.ndarray) -> np.ndarray:
+    return values[::-1].copy()
+
+
+def _double_centre(K: np.ndarray) -> np.ndarray:
+    """HKH with H = I − 11ᵀ/n: the Gram matrix of centred features."""
+    return K - K.mean(axis=0) - K.mean(axis=1)[:, None] + K.mean()
+
+
+def _check_sigma(images: np.ndarray, sigma: float) -> None:
+    """Warn when σ is far from the median distance between (up to 1000) images."""
+    if not sigma > 0:
+        raise InputError(f"sigma must be positive, got {sigma}.")
+    sample = images[:1000]
+    squared = np.einsum("ij,ij->i", sample, sample)
+    distances = np.sqrt(np.maximum(squared[:, None] + squared[None, :] - 2 * sample @ sample.T, 0))
+    median = float(np.median(distances[np.triu_indices(len(sample), 1)]))
+    if median > 0 and not 1 / _SIGMA_RANGE <= sigma / median <= _SIGMA_RANGE:
+        shape = "nearly constant" if sigma > median else "nearly the identity"
+        warnings.warn(
+            f"sigma={sigma:g} is far from the median distance {median:.3g} between the image "
+            f"embeddings, so the Gaussian kernel is {shape} and the score says little; use a "
+            f"sigma near {median:.2g} (unit-norm embeddings need a much smaller sigma than the "
+            f"reference's 3.5 for raw features).", UserWarning, stacklevel=3)
+
+
+# ---------------------------------------------------------------------- input checks
+
+
+def _as_embeddings(X, name: str, dim: int | None = None) -> np.ndarray:
+    """A finite (n, D) float64 array without zero rows, or an InputError naming ``name``."""
+    try:
+        X = np.asarray(X, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a numeric (n, D) array.") from None
+    if X.ndim != 2:
+        raise InputError(f"{name} must be a 2-D (n, D) array, got shape {X.shape}.")
+    if not np.isfinite(X).all():
+        row = int(np.argwhere(~np.isfinite(X))[0, 0])
+        raise InputError(f"{name} contains NaN or infinite values (row {row}).")
+    if dim is not None and X.shape[1] != dim:
+        raise InputError(f"{name} has dimension {X.shape[1]}, but {dim} was expected: encode "
+                         f"images and texts with the same model.")
+    zero = np.flatnonzero(~np.any(X, axis=1))
+    if zero.size:
+        raise InputError(f"{name} row {int(zero[0])} is all zeros.")
+    return X
+
+
+def _check_pairs(images, texts, image_name: str = "image_embeddings",
+                 text_name: str = "text_embeddings") -> tuple[np.ndarray, np.ndarray]:
+    images = _as_embeddings(images, image_name)
+    texts = _as_embeddings(texts, text_name, dim=images.shape[1])
+    if len(images) != len(texts):
+        raise InputError(f"{image_name} has {len(images)} rows but {text_name} has "
+                         f"{len(texts)}: give one prompt per image.")
+    if len(images) < 2:
+        raise InputError(f"the Schur complement needs at least 2 image-prompt pairs, got "
+                         f"{len(images)}.")
+    return images, texts
+
+
+# ---------------------------------------------------------------------- the edit
+
+
+class SchurEditor(TransformerMixin, BaseEstimator):
+    """Remove a prompt's influence from image embeddings: φ̃(x) = φ(x) − Γ*ᵀφ(t_c).
+
+    ``fit(text_embeddings, image_embeddings)`` learns Γ* = (C_TT + λI)⁺ C_TI from n
+    reference pairs, the least-squares map from text features to image features;
+    ``transform(image_embeddings, prompts)`` subtracts what the prompts predict.
+
+    Parameters
+    ----------
+    backbone : Backbone that encodes prompts given as strings (to fit or to transform).
+    kernel : "cosine" (default): φ(u) = u/‖u‖, the output stays in CLIP space, (N, D), so
+        any Predictor accepts it. "gaussian": random Fourier features; the output lives in
+        the (N, n_features) feature space (for kernel methods, not for CLIP text heads).
+    sigma, n_features, random_state : the Gaussian map; Ω is drawn once at fit (``omega_``)
+        and reused by every transform.
+    ridge : λ / tr C_TT (tr C_TT = 1 for both maps).
+    prompts : default prompts to remove when ``transform`` is called without any.
+    cache : embedding store directory for prompt embeddings.
+
+    Fitted attributes: ``gamma_`` (p, p) float64, ``omega_`` (D, m) or None,
+    ``n_features_in_`` (D).
+    """
+
+    def __init__(self, backbone=None, kernel: str = "cosine", sigma: float = 0.5,
+                 n_features: int = 5000, ridge: float = 1e-6, random_state: int | None = 0,
+                 prompts=None, cache=None):
+        self.backbone = backbone
+        self.kernel = kernel
+        self.sigma = sigma
+        self.n_features = n_features
+        self.ridge = ridge
+        self.random_state = random_state
+        self.prompts = prompts
+        self.cache = cache
+
+    def fit(self, text_embeddings, image_embeddings):
+        """Learn Γ* from reference pairs: texts (n, D) or n strings, images (n, D)."""
+        if self.kernel not in KERNELS:
+            raise InputError(f"kernel must be one of {', '.join(KERNELS)}, got '{self.kernel}'.")
+        if not self.ridge >= 0:
+            raise InputError(f"ridge must be a number >= 0, got {self.ridge}.")
+        texts = self._encode(text_embeddings, "text_embeddings")
+        images, texts = _check_pairs(image_embeddings, texts)
+        self.n_features_in_ = images.shape[1]
+        self.omega_ = (draw_frequencies(images.shape[1], self.n_features, self.sigma,
+                                        self.random_state)
+                       if self.kernel == "gaussian" else None)
+        phi_t, phi_i = self._features(texts), self._features(images)
+        n = len(phi_t)
+        c_tt = _second_moment(phi_t, 1.0 / n)
+        self.ridge_ = self.ridge * float(np.trace(c_tt))
+        self.gamma_ = _RegularisedInverse(c_tt, self.ridge_).solve(phi_t.T @ phi_i / n)
+        return self
+
+    def transform(self, image_embeddings, prompts=None) -> np.ndarray:
+        """Images (N, D) minus their prompts' influence -> unit rows, float32.
+
+        prompts : one prompt for all images or one per image: strings (encoded with the
+            backbone), a (D,) vector or an (N, D) array; default: the ``prompts`` parameter.
+        Returns (N, D) for the cosine kernel, (N, n_features) for the Gaussian one.
+        """
+        check_is_fitted(self)
+        images = _as_embeddings(image_embeddings, "image_embeddings", dim=self.n_features_in_)
+        prompts = self.prompts if prompts is None else prompts
+        if prompts is None:
+            raise InputError("SchurEditor.transform needs the prompts to remove (or the "
+                             "prompts parameter).")
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        texts = self._encode(prompts, "prompts")
+        if np.ndim(texts) == 1:
+            texts = np.asarray(texts)[None]
+        texts = _as_embeddings(texts, "prompts", dim=self.n_features_in_)
+        if len(texts) not in (1, len(images)):
+            raise InputError(f"prompts has {len(texts)} rows for {len(images)} images: give "
+                             f"one prompt for all images or one per image.")
+        edited = self._features(images) - self._features(texts) @ self.gamma_
+        norms = np.linalg.norm(edited, axis=1, keepdims=True)
+        if (norms < 1e-12).any():
+            raise InputError(f"the edit removed all of image {int(np.argmin(norms))}: its "
+                             f"prompt explains it entirely; use a larger ridge.")
+        return (edited / norms).astype(np.float32)
+
+    def fit_transform(self, text_embeddings, image_embeddings, prompts=None) -> np.ndarray:
+        """Fit on the reference pairs, then edit those images; by default each image loses
+        its own prompt (the residuals Φ_I − Φ_TΓ*, orthogonal to the text features)."""
+        self.fit(text_embeddings, image_embeddings)
+        return self.transform(image_embeddings, text_embeddings if prompts is None else prompts)
+
+    def _features(self, X: np.ndarray) -> np.ndarray:
+        X = _unit_rows(X)
+        return X if self.omega_ is None else random_fourier_features(X, self.omega_)
+
+    def _encode(self, prompts, name: str):
+        """Strings -> backbone text embeddings; arrays pass through."""
+        if isinstance(prompts, str) or (isinstance(prompts, Sequence) and prompts
+                                        and all(isinstance(p, str) for p in prompts)):
+            if self.backbone is None:
+                raise InputError(f"{name} are strings but SchurEditor has no backbone to "
+                                 f"encode them; pass backbone= or text embeddings.")
+            return self.backbone.encode_texts([prompts] if isinstance(prompts, str)
+                                              else list(prompts), cache=self.cache)
+        return prompts
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        return tags
