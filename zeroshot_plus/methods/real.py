@@ -1,0 +1,275 @@
+"""REAL: prompts with each concept's most frequent synonym (Parashar et al., "The Neglected
+Tails of Vision-Language Models", CVPR 2024; METHODS.md §3).
+
+REAL-Prompt: zero-shot classification where each class name c is replaced, inside every
+template, by s_c, its synonym most frequent in the pretraining captions:
+
+    w_c = normalise( mean_j normalise(g(template_j(s_c))) ),   logits = 100 · x̂ · w_cᵀ
+
+REAL-Linear: a linear head trained on a pool of (image, caption) pairs:
+
+    1. For each synonym a of class c: e_{c,a} = normalise(mean_j normalise(g(template_j(a)))).
+    2. Candidates of c: the pool captions mentioning a synonym of c (phrase match, as the
+       frequency counts); score r_i = mean_a cos(g(caption_i), e_{c,a})  (text to text).
+    3. Keep the ``n_samples`` best-scored candidates with r_i >= 0: their *image* embeddings,
+       labelled c.
+    4. W ∈ R^{C×D}, no bias, starts at the REAL-Prompt weights W_zs. Each step draws 32 image
+       samples and 32 prompt samples (every REAL-Prompt prompt of every class, labelled), and
+       takes an AdamW step (lr 1e-4, betas (0.9, 0.999), weight decay 0.01) on the
+       cross-entropy of 100 · x̂ · Wᵀ. The learning rate warms up linearly for 50 steps (step 0
+       at 1e-5), then follows a cosine over ``max_iter`` steps. max_iter = min(32000,
+       n_samples · C · 10 / 32): about ten epochs. The last iterate is kept.
+    5. WiSE-FT: W_final = 0.5 · W + 0.5 · W_zs (not re-normalised); logits = 100 · x̂ · W_finalᵀ.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+
+from ..errors import InputError
+from ..frequency import CaptionIndex
+from ..predictor import Predictor
+from ..prompts import class_prompts, load_templates
+from ..synonyms import SynonymTable, load_synonyms
+from ..text_head import class_weights, l2_normalise, segment_mean
+from .zeroshot import ZeroShotClassifier
+
+
+class RealPromptClassifier(ZeroShotClassifier):
+    """Zero-shot classification with each class name replaced by its most frequent synonym.
+
+    Parameters
+    ----------
+    backbone : Backbone that encodes the prompts.
+    classnames : class names (list, comma string or file); they become ``classes_``. With a
+        metrics file they are matched to its rows by class id; when None, the metrics file's
+        ``name`` fields (or the synonym map's keys) are the classes.
+    synonyms : a REAL metrics file as released (``most_common_name`` per class id, taken as
+        written) or written by ``zeroshot-plus frequency``; or a JSON file / dict mapping
+        each class name to the synonym to use ({class: synonym}).
+    templates : template set name, template file, or list of templates ("{}" = the name).
+    logit_scale : multiplier of the cosine similarities (CLIP's is 100).
+    cache : embedding store directory for the prompt embeddings.
+
+    Fitted attributes: ``classes_`` (C,) the original class names, ``prompt_names_`` (C,)
+    the names the prompts use, ``weights_`` (C, D) the text head (usable as GDA's
+    ``text_weights``), ``n_features_in_``.
+    """
+
+    def __init__(self, backbone=None, classnames=None, synonyms=None,
+                 templates="openai_imagenet", logit_scale: float = 100.0, cache=None):
+        self.backbone = backbone
+        self.classnames = classnames
+        self.synonyms = synonyms
+        self.templates = templates
+        self.logit_scale = logit_scale
+        self.cache = cache
+
+    def fit(self, X=None, y=None):
+        table = _synonym_table(self)
+        self.prompt_names_ = np.array(table.prompt_names())
+        prompts = class_prompts(self.prompt_names_, load_templates(self.templates))
+        self.weights_ = class_weights(self.backbone, prompts, cache=self.cache)
+        self.classes_ = np.array(table.classes)
+        self.n_features_in_ = self.weights_.shape[1]
+        if X is not None:
+            self._validate_embeddings(X, reset=False)
+        return self
+
+
+def _synonym_table(estimator) -> SynonymTable:
+    name = type(estimator).__name__
+    if estimator.backbone is None:
+        raise InputError(f"{name} needs a backbone to encode its prompts.")
+    if estimator.synonyms is None:
+        raise InputError(f"{name} needs synonyms: a REAL metrics file or a {{class: synonym}} map.")
+    return load_synonyms(estimator.synonyms, estimator.classnames)
+
+
+def warmup_cosine_lr(max_iter: int, lr: float, warmup_iter: int = 50) -> np.ndarray:
+    """(max_iter,) learning rate of each step: step 0 at 1e-5 (5e-6 when lr <= 5e-5), then
+    lr · t / warmup_iter for t < warmup_iter, then lr · (1 + cos(π (t − warmup_iter) / max_iter)) / 2."""
+    t = np.arange(max_iter, dtype=np.float64)
+    cosine = lr * (1 + np.cos(np.pi * (t - warmup_iter) / max(max_iter, 1))) / 2
+    rates = np.where(t < warmup_iter, lr * t / max(warmup_iter, 1), cosine)
+    if max_iter and warmup_iter:
+        rates[0] = 1e-5 if lr > 5e-5 else 5e-6
+    return rates
+
+
+class RealLinearClassifier(Predictor):
+    """REAL-Linear: a linear head on retrieved pool images, initialised at and WiSE-averaged
+    with the REAL-Prompt head (see the module docstring for the algorithm).
+
+    Parameters
+    ----------
+    backbone, classnames, synonyms, templates, cache : as in RealPromptClassifier. Retrieval
+        uses every synonym of a class (a metrics file's ``alternates``, or the class name and
+        its synonym).
+    n_samples : most pool images kept per class.
+    max_iter : training steps; "auto" = int(min(32000, n_samples · C · 10 / 32)).
+    lr, weight_decay, warmup_iter, batch_size : AdamW's learning rate and weight decay, the
+        linear warm-up length, and the image and the prompt samples per step.
+    wise_alpha : weight of the trained head in W_final = α W + (1 − α) W_zs.
+    mention : "synonym" scores only pool captions that mention a synonym of the class;
+        "any" scores every pool caption.
+    logit_scale : multiplier of x̂ · Wᵀ in training and in ``decision_function``.
+    random_state : seed of the sample order.
+
+    Fitted attributes: ``classes_``, ``weights_`` (C, D) W_final, ``zeroshot_weights_`` (C, D)
+    W_zs, ``linear_weights_`` (C, D) the trained W, ``samples_`` (M,) pool rows used and
+    ``sample_labels_`` (M,) their class indices, ``sample_counts_`` (C,), ``n_iter_``,
+    ``loss_curve_`` (n_iter_,) training loss per step, ``learning_rates_`` (n_iter_,).
+    """
+
+    def __init__(self, backbone=None, classnames=None, synonyms=None,
+                 templates="openai_imagenet", n_samples: int = 100, max_iter="auto",
+                 lr: float = 1e-4, weight_decay: float = 0.01, warmup_iter: int = 50,
+                 batch_size: int = 32, wise_alpha: float = 0.5, mention: str = "synonym",
+                 logit_scale: float = 100.0, random_state=None, cache=None):
+        self.backbone = backbone
+        self.classnames = classnames
+        self.synonyms = synonyms
+        self.templates = templates
+        self.n_samples = n_samples
+        self.max_iter = max_iter
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.warmup_iter = warmup_iter
+        self.batch_size = batch_size
+        self.wise_alpha = wise_alpha
+        self.mention = mention
+        self.logit_scale = logit_scale
+        self.random_state = random_state
+        self.cache = cache
+
+    def fit(self, X, captions, caption_embeddings=None):
+        """Retrieve and train on a pool: X (N, D) image embeddings, captions (N,) their texts.
+
+        caption_embeddings : (N, D) text embeddings of the captions, when already computed
+        (otherwise ``backbone`` encodes them, cached in ``cache``).
+        """
+        self._check_params()
+        name = type(self).__name__
+        X = self._validate_embeddings(X, reset=True)
+        captions = [str(c) for c in captions]
+        if len(captions) != len(X):
+            raise InputError(f"{name}: {len(X)} pool images but {len(captions)} captions.")
+        table = _synonym_table(self)
+        templates = load_templates(self.templates)
+        prompts = class_prompts(table.prompt_names(), templates)
+        W_zs = class_weights(self.backbone, prompts, cache=self.cache)
+        if W_zs.shape[1] != X.shape[1]:
+            raise InputError(f"{name}: the pool embeddings have D={X.shape[1]} but the backbone's "
+                             f"text embeddings have D={W_zs.shape[1]}.")
+        if caption_embeddings is None:
+            caption_embeddings = self.backbone.encode_texts(captions, cache=self.cache)
+        caption_embeddings = l2_normalise(caption_embeddings)
+        if caption_embeddings.shape != X.shape:
+            raise InputError(f"{name}: caption_embeddings must have shape {X.shape}, "
+                             f"got {caption_embeddings.shape}.")
+
+        self.samples_, self.sample_labels_ = self._retrieve(table, templates, captions,
+                                                            caption_embeddings)
+        n_classes = len(table.classes)
+        self.sample_counts_ = np.bincount(self.sample_labels_, minlength=n_classes)
+        if not len(self.samples_):
+            raise InputError(f"{name}: no pool caption qualifies for any class (none mentions "
+                             f"a synonym with a non-negative score); check the pool and synonyms.")
+        texts = self.backbone.encode_texts([p for group in prompts for p in group], cache=self.cache)
+        text_labels = np.repeat(np.arange(n_classes), len(templates))
+        max_iter = (int(min(32000, self.n_samples * n_classes * 10 / 32))
+                    if self.max_iter == "auto" else int(self.max_iter))
+        self.learning_rates_ = warmup_cosine_lr(max_iter, self.lr, self.warmup_iter)
+        self.linear_weights_, self.loss_curve_ = self._train(
+            W_zs, X[self.samples_], self.sample_labels_, texts, text_labels)
+        self.n_iter_ = max_iter
+        self.zeroshot_weights_ = W_zs
+        self.weights_ = self.wise_alpha * self.linear_weights_ + (1 - self.wise_alpha) * W_zs
+        self.classes_ = np.array(table.classes)
+        return self
+
+    def _check_params(self) -> None:
+        name = type(self).__name__
+        if self.mention not in ("synonym", "any"):
+            raise InputError(f"{name}: mention must be 'synonym' or 'any', got '{self.mention}'.")
+        if not (self.max_iter == "auto" or (isinstance(self.max_iter, int) and self.max_iter >= 0)):
+            raise InputError(f"{name}: max_iter must be 'auto' or an integer >= 0, "
+                             f"got {self.max_iter!r}.")
+        for param in ("n_samples", "batch_size"):
+            if getattr(self, param) < 1:
+                raise InputError(f"{name}: {param} must be at least 1, got {getattr(self, param)}.")
+
+    def _retrieve(self, table: SynonymTable, templates: list[str], captions: list[str],
+                  caption_embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Steps 1-3: per class, the best-scored candidate pool rows with r >= 0."""
+        per_synonym = class_weights(self.backbone, [
+            p for synonyms in table.alternates for p in class_prompts(synonyms, templates)],
+            cache=self.cache)                                       # (A, D) e_{c,a}
+        centres = segment_mean(per_synonym, [len(a) for a in table.alternates])  # (C, D)
+        index = None
+        if self.mention == "synonym":
+            index = CaptionIndex()
+            index.add(captions)
+        rows, labels = [], []
+        for c, synonyms in enumerate(table.alternates):
+            candidates = index.match(synonyms) if index is not None else np.arange(len(captions))
+            scores = caption_embeddings[candidates] @ centres[c]    # r_i = mean_a cos
+            order = np.argsort(-scores, kind="stable")
+            kept = order[scores[order] >= 0][:self.n_samples]
+            rows.append(candidates[kept])
+            labels.append(np.full(len(kept), c))
+        if index is not None:
+            index.close()
+        return np.concatenate(rows), np.concatenate(labels)
+
+    def _train(self, W_zs: np.ndarray, images: np.ndarray, image_labels: np.ndarray,
+               texts: np.ndarray, text_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Step 4: AdamW on the cross-entropy of scaled cosine logits; returns (W, losses)."""
+        seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+        generator = torch.Generator().manual_seed(int(seed))
+        weight = torch.nn.Parameter(torch.from_numpy(W_zs.copy()))
+        optimiser = torch.optim.AdamW([weight], lr=self.lr, betas=(0.9, 0.999),
+                                      weight_decay=self.weight_decay)
+        streams = [_Batches(torch.from_numpy(images), torch.from_numpy(image_labels),
+                            self.batch_size, generator),
+                   _Batches(torch.from_numpy(texts), torch.from_numpy(text_labels),
+                            self.batch_size, generator)]
+        losses = np.empty(len(self.learning_rates_))
+        for step, rate in enumerate(self.learning_rates_):
+            features, labels = zip(*(next(s) for s in streams))
+            logits = self.logit_scale * torch.cat(features) @ weight.T
+            loss = torch.nn.functional.cross_entropy(logits, torch.cat(labels))
+            for group in optimiser.param_groups:
+                group["lr"] = float(rate)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            losses[step] = loss.item()
+        return weight.detach().numpy().copy(), losses
+
+    def decision_function(self, X) -> np.ndarray:
+        """(N, C) logits: logit_scale · x̂ · W_finalᵀ."""
+        check_is_fitted(self)
+        X = self._validate_embeddings(X, reset=False)
+        return self.logit_scale * X @ self.weights_.T
+
+
+class _Batches:
+    """Endless shuffled mini-batches (drop_last; reshuffled at each pass) of (rows, labels)."""
+
+    def __init__(self, rows: torch.Tensor, labels: torch.Tensor, size: int,
+                 generator: torch.Generator):
+        self.rows, self.labels, self.generator = rows, labels.long(), generator
+        self.size = min(size, len(rows))
+        self.order, self.position = torch.empty(0, dtype=torch.long), 0
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.position + self.size > len(self.order):
+            self.order, self.position = torch.randperm(len(self.rows), generator=self.generator), 0
+        picked = self.order[self.position:self.position + self.size]
+        self.position += self.size
+        return self.rows[picked], self.labels[picked]

@@ -1,0 +1,164 @@
+"""Synonym tables for REAL: per class, the name to prompt with and its candidate synonyms.
+
+Two sources are read:
+
+- a REAL metrics file (``metrics-LAION400M.json`` as released, or written by
+  ``zeroshot-plus frequency``): a JSON object keyed by class id *strings* in any order, each
+  value with ``name``, ``alternates`` ({synonym: caption count}) and ``most_common_name``.
+  Rows are ordered by ``int(key)`` (the ids are the data set's labels), and
+  ``most_common_name`` is taken as written, never recomputed from the counts: the released
+  files carry manual corrections (METHODS.md §3.4, §3.6).
+- a user's synonym map keyed by class name: ``{class: synonym}`` (the name to prompt with), or
+  ``{class: [candidate, ...]}`` (candidates only; ``zeroshot-plus frequency`` picks among them).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from .errors import InputError
+from .prompts import parse_classnames, validate_classnames
+
+
+@dataclass
+class SynonymTable:
+    """Per class c (in label order): ``classes[c]`` the class name, ``chosen[c]`` the name that
+    prompts use (None when only candidates are known), ``alternates[c]`` the candidate synonyms
+    (the class name among them), ``counts[c]`` their caption counts (None when unknown)."""
+
+    classes: list[str]
+    chosen: list[str | None]
+    alternates: list[list[str]]
+    counts: list[dict[str, int] | None]
+    source: str
+
+    def prompt_names(self) -> list[str]:
+        """The chosen name of every class; InputError when a class has candidates only."""
+        missing = [c for c, name in zip(self.classes, self.chosen) if name is None]
+        if missing:
+            raise InputError(f"the {self.source} lists candidate synonyms but no chosen name for "
+                             f"{len(missing)} class(es) (e.g. '{missing[0]}'); run `zeroshot-plus "
+                             f"frequency` to pick the most frequent one, or map each class to "
+                             f"one synonym.")
+        return list(self.chosen)
+
+
+def is_metrics_format(data: Mapping) -> bool:
+    """True for a REAL metrics object: every value a dict with a ``name`` field."""
+    return bool(data) and all(isinstance(v, Mapping) and "name" in v for v in data.values())
+
+
+def load_synonyms(spec: str | os.PathLike | Mapping, classnames=None) -> SynonymTable:
+    """A metrics file / object or a synonym map, matched to ``classnames``.
+
+    Metrics rows are matched to ``classnames`` by class id (position); without
+    ``classnames`` the file's ``name`` fields are the classes. A synonym map is matched by
+    class name (exactly, else ignoring case and '_' vs ' '), and then needs ``classnames``
+    unless its keys are the classes.
+    """
+    data, source = _read(spec)
+    names = None if classnames is None else parse_classnames(classnames)
+    if is_metrics_format(data):
+        return _from_metrics(data, names, source)
+    return _from_map(data, names, source)
+
+
+def _read(spec) -> tuple[Mapping, str]:
+    if isinstance(spec, Mapping):
+        return spec, "synonym map"
+    if not isinstance(spec, (str, os.PathLike)):
+        raise InputError(f"synonyms must be a JSON file or a dict, got {type(spec).__name__}.")
+    path = Path(spec)
+    if not path.is_file():
+        raise InputError(f"synonym file '{path}' does not exist.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"synonym file '{path}' is not valid JSON ({exc}).") from None
+    if not isinstance(data, dict) or not data:
+        raise InputError(f"synonym file '{path}' must hold a non-empty JSON object.")
+    return data, f"synonym file '{path}'"
+
+
+def _from_metrics(data: Mapping, names: list[str] | None, source: str) -> SynonymTable:
+    try:
+        ids = {int(key): key for key in data}
+    except ValueError:
+        bad = next(k for k in data if not str(k).strip().lstrip("-").isdigit())
+        raise InputError(f"the {source} has class id '{bad}', which is not an integer.") from None
+    if sorted(ids) != list(range(len(ids))):
+        missing = sorted(set(range(len(ids))) - set(ids))
+        raise InputError(f"the {source} must have class ids 0..{len(ids) - 1}; "
+                         f"id {missing[0]} is missing.")
+    rows = [data[ids[i]] for i in range(len(ids))]
+    if names is None:
+        names = validate_classnames([row["name"] for row in rows], source)
+    elif len(names) != len(rows):
+        raise InputError(f"the {source} has {len(rows)} classes but {len(names)} class names "
+                         f"were given; its rows are matched to the classes by id.")
+    chosen, alternates, counts = [], [], []
+    for i, row in enumerate(rows):
+        if not isinstance(row.get("most_common_name"), str) or not row["most_common_name"].strip():
+            raise InputError(f"class id {i} of the {source} has no most_common_name.")
+        found = row.get("alternates") or {}
+        if not isinstance(found, Mapping):
+            raise InputError(f"class id {i} of the {source}: 'alternates' must be an object "
+                             f"{{synonym: count}}.")
+        chosen.append(row["most_common_name"])
+        alternates.append(list(dict.fromkeys([row["name"], *found])))
+        counts.append({k: int(v) for k, v in found.items()})
+    return SynonymTable(names, chosen, alternates, counts, source)
+
+
+def _from_map(data: Mapping, names: list[str] | None, source: str) -> SynonymTable:
+    if names is None:
+        names = validate_classnames(list(data), source)
+    lookup = _match(data, names, source)
+    chosen, alternates = [], []
+    for name in names:
+        value = data[lookup[name]]
+        if isinstance(value, str):
+            synonyms, pick = [value], value
+        elif isinstance(value, Sequence) and all(isinstance(v, str) for v in value):
+            synonyms, pick = list(value), None
+        else:
+            raise InputError(f"the {source} maps class '{name}' to {type(value).__name__}; use "
+                             f"a synonym string or a list of candidate strings.")
+        synonyms = [s.strip() for s in synonyms if s.strip()]
+        if not synonyms:
+            raise InputError(f"the {source} gives class '{name}' no synonym.")
+        chosen.append(None if pick is None else pick.strip())
+        alternates.append(list(dict.fromkeys([name, *synonyms])))
+    return SynonymTable(names, chosen, alternates, [None] * len(names), source)
+
+
+def _key(name: str) -> str:
+    return " ".join(name.replace("_", " ").split()).casefold()
+
+
+def _match(data: Mapping, names: list[str], source: str) -> dict[str, str]:
+    """class name -> key of ``data``: the exact key, else the one equal up to case and '_'."""
+    loose: dict[str, list[str]] = {}
+    for key in data:
+        loose.setdefault(_key(str(key)), []).append(key)
+    lookup, missing = {}, []
+    for name in names:
+        if name in data:
+            lookup[name] = name
+        elif len(loose.get(_key(name), [])) == 1:
+            lookup[name] = loose[_key(name)][0]
+        else:
+            missing.append(name)
+    if missing:
+        unused = [str(k) for k in data if k not in set(lookup.values())]
+        hint = difflib.get_close_matches(missing[0], unused, n=1)
+        raise InputError(
+            f"the {source} has no entry for {len(missing)} class(es): "
+            f"{', '.join(repr(m) for m in missing[:5])}{' ...' if len(missing) > 5 else ''}"
+            + (f" (did you mean '{hint[0]}'?)" if hint else "") + ".")
+    return lookup
