@@ -6,6 +6,8 @@ from .errors import InputError, ModelLoadError
 from .images import ImageSet, read_image_source
 from .methods.descriptions import DescriptionClassifier
 from .methods.gda import GDAClassifier
+from .methods.real import RealLinearClassifier, RealPromptClassifier
+from .methods.schur import SCEResult, SchurEditor, sce_score
 from .methods.tpt import TPTClassifier
 from .methods.zeroshot import ZeroShotClassifier
 from .predictor import Predictor
@@ -15,5 +17,6 @@ __all__ = [
     "Backbone", "EncodeReport", "GDAClassifier", "ImageEmbedder", "ImageSet", "InputError",
     "ModelLoadError", "Predictor", "ZeroShotClassifier", "AugmentedSupport", "augmented_support",
     "read_image_source", "sample_shots", "TPTClassifier", "DescriptionClassifier",
+    "RealPromptClassifier", "RealLinearClassifier", "SCEResult", "SchurEditor", "sce_score",
 ]
 __version__ = "0.1.0"
