@@ -1,0 +1,257 @@
+"""TPT / DiffTPT: the prompt learner, the closed-form step, selection, loss, and the classifier."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.special import softmax
+from scipy.stats import entropy as scipy_entropy
+
+from zeroshot_plus import Backbone, EncodeReport, InputError, TPTClassifier
+from zeroshot_plus.methods.tpt import (PromptLearner, adamw_first_step, confident_views,
+                                       cosine_confident_views, marginal_entropy)
+
+from conftest import synthetic_image
+
+CLASSES = ["cat", "golden retriever", "a rather long class name with many words", "x"]
+
+
+def _full_length_features(model, tokenizer, prompts, n_ctx, ctx):
+    """The reference path: all 77 tokens, positions 1..n_ctx replaced by ctx (n_ctx, W)."""
+    tokens = tokenizer(prompts)
+    with torch.no_grad():
+        x = model.token_embedding(tokens)
+        x[:, 1:1 + n_ctx] = ctx
+        x = model.transformer(x + model.positional_embedding, attn_mask=model.attn_mask)
+        x = model.ln_final(x)[torch.arange(len(tokens)), tokens.argmax(-1)] @ model.text_projection
+    return F.normalize(x, dim=-1)
+
+
+def _classifier(backbone, **kwargs) -> TPTClassifier:
+    params = dict(n_views=7, selection_p=0.3, batch_images=1)
+    params.update(kwargs)
+    return TPTClassifier(backbone, CLASSES, **params).fit()
+
+
+def _images(n: int, start: int = 0):
+    return [synthetic_image(seed, (48, 40)) for seed in range(start, start + n)]
+
+
+# ---------------------------------------------------------------------- prompt learner
+
+
+def test_truncated_prompts_equal_full_77_token_features(backbone):
+    learner = PromptLearner(backbone, CLASSES, "a photo of a", 4, 0)
+    assert learner.n_ctx == 4 and learner.length < 77
+    ctx = torch.randn(2, 4, learner.ctx_init.shape[1], generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = learner.text_features(ctx, chunk=3)  # chunks that straddle the two contexts
+    prompts = [f"a photo of a {name}." for name in CLASSES]
+    for b in range(2):
+        expected = _full_length_features(backbone.model, backbone.tokenizer, prompts, 4, ctx[b])
+        torch.testing.assert_close(ours[b], expected, atol=2e-6, rtol=1e-5)
+    # the initial context reproduces the plain prompt "a photo of a {name}."
+    with torch.no_grad():
+        initial = learner.text_features(learner.ctx_init[None], chunk=64)[0].numpy()
+    np.testing.assert_allclose(initial, backbone.encode_texts(prompts), atol=2e-6)
+
+
+def test_template_context_and_random_init(backbone):
+    learner = PromptLearner(backbone, CLASSES, "a photo of my big {}, a kind of thing.", 4, 0)
+    context_tokens = backbone.tokenizer(["a photo of my big"])[0]
+    assert learner.n_ctx == int((context_tokens != 0).sum()) - 2  # between [SOS] and [EOS]
+    with torch.no_grad():
+        initial = learner.text_features(learner.ctx_init[None], chunk=64)[0].numpy()
+    expected = backbone.encode_texts([f"a photo of my big {name}, a kind of thing." for name in CLASSES])
+    np.testing.assert_allclose(initial, expected, atol=2e-6)
+    random = PromptLearner(backbone, CLASSES, None, 6, 3)
+    assert random.ctx_init.shape[0] == 6 and abs(float(random.ctx_init.std()) - 0.02) < 0.005
+
+
+def test_unsupported_text_tower(tmp_path, tiny_config):
+    config = json.loads(open(tiny_config).read())
+    config["text_cfg"].update(no_causal_mask=True, pool_type="last")  # a SigLIP-style tower
+    path = tmp_path / "zsp-tiny-bidirectional.json"
+    path.write_text(json.dumps(config))
+    other = Backbone(str(path), "none", progress=False)
+    with pytest.raises(InputError, match="zsp-tiny-bidirectional.*not supported"):
+        TPTClassifier(other, CLASSES).fit()
+
+
+# ---------------------------------------------------------------------- maths
+
+
+def test_closed_form_first_step_equals_torch_adamw():
+    generator = torch.Generator().manual_seed(0)
+    param = torch.randn(3, 4, 64, generator=generator)
+    grad = torch.randn(3, 4, 64, generator=generator) * torch.logspace(-12, 1, 64)
+    grad[0, 0, :5] = 0.0
+    for lr in (5e-3, 0.1):
+        reference = param.clone().requires_grad_(True)
+        optimiser = torch.optim.AdamW([reference], lr=lr)  # defaults: betas, eps, wd 0.01
+        reference.grad = grad.clone()
+        optimiser.step()
+        ours = adamw_first_step(param, grad, lr)
+        torch.testing.assert_close(ours, reference.detach(), rtol=1e-6, atol=1e-9)
+        # and the textbook form: p (1 - lr wd) - lr g / (|g| + eps)
+        textbook = param.double() * (1 - lr * 0.01) - lr * grad.double() / (grad.double().abs() + 1e-8)
+        torch.testing.assert_close(ours.double(), textbook, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("n_views, p, expected", [(64, 0.1, 6), (128, 0.3, 38), (10, 0.05, 1)])
+def test_selection_keeps_the_lowest_entropy_views(n_views, p, expected):
+    logits = torch.randn(n_views, 5, generator=torch.Generator().manual_seed(n_views)) * 3
+    chosen = confident_views(logits, p).numpy()
+    assert len(chosen) == expected
+    entropies = scipy_entropy(softmax(logits.double().numpy(), axis=1), axis=1)
+    assert set(chosen) == set(np.argsort(entropies)[:expected])
+
+
+def test_loss_is_the_entropy_of_the_mean_probabilities():
+    logits = torch.randn(6, 10, generator=torch.Generator().manual_seed(0)) * 4
+    mean = softmax(logits.double().numpy(), axis=1).mean(axis=0)
+    assert float(marginal_entropy(logits)) == pytest.approx(scipy_entropy(mean), rel=1e-5)
+    # not the mean entropy, which is smaller
+    assert scipy_entropy(softmax(logits.numpy(), axis=1), axis=1).mean() < scipy_entropy(mean)
+
+
+def test_difftpt_selection_on_synthetic_views():
+    # view 0: the original, confident in class 0. Views 1-4 agree with it (decreasing
+    # confidence); views 5-7 are very confident in other classes (lowest entropy of all);
+    # views 8-9 are flat.
+    rows = [[5, 0, 0, 0], [6, 0, 0, 0], [4, 1, 0, 0], [3, 1, 1, 0], [2, 1, 1, 1],
+            [0, 12, 0, 0], [0, 0, 12, 0], [0, 0, 0, 12], [1, 1, 1, 1.1], [1, 1.1, 1, 1]]
+    logits = torch.tensor(rows, dtype=torch.float32)
+    # plain TPT (p = 0.3 of 10 views = 3) picks the three wrong but confident views
+    assert set(confident_views(logits, 0.3).tolist()) == {5, 6, 7}
+    # DiffTPT: cosine to the original keeps int(0.5 * 9) = 4 views (1, 2, 3, 4), the
+    # original is prepended, then int(0.6 * 5) = 3 of lowest entropy among them
+    chosen = cosine_confident_views(logits, 0.5, 0.6).tolist()
+    assert sorted(chosen) == [0, 1, 2]
+
+
+# ---------------------------------------------------------------------- the classifier
+
+
+def test_tuning_lowers_the_entropy_of_the_selected_views(backbone):
+    clf = _classifier(backbone, n_views=15, selection_p=0.2)
+    features = [clf._encode_views(clf_views, None)
+                for clf_views in [_views(clf, image) for image in _images(3)]]
+    selected = [f[clf._select(clf._learner.logit_scale * f @ clf._init_weights.T)] for f in features]
+    assert all(len(s) == 3 for s in selected)  # int(0.2 * 16)
+    ctx = clf._learner.ctx_init.expand(3, -1, -1).clone()
+    before, grad = clf._loss_and_grad(ctx, selected)
+    after, _ = clf._loss_and_grad(adamw_first_step(ctx, grad, 5e-3), selected)
+    assert float(after) < float(before)
+    # per image too: each context moves only its own image's loss
+    for b in range(3):
+        loss_before, grad_b = clf._loss_and_grad(ctx[b:b + 1], selected[b:b + 1])
+        loss_after, _ = clf._loss_and_grad(adamw_first_step(ctx[b:b + 1], grad_b, 5e-3),
+                                           selected[b:b + 1])
+        assert float(loss_after) < float(loss_before)
+        torch.testing.assert_close(grad_b[0], grad[b], atol=1e-6, rtol=1e-4)
+
+
+def _views(clf, image):
+    from zeroshot_plus.methods.tpt import AugmentedViews
+    return AugmentedViews(clf.backbone, clf.n_views, clf.augmix, clf.random_state)(image)
+
+
+def test_tuning_changes_the_prediction_scores(backbone):
+    images = _images(2)
+    tuned = _classifier(backbone).decision_function(images)
+    untuned = _classifier(backbone, lr=0.0).decision_function(images)
+    with torch.no_grad():
+        originals = torch.stack([backbone.preprocess(image) for image in images])
+    scale = float(backbone.model.logit_scale.exp())
+    zero_shot = scale * backbone.encode_pixels(originals) @ backbone.encode_texts(
+        [f"a photo of a {name}." for name in CLASSES]).T
+    np.testing.assert_allclose(untuned, zero_shot, rtol=1e-4, atol=1e-4)
+    assert np.abs(tuned - untuned).max() > 1e-3
+
+
+def test_context_is_reset_between_images_and_order_does_not_matter(backbone):
+    images = _images(4)
+    clf = _classifier(backbone)
+    forward = clf.decision_function(images)
+    backward = clf.decision_function(images[::-1])[::-1]
+    np.testing.assert_allclose(forward, backward, atol=1e-5)
+    alone = clf.decision_function([images[2]])
+    np.testing.assert_allclose(alone[0], forward[2], atol=1e-5)
+
+
+def test_batched_tuning_equals_one_by_one(backbone):
+    images = _images(3)
+    one_by_one = _classifier(backbone, batch_images=1).decision_function(images)
+    batched = _classifier(backbone, batch_images=3).decision_function(images)
+    chunked = _classifier(backbone, batch_images=3, text_batch=5).decision_function(images)
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-4)
+    np.testing.assert_allclose(chunked, one_by_one, atol=1e-4)
+    # several AdamW steps, batched and chunked, against one image at a time
+    np.testing.assert_allclose(
+        _classifier(backbone, steps=3, batch_images=3, text_batch=5).decision_function(images),
+        _classifier(backbone, steps=3).decision_function(images), atol=1e-4)
+
+
+def test_augmix_views_are_seeded(backbone):
+    images = _images(2)
+    a = _classifier(backbone, augmix=True, random_state=1).decision_function(images)
+    b = _classifier(backbone, augmix=True, random_state=1).decision_function(images[::-1])[::-1]
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_difftpt_views_from_a_folder_or_a_callable(backbone, tmp_path, make_image):
+    paths = [make_image(tmp_path / "test" / f"img{i}.png", i, (48, 40)) for i in range(2)]
+    generated = tmp_path / "generated"
+    for i in range(2):
+        for j in range(5):
+            make_image(generated / f"img{i}_{j}.jpg", 100 + 10 * i + j, (48, 40))
+    make_image(generated / "img10_0.jpg", 99)  # another image's variation: not picked up
+    calls = []
+
+    def variations(image):
+        calls.append(image.size)
+        index = len(calls) - 1
+        from PIL import Image
+        return [Image.open(generated / f"img{index}_{j}.jpg") for j in range(5)]
+
+    params = dict(n_views=8, selection_p=0.3, steps=2, cosine_p=0.8)
+    from_folder = _classifier(backbone, diffusion_views=generated, **params)
+    assert len(from_folder._generated_views(paths[1])) == 5
+    by_folder = from_folder.decision_function(paths)
+    by_callable = _classifier(backbone, diffusion_views=variations, **params).decision_function(paths)
+    np.testing.assert_allclose(by_folder, by_callable, atol=1e-5)
+    assert len(calls) == 2
+    plain = _classifier(backbone, **params).decision_function(paths)
+    assert np.abs(by_folder - plain).max() > 1e-4
+
+
+def test_undecodable_image_is_skipped_and_reported(backbone, tmp_path, make_image):
+    good = [make_image(tmp_path / f"ok{i}.png", i) for i in range(2)]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    clf = _classifier(backbone)
+    report = EncodeReport()
+    parts = list(clf.iter_decision_function([good[0], broken, good[1]], on_error="skip",
+                                            report=report))
+    assert np.concatenate([p for p, _ in parts]).tolist() == [0, 2]
+    assert [f.name for f in report.failures] == [str(broken)]
+    np.testing.assert_allclose(np.concatenate([z for _, z in parts]),
+                               clf.decision_function(good), atol=1e-5)
+    with pytest.raises(InputError, match="broken.jpg"):
+        clf.decision_function([good[0], broken])
+
+
+def test_bad_parameters_name_themselves(backbone):
+    with pytest.raises(InputError, match="selection_p"):
+        TPTClassifier(backbone, CLASSES, selection_p=0).fit()
+    with pytest.raises(InputError, match="n_views"):
+        TPTClassifier(backbone, CLASSES, n_views=-1).fit()
+    with pytest.raises(InputError, match="diffusion views folder 'nowhere'"):
+        TPTClassifier(backbone, CLASSES, diffusion_views="nowhere").fit()
+    with pytest.raises(InputError, match="ctx_init"):
+        TPTClassifier(backbone, CLASSES, ctx_init="{} and {}").fit()
