@@ -66,8 +66,10 @@ class CaptionIndex:
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = None if path is None else Path(path)
         self._unsourced = 0  # captions added without a source file (in-memory indexes)
-        if self.path is not None and not self.path.parent.is_dir():
-            raise InputError(f"index folder '{self.path.parent}' does not exist.")
+        if self.path is not None and not self.path.exists() and not os.access(
+                self.path.parent, os.W_OK):
+            raise InputError(f"cannot create the caption index '{self.path}': its folder does "
+                             f"not exist or is not writable; choose another path (--index).")
         try:
             self._db = sqlite3.connect(":memory:" if path is None else str(self.path))
             self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
