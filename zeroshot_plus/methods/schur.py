@@ -532,3 +532,55 @@ class SchurEditor(TransformerMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.target_tags.required = True
         return tags
+
+
+# ---------------------------------------------------------------------- the spectrum plot
+
+
+def save_spectrum_plot(result: SCEResult, path, top: int = 100, size: tuple[int, int] = (720, 440)
+                       ) -> None:
+    """A PNG of the top eigenvalues of C_{I|T} and C_{I←T} on a log scale (drawn with PIL)."""
+    from PIL import Image, ImageDraw
+
+    series = [(result.spectrum[:top], (200, 60, 40), "C_I|T  image given text (SCE "
+               f"{result.score:.3g})"),
+              (result.text_spectrum[:top], (40, 90, 200), "C_I<-T explained by text (SCE "
+               f"{result.text_score:.3g})")]
+    positive = np.concatenate([v[v > 0] for v, _, _ in series])
+    high = np.ceil(np.log10(positive.max())) if positive.size else 0.0
+    low = max(np.floor(np.log10(positive.min())) if positive.size else -1.0, high - 8)
+    low = min(low, high - 1)
+    width, height = size
+    left, right, top_margin, bottom = 70, 20, 40, 50
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    x_span = max(max(len(v) for v, _, _ in series) - 1, 1)
+
+    def point(i: int, value: float) -> tuple[float, float]:
+        y = (np.log10(max(value, 10 ** low)) - low) / (high - low)
+        return (left + (width - left - right) * i / x_span,
+                height - bottom - (height - top_margin - bottom) * y)
+
+    draw.rectangle([left, top_margin, width - right, height - bottom], outline="black")
+    for decade in range(int(low), int(high) + 1):
+        _, y = point(0, 10.0 ** decade)
+        draw.line([left - 4, y, left, y], fill="black")
+        draw.text((8, y - 6), f"1e{decade}", fill="black")
+    for i in range(0, x_span + 1, max(1, x_span // 10)):
+        x, _ = point(i, 1.0)
+        draw.line([x, height - bottom, x, height - bottom + 4], fill="black")
+        draw.text((x - 6, height - bottom + 8), str(i + 1), fill="black")
+    draw.text((left, height - 18), "eigenvalue rank", fill="black")
+    draw.text((left, 12), f"Schur complement spectrum: n={result.n_samples}, {result.kernel} "
+                          f"kernel, {result.form} form", fill="black")
+    for k, (values, colour, label) in enumerate(series):
+        points = [point(i, v) for i, v in enumerate(values)]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        for x, y in points:
+            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
+        legend_y = top_margin + 10 + 16 * k
+        draw.line([width - right - 330, legend_y + 6, width - right - 310, legend_y + 6],
+                  fill=colour, width=3)
+        draw.text((width - right - 304, legend_y), label, fill="black")
+    image.save(path, format="PNG")
