@@ -9,7 +9,6 @@ import logging
 import os
 import sys
 import warnings
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -23,8 +22,6 @@ from .frequency import CAPTION_COLUMN, STRATEGIES, build_index, mine_frequencies
 from .images import ImageSet, read_image_source
 from .metrics import classification_summary
 from .methods.gda import GDAClassifier
-from .methods.schur import (ENTROPIES, KERNELS, SchurEditor, save_spectrum_plot,
-                             sce_score)
 from .methods.schur import (ENTROPIES, KERNELS, SchurEditor, save_spectrum_plot,
                              sce_score)
 from .methods.real import RealPromptClassifier
@@ -215,48 +212,6 @@ def build_parser() -> argparse.ArgumentParser:
                       help="ridge added to the text covariance, relative to its trace "
                            "(default: 1e-6)")
     edit.add_argument("--out", required=True, metavar="FILE.npz", help="output file")
-
-    sce = commands.add_parser(
-        "sce", parents=[model], help="diversity of generated images given their prompts (SCE)",
-        description="Score a text-to-image model's own diversity: the Schur complement entropy "
-                    "(SCE) of the images' kernel covariance after removing the part their "
-                    "prompts explain. Prints the score (and the text-explained one).")
-    sce.add_argument("images", nargs="+", metavar="IMAGES")
-    _prompt_option(sce)
-    sce.add_argument("--kernel", choices=KERNELS, default="gaussian",
-                     help="gaussian (default; random Fourier features) or cosine")
-    sce.add_argument("--sigma", type=float, default=0.5,
-                     help="Gaussian bandwidth on unit-norm embeddings (default: 0.5)")
-    sce.add_argument("--features", type=int, default=5000, metavar="P",
-                     help="random Fourier features (even; default: 5000); 0: the exact kernel")
-    sce.add_argument("--ridge", type=float, default=1e-6,
-                     help="ridge added to the text covariance, relative to its trace "
-                          "(default: 1e-6); raise it when every prompt is distinct")
-    sce.add_argument("--order", type=float, default=1.0,
-                     help="Renyi order of the entropy (default: 1, Shannon)")
-    sce.add_argument("--entropy", choices=ENTROPIES, default="reference",
-                     help="reference: exp(trace x entropy), as in the paper (default); "
-                          "normalized: the plain Vendi score of the spectrum")
-    sce.add_argument("--center", action="store_true", help="centred covariances")
-    sce.add_argument("--seed", type=int, default=0, help="seed of the random features (default: 0)")
-    sce.add_argument("--plot", metavar="FILE.png", help="also draw the eigenvalue spectrum")
-    sce.add_argument("--out", metavar="FILE.json", help="also write the result as JSON")
-
-    edit = commands.add_parser(
-        "edit", parents=[model], help="remove prompts' influence from image embeddings",
-        description="Fit the Schur-complement map from prompts to images on IMAGES (or "
-                    "--embeddings) and their --prompts, then subtract from each embedding what "
-                    "its prompt (or --remove TEXT) explains. Writes the `embed` .npz format.")
-    edit.add_argument("images", nargs="*", metavar="IMAGES")
-    edit.add_argument("--embeddings", metavar="FILE.npz",
-                      help="embeddings written by `zeroshot-plus embed`, instead of IMAGES")
-    _prompt_option(edit)
-    edit.add_argument("--remove", metavar="TEXT",
-                      help="remove this text from every image (default: each image's own prompt)")
-    edit.add_argument("--ridge", type=float, default=1e-6,
-                      help="ridge added to the text covariance, relative to its trace "
-                           "(default: 1e-6)")
-    edit.add_argument("--out", required=True, metavar="FILE.npz", help="output file")
     return parser
 
 
@@ -265,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="zeroshot-plus: %(message)s")
     try:
-        return {"embed": _embed, "sce": _sce, "edit": _edit, "sce": _sce, "edit": _edit, "predict": _predict, "evaluate": _evaluate,
+        return {"embed": _embed, "sce": _sce, "edit": _edit, "predict": _predict, "evaluate": _evaluate,
                 "fit": _fit, "frequency": _frequency}[args.command](args)
     except InputError as exc:
         print(f"zeroshot-plus: error: {exc}", file=sys.stderr)
@@ -518,154 +473,6 @@ def _frequency(args) -> int:
           f"{len(metrics)} classes in {n_captions} captions; {changed} classes take a synonym; "
           f"wrote {args.out}", file=sys.stderr)
     return 0
-
-
-# ---------------------------------------------------------------------- Schur complement
-
-
-def _prompt_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--prompts", required=True, metavar="FILE.csv",
-                        help="CSV path,prompt: the prompt of each image (a header row is "
-                             "optional; relative paths are relative to the CSV)")
-
-
-def _read_prompts(path: str) -> dict[Path, str]:
-    """path,prompt rows -> {resolved image path: prompt}."""
-    try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read --prompts '{path}': {exc}.") from None
-    rows = [r for r in csv.reader(text.splitlines()) if r and any(c.strip() for c in r)]
-    column = 1
-    if rows and rows[0][0].strip().lower() == "path":
-        header = [c.strip().lower() for c in rows.pop(0)]
-        if "prompt" not in header:
-            raise InputError(f"--prompts '{path}' has a header without a 'prompt' column.")
-        column = header.index("prompt")
-    prompts = {}
-    for number, row in enumerate(rows, 1):
-        if len(row) <= column or not row[column].strip():
-            raise InputError(f"--prompts '{path}' data row {number} has no prompt.")
-        image = Path(row[0].strip())
-        prompts[(image if image.is_absolute() else Path(path).parent / image).resolve()] = row[column].strip()
-    if not prompts:
-        raise InputError(f"--prompts '{path}' lists no images.")
-    return prompts
-
-
-def _prompts_of(names: Sequence[str], args) -> list[str]:
-    """The --prompts entry of each image name, or an error naming the first image without."""
-    table = _read_prompts(args.prompts)
-    missing = [name for name in names if Path(name).resolve() not in table]
-    if missing:
-        raise InputError(f"{len(missing)} image(s) have no prompt in --prompts "
-                         f"'{args.prompts}', e.g. '{missing[0]}'.")
-    return [table[Path(name).resolve()] for name in names]
-
-
-def _encode_with_prompts(args, backbone: Backbone) -> tuple[np.ndarray, list[str], ImageSet, int]:
-    """IMAGES -> (embeddings (N, D) of the readable images, their names, the image set,
-    the exit status of `_finish`)."""
-    images, report = _images(args), EncodeReport()
-    names = images.names()
-    positions, parts = [], []
-    for batch_positions, vectors in _stream(args, backbone, images, report):
-        positions.append(batch_positions)
-        parts.append(vectors)
-    status = _finish(report, len(images))
-    kept = np.concatenate(positions) if positions else np.empty(0, np.int64)
-    vectors = np.concatenate(parts) if parts else np.empty((0, 0), np.float32)
-    return vectors, [names[i] for i in kept], images, status
-
-
-def _encode_prompts(args, backbone: Backbone, prompts: list[str]) -> np.ndarray:
-    """(N, D) text embeddings, each distinct prompt encoded once."""
-    unique, index = np.unique(prompts, return_inverse=True)
-    return backbone.encode_texts(list(unique), cache=args.cache)[index]
-
-
-@contextmanager
-def _warnings_to_stderr():
-    """Library warnings as one 'zeroshot-plus: warning:' line each."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    for warning in caught:
-        print(f"zeroshot-plus: warning: {warning.message}", file=sys.stderr)
-
-
-def _sce(args) -> int:
-    if args.plot is not None and not args.plot.lower().endswith(".png"):
-        raise InputError(f"--plot '{args.plot}' must end in .png.")
-    backbone = _backbone(args)
-    images, names, _, status = _encode_with_prompts(args, backbone)
-    if not names:
-        return status
-    prompts = _prompts_of(names, args)
-    texts = _encode_prompts(args, backbone, prompts)
-    with _warnings_to_stderr():
-        result = sce_score(images, texts, kernel=args.kernel, sigma=args.sigma,
-                           order=args.order, n_features=args.features or None, ridge=args.ridge,
-                           random_state=args.seed, entropy=args.entropy, center=args.center)
-    features = (f"{result.n_features} random features, sigma {args.sigma:g}, seed {args.seed}"
-                if args.kernel == "gaussian" and args.features else
-                f"exact kernel, sigma {args.sigma:g}" if args.kernel == "gaussian" else
-                f"{result.n_features} dimensions")
-    print(f"SCE: {result.score:.4f}  text-explained: {result.text_score:.4f}  "
-          f"({result.n_samples} images, {len(set(prompts))} distinct prompts; "
-          f"{args.kernel} kernel, {features}; {result.form} form; "
-          f"explained share of the trace {result.explained_trace / result.image_trace:.1%})")
-    if args.plot:
-        with _atomic_output(args.plot, binary=True) as handle:
-            save_spectrum_plot(result, handle)
-    if args.out:
-        report = {k: v.tolist() if isinstance(v, np.ndarray) else v
-                  for k, v in vars(result).items() if k != "mode_scores"}
-        report.update(model=backbone.describe(), images=names)
-        with _atomic_output(args.out) as handle:
-            json.dump(report, handle, indent=2)
-    return status
-
-
-def _edit(args) -> int:
-    if not args.out.endswith(".npz"):
-        raise InputError(f"--out '{args.out}' must end in .npz.")
-    if bool(args.images) == bool(args.embeddings):
-        raise InputError("edit needs either IMAGES or --embeddings FILE.npz (one of the two).")
-    backbone = _backbone(args)
-    labels, status = None, 0
-    if args.embeddings:
-        try:
-            with np.load(args.embeddings, allow_pickle=False) as data:
-                images, names = data["embeddings"], [str(p) for p in data["paths"]]
-                fingerprint = str(data["fingerprint"])
-                labels = data["labels"] if "labels" in data.files else None
-        except (OSError, ValueError, KeyError) as exc:
-            raise InputError(f"--embeddings '{args.embeddings}' is not a file written by "
-                             f"`zeroshot-plus embed` ({exc}).") from None
-        if fingerprint != backbone.fingerprint:
-            raise InputError(f"--embeddings '{args.embeddings}' was made with another model "
-                             f"than {backbone!r}; give the model options used by `embed`.")
-    else:
-        images, names, image_set, status = _encode_with_prompts(args, backbone)
-        if not names:
-            return status
-        if image_set.labels is not None:
-            position = {name: i for i, name in enumerate(image_set.names())}
-            labels = np.array([image_set.labels[position[name]] for name in names])
-    texts = _encode_prompts(args, backbone, _prompts_of(names, args))
-    editor = SchurEditor(backbone, ridge=args.ridge, cache=args.cache)
-    edited = editor.fit_transform(texts, images, prompts=args.remove)
-    arrays = {"embeddings": edited, "paths": np.array(names),
-              "fingerprint": np.array(backbone.fingerprint)}
-    if labels is not None:
-        arrays["labels"] = labels
-    with _atomic_output(args.out, binary=True) as handle:
-        np.savez(handle, **arrays)
-    print(f"wrote {len(edited)} edited embeddings (removed "
-          f"{repr(args.remove) if args.remove else 'each image' + chr(39) + 's prompt'}) to "
-          f"{args.out}", file=sys.stderr)
-    return status
 
 
 # ---------------------------------------------------------------------- Schur complement
