@@ -273,3 +273,72 @@ def test_bad_parameters_and_inputs(backbone, fitted):
         fitted.decision_function(np.ones((2, fitted.n_features_in_ + 1), np.float32))
     with pytest.raises(InputError, match="all zeros"):
         fitted.explain(np.zeros((1, fitted.n_features_in_), np.float32))
+
+
+# ---------------------------------------------------------------------- command line
+
+PETS = {"cat": ["whiskers", "a small animal", "pointed ears"], "dog": ["a wagging tail", "fur"],
+        "fish": []}
+
+
+@pytest.fixture
+def cli_setup(tmp_path, tiny_config, labelled_folder):
+    path = tmp_path / "pets.json"
+    path.write_text(json.dumps(PETS))
+    return labelled_folder, path, ["--model", tiny_config, "--pretrained", "none", "--no-progress"]
+
+
+def test_cli_predict_with_explanations(cli_setup, backbone, tmp_path):
+    from zeroshot_plus.cli import main
+
+    folder, path, model = cli_setup
+    out = tmp_path / "p.jsonl"
+    assert main(["predict", str(folder), "--method", "descriptions", "--descriptors", str(path),
+                 "--explain", "2", "--top-k", "1", "--out", str(out), *model]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    clf = DescriptionClassifier(backbone, descriptors=PETS).fit()   # classes from the file
+    X = backbone.encode_images(sorted(folder.rglob("*.*")))
+    assert [r["labels"][0] for r in rows] == list(clf.predict(X))
+    for row, expected in zip(rows, clf.explain(X, top=2)):
+        assert [e["descriptor"] for e in row["explanation"]] == expected.descriptors
+        if row["labels"][0] == "fish":   # no descriptors: explained by its name
+            assert row["explanation"][0]["descriptor"] == "fish"
+    csv_out = tmp_path / "p.csv"
+    assert main(["predict", str(folder), "--classes", "dog,cat", "--method", "descriptions",
+                 "--descriptors", str(path), "--explain", "--top-k", "2", "--out", str(csv_out),
+                 *model]) == 0
+    header, *lines = [line.split(",") for line in csv_out.read_text().splitlines()]
+    assert header == ["path", "label1", "prob1", "label2", "prob2", "descriptor1", "similarity1",
+                      "descriptor2", "similarity2", "descriptor3", "similarity3"]
+    assert len(lines) == 12 and all(len(line) == len(header) for line in lines)
+    assert all(line[5] in PETS[line[1]] for line in lines)
+
+
+def test_cli_evaluate_descriptions_reports_explanations(cli_setup, tmp_path, capsys):
+    from zeroshot_plus.cli import main
+
+    folder, path, model = cli_setup
+    out = tmp_path / "e.json"
+    assert main(["evaluate", str(folder), "--method", "descriptions", "--descriptors", str(path),
+                 "--explain", "1", "--out", str(out), *model]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["method"] == "descriptions"
+    assert summary["descriptors"]["without_descriptors"] == ["fish"]
+    assert len(summary["explanations"]) == 12
+    assert {e["label"] for e in summary["explanations"]} == {"cat", "dog", "fish"}
+
+
+def test_cli_description_errors(cli_setup, capsys):
+    from zeroshot_plus.cli import main
+
+    folder, path, model = cli_setup
+    cases = [
+        (["--method", "descriptions"], "needs --descriptors"),
+        (["--method", "descriptions", "--descriptors", str(path), "--classes", "cat,dgo"],
+         "'dgo' (did you mean 'dog'?)"),
+        (["--classes", "cat,dog", "--explain"], "--explain needs --method descriptions"),
+    ]
+    for extra, fragment in cases:
+        assert main(["predict", str(folder), *extra, *model]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and fragment in err[0], err

@@ -21,6 +21,9 @@ from .errors import InputError
 from .frequency import CAPTION_COLUMN, STRATEGIES, build_index, mine_frequencies
 from .images import ImageSet, read_image_source
 from .metrics import classification_summary
+from .descriptors import PROMPT_STYLES
+from .llm import KINDS, generate
+from .methods.descriptions import DescriptionClassifier
 from .methods.gda import GDAClassifier
 from .methods.schur import (ENTROPIES, KERNELS, SchurEditor, save_spectrum_plot,
                              sce_score)
@@ -33,7 +36,7 @@ from .support import augmented_support, sample_shots
 
 log = logging.getLogger("zeroshot_plus")
 
-METHODS = ("zeroshot", "gda", "real")
+METHODS = ("zeroshot", "gda", "real", "descriptions")
 
 
 def _model_options() -> argparse.ArgumentParser:
@@ -78,7 +81,25 @@ def _class_options(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--synonyms", metavar="FILE",
                         help="--method real: a REAL metrics file (most_common_name per class id, "
                              "rows in --classes order) or a JSON map {class: synonym}")
+    _description_options(parser)
     _few_shot_options(parser, support=True)
+
+
+def _description_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("classification by description (--method descriptions)")
+    group.add_argument("--descriptors", metavar="FILE",
+                       help="JSON {class: [descriptor, ...]}: released DCLIP descriptors, CuPL "
+                            "sentences, or `zeroshot-plus describe` output; without --classes "
+                            "its keys are the classes")
+    group.add_argument("--prompt-style", choices=PROMPT_STYLES, default="menon",
+                       help="menon (default): the paper's '{class}, which is/has {descriptor}' "
+                            "rule with its quirks; corrected: the same rule on whole words; "
+                            "plain: '{class}, {descriptor}'; sentences: each entry is a whole "
+                            "prompt (CuPL files)")
+    group.add_argument("--explain", type=int, nargs="?", const=3, metavar="N",
+                       help="also give the N (default 3) descriptors of the predicted class "
+                            "most similar to each image: extra columns of predict, and per "
+                            "image in evaluate's --out JSON")
 
 
 def _few_shot_options(parser: argparse.ArgumentParser, support: bool) -> None:
@@ -212,6 +233,39 @@ def build_parser() -> argparse.ArgumentParser:
                       help="ridge added to the text covariance, relative to its trace "
                            "(default: 1e-6)")
     edit.add_argument("--out", required=True, metavar="FILE.npz", help="output file")
+
+    describe = commands.add_parser(
+        "describe", help="write descriptors, synonyms or sentences per class with an LLM",
+        description="Ask an OpenAI-compatible chat endpoint for descriptors (classification "
+                    "by description), synonyms (REAL) or CuPL-style sentences, per class, and "
+                    "write them as JSON {class: [...]}. Answers are cached one file per class: "
+                    "an interrupted run resumes, and nothing is asked twice.")
+    describe.add_argument("--classes", required=True, metavar="FILE|a,b,c",
+                          help="class names: a file (one per line, or a JSON list) or a comma list")
+    describe.add_argument("--out", required=True, metavar="FILE.json", help="output file")
+    describe.add_argument("--kind", choices=KINDS, default="descriptors",
+                          help="what to ask for (default: descriptors)")
+    describe.add_argument("--context", metavar="TEXT",
+                          help="words that tell the LLM what the classes are, e.g. 'a type of bird'")
+    describe.add_argument("--items", type=int, metavar="N",
+                          help="items to ask for per class (default: 8 descriptors, 5 synonyms, "
+                               "10 sentences)")
+    describe.add_argument("--base-url", metavar="URL",
+                          help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL, else OpenAI)")
+    describe.add_argument("--model", metavar="NAME",
+                          help="LLM model name (default: $ZEROSHOT_PLUS_LLM_MODEL)")
+    describe.add_argument("--api-key", metavar="KEY",
+                          help="API key (default: $OPENAI_API_KEY; a --base-url server may need none)")
+    describe.add_argument("--cache", metavar="DIR",
+                          help="answer cache (default: ~/.cache/zeroshot_plus/llm)")
+    describe.add_argument("--concurrency", type=int, default=4,
+                          help="requests in flight at once (default: 4)")
+    describe.add_argument("--attempts", type=int, default=6,
+                          help="requests per class before giving up on it (default: 6)")
+    describe.add_argument("--timeout", type=float, default=60.0,
+                          help="seconds per request (default: 60)")
+    describe.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    describe.add_argument("-v", "--verbose", action="store_true", help="log retries")
     return parser
 
 
@@ -221,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="zeroshot-plus: %(message)s")
     try:
         return {"embed": _embed, "sce": _sce, "edit": _edit, "predict": _predict, "evaluate": _evaluate,
-                "fit": _fit, "frequency": _frequency}[args.command](args)
+                "fit": _fit, "frequency": _frequency, "describe": _describe}[args.command](args)
     except InputError as exc:
         print(f"zeroshot-plus: error: {exc}", file=sys.stderr)
         return 2
@@ -305,6 +359,8 @@ def _classifier(args, backbone: Backbone, classnames: list[str] | None) -> Predi
             raise InputError(f"--classes differs from the classes of --classifier "
                              f"'{args.classifier}'; leave --classes out.")
         return classifier
+    if args.method == "descriptions":
+        return _fit_descriptions(args, backbone, classnames)
     if classnames is None:
         raise InputError("predict needs --classes (or --classifier FILE).")
     if args.method == "gda":
@@ -316,6 +372,33 @@ def _classifier(args, backbone: Backbone, classnames: list[str] | None) -> Predi
         return RealPromptClassifier(backbone, classnames, synonyms=args.synonyms,
                                     templates=args.templates, cache=args.cache).fit()
     return ZeroShotClassifier(backbone, classnames, templates=args.templates, cache=args.cache).fit()
+
+
+def _fit_descriptions(args, backbone: Backbone, classnames: list[str] | None
+                      ) -> DescriptionClassifier:
+    if not args.descriptors:
+        raise InputError("--method descriptions needs --descriptors FILE (JSON {class: "
+                         "[descriptor, ...]}).")
+    classifier = DescriptionClassifier(backbone, classnames, args.descriptors,
+                                       prompt_style=args.prompt_style, cache=args.cache).fit()
+    report = classifier.report_
+    log.info("descriptors for %d of %d classes (%s)", report["n_with_descriptors"],
+             report["n_classes"], report["source"])
+    if report["without_descriptors"]:
+        log.warning("%d classes have no descriptors and are scored by their name: %s",
+                    len(report["without_descriptors"]), ", ".join(report["without_descriptors"][:10]))
+    return classifier
+
+
+def _explain_count(args, classifier: Predictor) -> int:
+    """Descriptors per image for --explain (0: not asked)."""
+    if args.explain is None:
+        return 0
+    if not isinstance(classifier, DescriptionClassifier):
+        raise InputError("--explain needs --method descriptions.")
+    if args.explain < 1:
+        raise InputError(f"--explain must be at least 1, got {args.explain}.")
+    return args.explain
 
 
 def _fit_gda(args, backbone: Backbone, classnames: list[str]) -> GDAClassifier:
@@ -383,19 +466,29 @@ def _predict(args) -> int:
     jsonl = args.out is not None and args.out.endswith(".jsonl")
     with _atomic_output(args.out) as handle:
         writer = None if jsonl else csv.writer(handle)
+        explain = _explain_count(args, classifier)
         if writer is not None:
-            writer.writerow(["path"] + [f"{c}{i}" for i in range(1, k + 1) for c in ("label", "prob")])
+            writer.writerow(["path"] + [f"{c}{i}" for i in range(1, k + 1) for c in ("label", "prob")]
+                            + [f"{c}{i}" for i in range(1, explain + 1)
+                               for c in ("descriptor", "similarity")])
         for positions, vectors in _stream(args, backbone, images, report):
             probabilities = classifier.predict_proba(vectors)
             top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-            for position, row, order in zip(positions, probabilities, top):
+            reasons = classifier.explain(vectors, explain) if explain else [None] * len(positions)
+            for position, row, order, reason in zip(positions, probabilities, top, reasons):
                 labels = [str(classifier.classes_[j]) for j in order]
                 probs = [round(float(row[j]), 6) for j in order]
+                why = [] if reason is None else [(d, round(s, 6)) for d, s in
+                                                 zip(reason.descriptors, reason.similarities)]
                 if jsonl:
-                    handle.write(json.dumps({"path": names[position], "labels": labels,
-                                             "probs": probs}) + "\n")
+                    record = {"path": names[position], "labels": labels, "probs": probs}
+                    if reason is not None:
+                        record["explanation"] = [{"descriptor": d, "similarity": s} for d, s in why]
+                    handle.write(json.dumps(record) + "\n")
                 else:
-                    writer.writerow([names[position]] + [v for pair in zip(labels, probs) for v in pair])
+                    cells = [v for pair in why for v in pair]
+                    writer.writerow([names[position]] + [v for pair in zip(labels, probs) for v in pair]
+                                    + cells + [""] * (2 * explain - len(cells)))
     return _finish(report, len(images))
 
 
@@ -413,10 +506,16 @@ def _evaluate(args) -> int:
                          f"{' ...' if len(unknown) > 10 else ''}.")
     classifier = _classifier(args, backbone, classnames)
     index = {c: i for i, c in enumerate(classnames)}
-    y_true, scores = [], []
+    explain, names = _explain_count(args, classifier), images.names()
+    y_true, scores, explanations = [], [], []
     for positions, vectors in _stream(args, backbone, images, report):
         y_true.extend(index[images.labels[p]] for p in positions)
         scores.append(classifier.decision_function(vectors))
+        if explain:
+            explanations.extend(
+                {"path": names[p], "label": images.labels[p], "predicted": str(e.label),
+                 "descriptors": e.descriptors, "similarities": [round(s, 6) for s in e.similarities]}
+                for p, e in zip(positions, classifier.explain(vectors, explain)))
     status = _finish(report, len(images))
     if not scores:
         return status or 2
@@ -426,6 +525,10 @@ def _evaluate(args) -> int:
     summary.update(method=f"classifier {args.classifier}" if args.classifier else args.method,
                    model=backbone.describe(), templates=args.templates,
                    skipped=[f.name for f in report.failures])
+    if args.method == "descriptions" and not args.classifier:
+        summary.update(descriptors=classifier.report_, prompt_style=args.prompt_style)
+    if explain:
+        summary["explanations"] = explanations
     print(f"images: {summary['n_images']}  top-1: {summary['top1']:.2%}  top-5: "
           f"{summary['top5']:.2%}  mean per-class: {summary['mean_per_class_accuracy']:.2%}  "
           f"ECE: {summary['ece']:.4f}")
@@ -621,6 +724,27 @@ def _edit(args) -> int:
           f"{repr(args.remove) if args.remove else 'each image' + chr(39) + 's prompt'}) to "
           f"{args.out}", file=sys.stderr)
     return status
+
+
+def _describe(args) -> int:
+    if not args.out.endswith(".json"):
+        raise InputError(f"--out '{args.out}' must end in .json.")
+    if not Path(args.out).resolve().parent.is_dir():
+        raise InputError(f"output folder '{Path(args.out).parent}' does not exist.")
+    try:
+        table = generate(parse_classnames(args.classes), args.kind, base_url=args.base_url,
+                         model=args.model, api_key=args.api_key, cache_dir=args.cache,
+                         n_items=args.items, context=args.context, concurrency=args.concurrency,
+                         max_attempts=args.attempts, timeout=args.timeout,
+                         progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print("zeroshot-plus: interrupted; the answers received so far are cached, and the same "
+              "command resumes from them", file=sys.stderr)
+        return 130
+    with _atomic_output(args.out) as handle:
+        json.dump(table, handle, indent=1, ensure_ascii=False)
+    print(f"wrote {args.kind} for {len(table)} classes to {args.out}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,247 @@
+"""LLM prompt writing against a real chat-completions server on 127.0.0.1 (started here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from zeroshot_plus import InputError
+from zeroshot_plus.cli import main
+from zeroshot_plus.llm import LLMError, build_messages, generate
+
+REPO_DIR = Path(__file__).resolve().parents[1]
+FAST = dict(timeout=0.3, backoff=0.001, max_wait=2.0, progress=False)
+
+
+class FakeLLM:
+    """A chat-completions server. ``script[class]`` lists what the next requests for that
+    class get: "ok", "timeout", "429", "500", "malformed", "schema", "401", "hang"."""
+
+    def __init__(self, classes, kind="descriptors", delay=0.0, retry_after="0"):
+        self.classes, self.kind, self.delay, self.retry_after = classes, kind, delay, retry_after
+        self.script: dict[str, list[str]] = defaultdict(list)
+        self.requests: Counter = Counter()
+        self.bodies: list[dict] = []
+        self.in_flight = self.max_in_flight = 0
+        self.lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fake.handle(self, body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def items(self, name):
+        return [f"{name} feature {i}" for i in range(3)]
+
+    def handle(self, handler, body):
+        text = body["messages"][-1]["content"]
+        name = next(c for c in self.classes if f'"{c}"' in text)
+        with self.lock:
+            self.requests[name] += 1
+            self.bodies.append(body)
+            action = self.script[name].pop(0) if self.script[name] else "ok"
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            time.sleep(self.delay)
+            if action in ("timeout", "hang"):
+                time.sleep(1.0 if action == "timeout" else 30.0)
+            if action in ("429", "500", "401"):
+                payload = json.dumps({"error": {"message": f"fake {action}"}}).encode()
+                handler.send_response(int(action))
+                if action == "429":
+                    handler.send_header("Retry-After", self.retry_after)
+                handler.send_header("Content-Type", "application/json")
+                handler.send_header("Content-Length", str(len(payload)))
+                handler.end_headers()
+                handler.wfile.write(payload)
+                return
+            content = {"malformed": '{"descriptors": ["unterminated',
+                       "schema": json.dumps({self.kind: ["fine", "", 3]})}.get(
+                action, json.dumps({self.kind: self.items(name)}))
+            payload = json.dumps({
+                "id": "chatcmpl-1", "object": "chat.completion", "created": 0,
+                "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": content}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }).encode()
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(payload)))
+            handler.end_headers()
+            handler.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+CLASSES = ["tench", "goldfish", "great white shark", "tiger shark"]
+
+
+@pytest.fixture
+def llm():
+    server = FakeLLM(CLASSES)
+    yield server
+    server.close()
+
+
+@pytest.fixture(autouse=True)
+def no_llm_environment(monkeypatch):
+    for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "ZEROSHOT_PLUS_LLM_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _generate(llm, tmp_path, classes=CLASSES, **options):
+    return generate(classes, base_url=llm.url, model="fake-model", api_key="k",
+                    cache_dir=tmp_path / "cache", **{**FAST, **options})
+
+
+def test_answers_are_parsed_in_class_order_with_json_mode(llm, tmp_path):
+    result = _generate(llm, tmp_path)
+    assert list(result) == CLASSES
+    assert result["tench"] == ["tench feature 0", "tench feature 1", "tench feature 2"]
+    assert all(b["response_format"] == {"type": "json_object"} for b in llm.bodies)
+    assert all(b["model"] == "fake-model" for b in llm.bodies)
+    assert sum(llm.requests.values()) == 4
+
+
+def test_timeout_429_500_malformed_and_bad_schema_are_retried(llm, tmp_path):
+    llm.script["tench"] = ["timeout", "429", "500", "malformed", "schema"]
+    result = _generate(llm, tmp_path, max_attempts=6)
+    assert result["tench"] == llm.items("tench")
+    assert llm.requests["tench"] == 6
+    assert all(llm.requests[c] == 1 for c in CLASSES[1:])
+
+
+def test_retry_after_is_honoured(tmp_path):
+    server = FakeLLM(["tench"], retry_after="1")
+    server.script["tench"] = ["429"]
+    try:
+        start = time.perf_counter()
+        _generate(server, tmp_path, classes=["tench"])
+        assert time.perf_counter() - start >= 0.95   # back-off alone would wait ~1 ms
+        assert server.requests["tench"] == 2
+    finally:
+        server.close()
+
+
+def test_attempts_are_bounded_and_failures_named(llm, tmp_path):
+    llm.script["goldfish"] = ["500"] * 10
+    with pytest.raises(LLMError) as info:
+        _generate(llm, tmp_path, max_attempts=3)
+    message = str(info.value)
+    assert "1 of 4 classes" in message and "'goldfish'" in message and "HTTP 500" in message
+    assert llm.requests["goldfish"] == 3
+    # the classes that succeeded were cached: once the server recovers, a second run asks
+    # only for goldfish
+    llm.script["goldfish"].clear()
+    before = sum(llm.requests.values())
+    result = _generate(llm, tmp_path)
+    assert sum(llm.requests.values()) - before == 1
+    assert result["goldfish"] == llm.items("goldfish")
+
+
+def test_cache_prevents_repeat_requests(llm, tmp_path):
+    first = _generate(llm, tmp_path)
+    assert sum(llm.requests.values()) == 4
+    assert _generate(llm, tmp_path) == first
+    assert sum(llm.requests.values()) == 4
+    # another kind, model or prompt option is another question
+    _generate(llm, tmp_path, classes=["tench"], context="a type of fish")
+    assert llm.requests["tench"] == 2
+    files = list((tmp_path / "cache").rglob("*.json"))
+    assert len(files) == 5 and not list((tmp_path / "cache").rglob("*.partial"))
+
+
+def test_concurrency_is_bounded(tmp_path):
+    classes = [f"class {i}" for i in range(8)]
+    server = FakeLLM(classes, delay=0.1)
+    try:
+        _generate(server, tmp_path, classes=classes, concurrency=2)
+        assert server.max_in_flight == 2
+    finally:
+        server.close()
+
+
+def test_rejected_key_fails_at_once(llm, tmp_path):
+    llm.script["tench"] = ["401"] * 10
+    with pytest.raises(LLMError, match="refused the API key"):
+        _generate(llm, tmp_path, classes=["tench"])
+    assert llm.requests["tench"] == 1
+
+
+def test_no_key_and_no_endpoint_is_one_clear_sentence(tmp_path, capsys):
+    with pytest.raises(InputError, match="no LLM endpoint is configured"):
+        generate(["tench"], model="m", cache_dir=tmp_path)
+    with pytest.raises(InputError, match="no LLM model"):
+        generate(["tench"], api_key="k", cache_dir=tmp_path)
+    classes = tmp_path / "classes.txt"
+    classes.write_text("tench\ngoldfish\n")
+    assert main(["describe", "--classes", str(classes), "--out", str(tmp_path / "d.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("zeroshot-plus: error: no LLM endpoint")
+
+
+def test_prompts_name_the_schema_and_class():
+    for kind in ("descriptors", "synonyms", "sentences"):
+        messages = build_messages("great_white_shark", kind, context="a fish")
+        text = messages[-1]["content"]
+        assert '"great white shark" (a fish)' in text
+        assert f'{{"{kind}": [' in text
+    with pytest.raises(InputError, match="unknown kind 'colours'"):
+        build_messages("tench", "colours")
+
+
+def test_cli_describe_writes_the_file_and_resumes_after_a_kill(llm, tmp_path):
+    """A run killed mid-way keeps what it was told; the rerun asks only for the rest."""
+    llm.script["great white shark"] = ["hang"]
+    classes = tmp_path / "classes.txt"
+    classes.write_text("\n".join(CLASSES) + "\n")
+    out, cache = tmp_path / "descriptors.json", tmp_path / "cache"
+    command = [sys.executable, "-m", "zeroshot_plus.cli", "describe", "--classes", str(classes),
+               "--out", str(out), "--base-url", llm.url, "--model", "fake-model",
+               "--api-key", "k", "--cache", str(cache), "--concurrency", "1",
+               "--timeout", "60", "--no-progress"]
+    process = subprocess.Popen(command, cwd=REPO_DIR, stderr=subprocess.PIPE,
+                               env={**os.environ, "PYTHONPATH": str(REPO_DIR)})
+    deadline = time.time() + 30
+    while llm.requests["great white shark"] == 0 and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not out.exists()
+    assert dict(llm.requests) == {"tench": 1, "goldfish": 1, "great white shark": 1}
+
+    assert main(["describe", "--classes", str(classes), "--out", str(out), "--base-url", llm.url,
+                 "--model", "fake-model", "--cache", str(cache), "--no-progress",
+                 "--timeout", "5"]) == 0
+    assert dict(llm.requests) == {"tench": 1, "goldfish": 1, "great white shark": 2,
+                                  "tiger shark": 1}
+    written = json.loads(out.read_text())
+    assert list(written) == CLASSES and written["tiger shark"] == llm.items("tiger shark")

@@ -1,0 +1,334 @@
+"""Descriptors, synonyms and CuPL-style sentences written by an LLM, cached on disk.
+
+Any OpenAI-compatible chat-completions endpoint works (OpenAI, vLLM, Ollama, llama.cpp,
+...): the base URL, model and key come from arguments or from the environment
+(OPENAI_BASE_URL, ZEROSHOT_PLUS_LLM_MODEL, OPENAI_API_KEY). Nothing here runs unless asked:
+the classifiers only read files.
+
+Per class, one chat request asks for a JSON object ``{"<kind>": ["...", ...]}``
+(``response_format={"type": "json_object"}`` and the schema spelt out in the prompt). An
+answer that is not such an object holding a non-empty list of non-empty strings is asked
+again. Timeouts, connection errors, 408/409/429 and 5xx are retried with exponential
+back-off (or after the server's Retry-After), up to ``max_attempts`` requests per class.
+Requests run on ``concurrency`` threads. Every valid answer is written at once to its own
+JSON file in the cache (temporary file + rename, so a file is whole or absent), keyed by
+(model, kind, class, prompt version and prompt options): a run that is interrupted resumes
+where it stopped, and nothing already answered is asked twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import tempfile
+import threading
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Sequence
+
+from tqdm.auto import tqdm
+
+from .descriptors import wordify
+from .errors import InputError
+from .prompts import validate_classnames
+
+log = logging.getLogger(__name__)
+
+KINDS = ("descriptors", "synonyms", "sentences")
+PROMPT_VERSION = 1
+DEFAULT_ITEMS = {"descriptors": 8, "synonyms": 5, "sentences": 10}
+_RETRY_STATUS = (408, 409, 429)
+
+_SYSTEM = ("You help build image classifiers by writing short texts about visual categories. "
+           "Reply with one JSON object and nothing else.")
+_ASK = {
+    "descriptors": (
+        'List {n} short phrases, each naming one visual feature that helps recognise a {name} '
+        'in a photograph: its shape, parts, colours, textures, size, or usual surroundings. '
+        'Write each as a noun phrase of at most ten words and do not repeat the category name '
+        '(for a "fire engine", for instance: "a long red truck", "ladders on the roof", '
+        '"flashing lights on top").'),
+    "synonyms": (
+        'List up to {n} other names that people use for this category in photo captions and '
+        'on the web: common, regional or informal names, and the scientific or technical '
+        'name, the most common first. Give names only, without explanations, and leave out '
+        '"{name}" itself.'),
+    "sentences": (
+        'Write {n} different sentences, each describing what a {name} looks like in a '
+        'photograph, as someone explaining how to recognise one would. Each sentence names '
+        'the {name} and has at most 25 words.'),
+}
+
+
+class LLMError(InputError):
+    """The LLM endpoint refused the requests, or kept answering badly."""
+
+
+class _Retry(Exception):
+    """A failed attempt worth repeating, after ``wait`` seconds when the server said so."""
+
+    def __init__(self, message: str, wait: float | None = None):
+        super().__init__(message)
+        self.wait = wait
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where requests go: base URL (None: OpenAI's), model name and API key."""
+
+    base_url: str | None
+    model: str
+    api_key: str
+
+
+def resolve_endpoint(base_url: str | None = None, model: str | None = None,
+                     api_key: str | None = None) -> Endpoint:
+    """Arguments first, then OPENAI_BASE_URL, ZEROSHOT_PLUS_LLM_MODEL and OPENAI_API_KEY.
+
+    A base URL without a key is allowed (local servers need none); neither is an error.
+    """
+    base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+    api_key = api_key or os.environ.get("OPENAI_API_KEY") or None
+    model = model or os.environ.get("ZEROSHOT_PLUS_LLM_MODEL") or None
+    if api_key is None and base_url is None:
+        raise InputError("no LLM endpoint is configured: give an API key (--api-key or "
+                         "OPENAI_API_KEY) for OpenAI, or the base URL of an OpenAI-compatible "
+                         "server (--base-url or OPENAI_BASE_URL).")
+    if model is None:
+        raise InputError("no LLM model is named: give one with --model or "
+                         "ZEROSHOT_PLUS_LLM_MODEL (e.g. gpt-4o-mini, or the name your server "
+                         "serves).")
+    return Endpoint(base_url, model, api_key or "unused")
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "zeroshot_plus" / "llm"
+
+
+def build_messages(classname: str, kind: str = "descriptors", n_items: int | None = None,
+                   context: str | None = None) -> list[dict]:
+    """The chat messages asking for one class's items (the prompt is versioned)."""
+    if kind not in KINDS:
+        raise InputError(f"unknown kind '{kind}'; use one of {', '.join(KINDS)}.")
+    name = wordify(classname)
+    n = n_items or DEFAULT_ITEMS[kind]
+    about = f'Category: "{name}"' + (f" ({context})" if context else "") + "."
+    schema = f'Reply with JSON of the form {{"{kind}": ["...", "..."]}}.'
+    return [{"role": "system", "content": _SYSTEM},
+            {"role": "user", "content": f"{about}\n{_ASK[kind].format(n=n, name=name)}\n{schema}"}]
+
+
+def parse_items(content: str | None, kind: str) -> list[str]:
+    """``{"<kind>": [str, ...]}`` -> the stripped, de-duplicated strings; _Retry if invalid."""
+    if not content:
+        raise _Retry("the answer was empty")
+    text = re.sub(r"^```(?:json)?\s*|\s*```$", "", content.strip())
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _Retry(f"the answer was not JSON ({exc.msg})") from None
+    items = data.get(kind) if isinstance(data, dict) else None
+    if not isinstance(items, list) or not items:
+        raise _Retry(f'the answer had no non-empty list under "{kind}"')
+    if not all(isinstance(item, str) and item.strip() for item in items):
+        raise _Retry(f'the "{kind}" list held something other than non-empty strings')
+    unique: dict[str, str] = {}
+    for item in items:
+        unique.setdefault(item.strip().lower(), item.strip())
+    return list(unique.values())
+
+
+class LLMCache:
+    """One JSON file per request key under ``directory``; each written atomically."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create the LLM cache '{directory}': {exc.strerror}.") from None
+
+    def path(self, key: dict) -> Path:
+        digest = hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=12).hexdigest()
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", key["class"]).strip("-")[:40] or "class"
+        return self.directory / key["kind"] / f"{slug}-{digest}.json"
+
+    def get(self, key: dict) -> list[str] | None:
+        path = self.path(key)
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            log.warning("LLM cache: unreadable entry %s is asked again", path)
+            return None
+        return record["items"] if record.get("key") == key else None
+
+    def put(self, key: dict, items: list[str]) -> None:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".partial")
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                json.dump({"key": key, "items": items}, out, ensure_ascii=False, indent=1)
+            os.replace(temporary, path)
+        finally:
+            Path(temporary).unlink(missing_ok=True)
+
+
+def generate(classnames: Sequence[str], kind: str = "descriptors", *,
+             base_url: str | None = None, model: str | None = None, api_key: str | None = None,
+             cache_dir: str | os.PathLike | None = None, n_items: int | None = None,
+             context: str | None = None, temperature: float = 0.0, concurrency: int = 4,
+             max_attempts: int = 6, timeout: float = 60.0, backoff: float = 1.0,
+             max_wait: float = 60.0, progress: bool = True) -> dict[str, list[str]]:
+    """``{class: [item, ...]}`` for every class, in class order, asking only for uncached ones.
+
+    kind : "descriptors" (DCLIP), "synonyms" (REAL candidates) or "sentences" (CuPL).
+    n_items : items to ask for per class (default: 8, 5, 10 by kind).
+    context : words that disambiguate the classes, e.g. "a type of bird".
+    concurrency : requests in flight at once.
+    max_attempts : requests per class before giving up on it.
+    timeout : seconds per request; backoff : first retry delay in seconds, doubled per
+        attempt (with jitter) unless the server sends Retry-After; max_wait caps any delay.
+
+    Classes that still fail after max_attempts raise LLMError once every other class is done
+    (and cached); a rejected key, unknown model or bad request raises LLMError at once.
+    """
+    import openai  # optional dependency, imported only when an LLM is really asked
+
+    names = validate_classnames(classnames)
+    if kind not in KINDS:
+        raise InputError(f"unknown kind '{kind}'; use one of {', '.join(KINDS)}.")
+    for option, value, low in (("concurrency", concurrency, 1), ("max_attempts", max_attempts, 1)):
+        if not isinstance(value, int) or value < low:
+            raise InputError(f"{option} must be an integer >= {low}, got {value!r}.")
+    endpoint = resolve_endpoint(base_url, model, api_key)
+    cache = LLMCache(cache_dir if cache_dir is not None else default_cache_dir())
+    keys = {name: {"model": endpoint.model, "kind": kind, "class": name,
+                   "prompt_version": PROMPT_VERSION, "n_items": n_items, "context": context,
+                   "temperature": temperature} for name in names}
+    results = {name: cache.get(keys[name]) for name in names}
+    todo = [name for name in names if results[name] is None]
+    log.info("%s for %d classes: %d cached, %d to ask %s", kind, len(names),
+             len(names) - len(todo), len(todo), endpoint.model)
+    client = openai.OpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key,
+                           max_retries=0, timeout=timeout)
+    policy = _Policy(max_attempts, backoff, max_wait, threading.Event())
+    failures: dict[str, str] = {}
+
+    def ask(name: str) -> None:
+        messages = build_messages(name, kind, n_items, context)
+        try:
+            items = policy.run(lambda: _request(client, openai, endpoint.model, messages,
+                                                kind, temperature), name)
+        except _Retry as exc:
+            failures[name] = str(exc)
+            return
+        cache.put(keys[name], items)
+        results[name] = items
+
+    with tqdm(total=len(names), initial=len(names) - len(todo), unit="class",
+              desc=f"{kind} from {endpoint.model}", disable=not progress) as bar:
+        pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="llm")
+        try:
+            futures = [pool.submit(ask, name) for name in todo]
+            for future in futures:
+                future.add_done_callback(lambda _: bar.update(1))
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            for future in done:
+                future.result()  # a fatal LLMError surfaces here
+        finally:
+            policy.stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+    if failures:
+        shown = "; ".join(f"'{n}': {e}" for n, e in list(failures.items())[:5])
+        more = f" and {len(failures) - 5} more" if len(failures) > 5 else ""
+        raise LLMError(f"no valid answer for {len(failures)} of {len(names)} classes after "
+                       f"{max_attempts} attempts each ({shown}{more}); the other classes are "
+                       f"cached in '{cache.directory}', so running again asks only for these.")
+    return {name: results[name] for name in names}
+
+
+@dataclass
+class _Policy:
+    """Bounded attempts with exponential back-off; ``stop`` ends waits once the run aborts."""
+
+    max_attempts: int
+    backoff: float
+    max_wait: float
+    stop: threading.Event
+
+    def run(self, attempt, name: str):
+        for number in range(1, self.max_attempts + 1):
+            if self.stop.is_set():
+                raise _Retry("the run was stopped")
+            try:
+                return attempt()
+            except _Retry as exc:
+                if number == self.max_attempts:
+                    raise
+                delay = exc.wait if exc.wait is not None else (
+                    self.backoff * 2 ** (number - 1) * random.uniform(0.5, 1.0))
+                delay = min(delay, self.max_wait)
+                log.info("class '%s', attempt %d: %s; retrying in %.2f s", name, number, exc, delay)
+                self.stop.wait(delay)
+
+
+def _request(client, openai, model: str, messages: list[dict], kind: str,
+             temperature: float) -> list[str]:
+    """One chat request -> validated items; _Retry for what is worth repeating."""
+    try:
+        response = client.chat.completions.create(
+            model=model, messages=messages, temperature=temperature,
+            response_format={"type": "json_object"})
+    except openai.APITimeoutError:
+        raise _Retry("the request timed out") from None
+    except openai.APIConnectionError as exc:
+        raise _Retry(f"could not connect ({exc})") from None
+    except openai.APIStatusError as exc:
+        status = exc.status_code
+        if status in _RETRY_STATUS or status >= 500:
+            raise _Retry(f"HTTP {status}", _retry_after(exc.response.headers)) from None
+        if status in (401, 403):
+            raise LLMError(f"the LLM endpoint refused the API key (HTTP {status}); check "
+                           f"--api-key or OPENAI_API_KEY.") from None
+        raise LLMError(f"the LLM endpoint rejected the request for model '{model}' "
+                       f"(HTTP {status}: {_message(exc)}).") from None
+    choices = getattr(response, "choices", None)
+    if not choices:
+        raise _Retry("the answer had no choices")
+    return parse_items(choices[0].message.content, kind)
+
+
+def _retry_after(headers) -> float | None:
+    """Seconds the server asks to wait: retry-after-ms, or Retry-After (seconds or a date)."""
+    value = headers.get("retry-after-ms")
+    try:
+        if value is not None:
+            return max(float(value) / 1000.0, 0.0)
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        return max(float(value), 0.0)
+    except ValueError:
+        try:
+            return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
+        except (TypeError, ValueError):
+            return None
+
+
+def _message(exc) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        error = body.get("error")
+        body = error.get("message") if isinstance(error, dict) else body.get("message", error)
+    return str(body or exc.message)[:200]
