@@ -97,7 +97,12 @@ def _from_metrics(data: Mapping, names: list[str] | None, source: str) -> Synony
                          f"id {missing[0]} is missing.")
     rows = [data[ids[i]] for i in range(len(ids))]
     if names is None:
-        names = validate_classnames([row["name"] for row in rows], source)
+        names = [str(row["name"]) for row in rows]
+        repeated = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if repeated is not None:
+            raise InputError(f"the {source} names class '{repeated}' more than once; pass the "
+                             f"class names (in id order) to tell them apart.")
+        names = validate_classnames(names, source)
     elif len(names) != len(rows):
         raise InputError(f"the {source} has {len(rows)} classes but {len(names)} class names "
                          f"were given; its rows are matched to the classes by id.")

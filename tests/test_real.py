@@ -1,0 +1,382 @@
+"""REAL: synonym tables, REAL-Prompt, FTS5 frequency mining, REAL-Linear, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+
+from zeroshot_plus import (GDAClassifier, InputError, RealLinearClassifier, RealPromptClassifier,
+                           ZeroShotClassifier)
+from zeroshot_plus import frequency
+from zeroshot_plus.cli import main
+from zeroshot_plus.frequency import CaptionIndex, build_index, most_common_name
+from zeroshot_plus.predictor import Predictor
+from zeroshot_plus.synonyms import load_synonyms
+
+NAMES = ["cat", "dog", "jay"]
+TEMPLATES = ["a photo of a {}.", "a drawing of a {}."]
+
+
+def embeddings(n: int, d: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def metrics_row(name: str, chosen: str, **alternates: int) -> dict:
+    return {"name": name, "alternates": alternates or {name: 1}, "most_common_name": chosen,
+            "actual_freq": 1}
+
+
+# ---------------------------------------------------------------------- REAL-Prompt
+
+
+def test_identity_synonyms_give_the_zero_shot_logits(backbone):
+    X = embeddings(12, backbone.embed_dim)
+    zero_shot = ZeroShotClassifier(backbone, NAMES, templates=TEMPLATES).fit()
+    as_map = RealPromptClassifier(backbone, NAMES, {n: n for n in NAMES}, TEMPLATES).fit()
+    as_metrics = RealPromptClassifier(
+        backbone, NAMES, {str(i): metrics_row(n, n) for i, n in enumerate(NAMES)}, TEMPLATES).fit()
+    for real in (as_map, as_metrics):
+        np.testing.assert_array_equal(real.decision_function(X), zero_shot.decision_function(X))
+        assert list(real.classes_) == NAMES
+
+
+def test_synonyms_replace_the_name_in_every_template_and_classes_keep_the_names(backbone):
+    real = RealPromptClassifier(backbone, NAMES, {"cat": "kitty", "DOG": "puppy", "jay": "blue jay"},
+                                TEMPLATES).fit()
+    renamed = ZeroShotClassifier(backbone, ["kitty", "puppy", "blue jay"], templates=TEMPLATES).fit()
+    np.testing.assert_array_equal(real.weights_, renamed.weights_)
+    assert list(real.classes_) == NAMES
+    assert list(real.prompt_names_) == ["kitty", "puppy", "blue jay"]
+    X = embeddings(5, backbone.embed_dim)
+    assert set(real.predict(X)) <= set(NAMES)
+
+
+def test_metrics_rows_are_ordered_by_integer_class_id(tmp_path, backbone):
+    # JSON order "10", "2", "0", ...: neither file order nor string order is the label order.
+    names = [f"class{i}" for i in range(11)]
+    data = {k: metrics_row(f"class{k}", f"synonym{k}") for k in ["10", "2", "0", "1", "3", "4",
+                                                                "5", "6", "7", "8", "9"]}
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(data))
+    table = load_synonyms(path)
+    assert table.classes == names
+    assert table.chosen == [f"synonym{i}" for i in range(11)]
+    real = RealPromptClassifier(backbone, synonyms=str(path), templates=TEMPLATES).fit()
+    assert list(real.classes_) == names and real.prompt_names_[10] == "synonym10"
+    # given class names are matched to the rows by id
+    given = RealPromptClassifier(backbone, [f"n{i}" for i in range(11)], str(path), TEMPLATES).fit()
+    assert given.prompt_names_[2] == "synonym2" and given.classes_[2] == "n2"
+
+
+def test_most_common_name_is_taken_as_written_not_recomputed(backbone):
+    data = {"0": metrics_row("partridge", "partridge (bird)", partridge=12641,
+                             **{"partridge (bird)": 54})}
+    assert load_synonyms(data).chosen == ["partridge (bird)"]
+
+
+def test_real_prompt_head_serves_as_the_gda_prior(backbone):
+    real = RealPromptClassifier(backbone, NAMES, {"cat": "kitty", "dog": "puppy", "jay": "jay"},
+                                TEMPLATES).fit()
+    X = embeddings(9, backbone.embed_dim, seed=1)
+    gda = GDAClassifier(text_weights=real.weights_, classnames=list(real.classes_), alpha=0.0)
+    gda.fit(X, np.array(NAMES * 3))
+    np.testing.assert_array_equal(gda.predict(X), real.predict(X))
+
+
+def test_save_and_load_round_trip(tmp_path, backbone):
+    real = RealPromptClassifier(backbone, NAMES, {"cat": "kitty", "dog": "puppy", "jay": "jay"},
+                                TEMPLATES).fit()
+    real.save(tmp_path / "real.npz")
+    loaded = Predictor.load(tmp_path / "real.npz", backbone)
+    X = embeddings(4, backbone.embed_dim)
+    assert isinstance(loaded, RealPromptClassifier)
+    np.testing.assert_array_equal(loaded.decision_function(X), real.decision_function(X))
+
+
+# ---------------------------------------------------------------------- released files
+
+CHANGED = {  # METHODS.md §3.4: classes whose most_common_name != name (case-insensitive)
+    "imagenet_1k/metrics-LAION400M.json": 118, "imagenet_1k/metrics-LAION2B.json": 135,
+    "flowers102/metrics-LAION400M.json": 31, "flowers102/metrics-LAION2B.json": 33,
+    "dtd/metrics-LAION400M.json": 13, "dtd/metrics-LAION2B.json": 13,
+    "fgvc_aircraft/metrics-LAION400M.json": 11, "fgvc_aircraft/metrics-LAION2B.json": 11,
+    "cub2011/metrics-LAION400M.json": 4, "cub2011/metrics-LAION2B.json": 4,
+    "food101/metrics-LAION400M.json": 3, "food101/metrics-LAION2B.json": 2,
+    "oxford_pets/metrics-LAION400M.json": 0, "oxford_pets/metrics-LAION2B.json": 1,
+    "stanford_cars/metrics-LAION400M.json": 194, "stanford_cars/metrics-LAION2B.json": 196,
+    "stanford_cars/metrics-LAION400M-coarse.json": 2, "stanford_cars/metrics-LAION2B-coarse.json": 2,
+    "eurosat/metrics-LAION400M-satellite.json": 2, "eurosat/metrics-LAION2B-satellite.json": 2,
+}
+
+
+def test_released_metrics_files_load_in_label_order(shared_data):
+    import open_clip
+
+    root = shared_data / "real"
+    # open_clip names two classes "missile" (and the metrics files two "sunglasses")
+    imagenet_names = [n if n not in open_clip.IMAGENET_CLASSNAMES[:i] else f"{n} ({i})"
+                      for i, n in enumerate(open_clip.IMAGENET_CLASSNAMES)]
+    if not root.is_dir():
+        pytest.skip(f"REAL metrics not found at {root}")
+    for name, changed in CHANGED.items():
+        path = root / name
+        classnames = imagenet_names if name.startswith("imagenet") else None
+        table = load_synonyms(path, classnames)
+        differ = sum(c.lower() != s.lower() for c, s in zip(table.classes, table.chosen))
+        if classnames is not None:  # compare with the file's own names
+            raw = json.loads(path.read_text())
+            differ = sum(raw[str(i)]["name"].lower() != s.lower()
+                         for i, s in enumerate(table.chosen))
+        assert differ == changed, name
+    imagenet = load_synonyms(root / "imagenet_1k/metrics-LAION400M.json", imagenet_names)
+    assert [imagenet.chosen[i] for i in (17, 83, 86, 103)] == [
+        "blue jay", "prairie chicken", "partridge (bird)", "duck billed platypus"]
+    assert imagenet.classes[17] == "jay"
+    with pytest.raises(InputError, match="'missile' more than once"):
+        load_synonyms(root / "imagenet_1k/metrics-LAION400M.json")
+
+
+# ---------------------------------------------------------------------- synonym input errors
+
+
+def test_bad_synonym_inputs_raise_one_clear_error(tmp_path, backbone):
+    with pytest.raises(InputError, match=r"no entry for 1 class\(es\): 'cat' \(did you mean 'kat'\?\)"):
+        load_synonyms({"kat": "kitty", "dog": "puppy", "jay": "jay"}, NAMES)
+    with pytest.raises(InputError, match="candidate synonyms but no chosen name"):
+        RealPromptClassifier(backbone, NAMES, {n: [n, "x"] for n in NAMES}, TEMPLATES).fit()
+    with pytest.raises(InputError, match="class id 'ten', which is not an integer"):
+        load_synonyms({"0": metrics_row("a", "a"), "ten": metrics_row("b", "b")})
+    with pytest.raises(InputError, match="id 1 is missing"):
+        load_synonyms({"0": metrics_row("a", "a"), "2": metrics_row("b", "b")})
+    with pytest.raises(InputError, match="has 1 classes but 3 class names"):
+        load_synonyms({"0": metrics_row("a", "a")}, NAMES)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(InputError, match="is not valid JSON"):
+        load_synonyms(bad)
+    with pytest.raises(InputError, match="does not exist"):
+        load_synonyms(tmp_path / "missing.json")
+    with pytest.raises(InputError, match="needs synonyms"):
+        RealPromptClassifier(backbone, NAMES, templates=TEMPLATES).fit()
+
+
+# ---------------------------------------------------------------------- frequency mining
+
+WORDS = ["blue", "Jay", "jays", "bird", "blue-jay", "BLUE", "jay's", "cat", "house_cat",
+         "(bird)", "jay.", "a", "on", "the", "tree", "Blue/Jay", "\"jay\"", "x-ray", "ray"]
+PHRASES = ["jay", "blue jay", "blue jay bird", "jay blue", "jay jay", "house cat",
+           "jay's", "blue-jay", "Blue Jay (bird)", "x ray", "ray", "cat", "the tree"]
+
+
+def brute_tokens(text: str) -> list[str]:
+    """The matching rules of the REAL parser + FTS5 unicode61, written out for ASCII text."""
+    text = text.replace('"', "").replace("'", "").replace("-", " ").replace("_", " ")
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def brute_matches(phrase: str, captions: list[str]) -> list[int]:
+    target = brute_tokens(phrase)
+    found = []
+    for i, caption in enumerate(captions):
+        tokens = brute_tokens(caption)
+        if any(tokens[s:s + len(target)] == target for s in range(len(tokens) - len(target) + 1)):
+            found.append(i)
+    return found
+
+
+@pytest.fixture(scope="module")
+def corpus() -> list[str]:
+    rng = np.random.default_rng(7)
+    return [" ".join(rng.choice(WORDS, size=rng.integers(0, 9))) for _ in range(3000)]
+
+
+def test_fts5_counts_equal_a_brute_force_count(corpus):
+    with CaptionIndex() as index:
+        assert index.add(corpus) == len(corpus)
+        for phrase in PHRASES:
+            expected = brute_matches(phrase, corpus)
+            assert index.count(phrase) == len(expected), phrase
+            np.testing.assert_array_equal(index.match(phrase), expected)
+        union = set(brute_matches("blue jay", corpus)) | set(brute_matches("house cat", corpus))
+        assert index.count(["blue jay", "house cat"]) == len(union)
+        both = set(brute_matches("jay", corpus)) & set(brute_matches("tree", corpus))
+        assert index.count("jay", require="tree") == len(both)
+    assert len(brute_matches("blue jay", corpus)) > 50  # the corpus exercises the phrases
+
+
+def test_relaxed_strategy_passes_over_a_less_specific_synonym():
+    counts = {"Honda Accord": 10, "Honda": 9000, "2012 Honda Accord": 500, "Accord sedan": 40}
+    assert most_common_name("Honda Accord", counts) == "2012 Honda Accord"
+    assert most_common_name("Honda Accord", counts, "max") == "Honda"
+    assert most_common_name("jay", {"jay": 5, "blue jay": 5}) == "jay"  # ties keep the name
+    assert most_common_name("jay", {"jay": 5, "blue jay": 6}) == "blue jay"
+
+
+def write_lines(path, lines):
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_index_is_built_once_and_reused(tmp_path, corpus, monkeypatch):
+    first = write_lines(tmp_path / "a.txt", corpus[:2000])
+    second = write_lines(tmp_path / "b.txt", corpus[2000:])
+    index_path = tmp_path / "captions.sqlite"
+    with build_index([first], index_path, progress=False) as index:
+        assert len(index) == 2000
+    read = []
+    real_read = frequency.read_captions
+    monkeypatch.setattr(frequency, "read_captions",
+                        lambda path, column: read.append(path) or real_read(path, column))
+    with build_index([first], index_path, progress=False) as index:
+        assert read == [] and len(index) == 2000
+    with build_index([first, second], index_path, progress=False) as index:  # extended
+        assert [p.endswith("b.txt") for p in read] == [True]
+        assert index.count("blue jay") == len(brute_matches("blue jay", corpus))
+    write_lines(first, corpus[:10])  # changed: rebuilt
+    with build_index([first, second], index_path, progress=False) as index:
+        assert len(index) == 10 + 1000
+        assert index.count("jay") == len(brute_matches("jay", corpus[:10] + corpus[2000:]))
+
+
+def test_csv_captions_and_caption_file_errors(tmp_path):
+    table = tmp_path / "pool.csv"
+    table.write_text('url,caption\nu1,"a Blue-Jay, on a tree"\nu2,cat\n', encoding="utf-8")
+    with build_index([table], tmp_path / "i.sqlite", progress=False) as index:
+        assert index.count("blue jay") == 1 and len(index) == 2
+    with pytest.raises(InputError, match=r"has no 'text' column \(columns: url, caption\)"):
+        build_index([table], tmp_path / "j.sqlite", column="text", progress=False)
+    empty = write_lines(tmp_path / "empty.txt", [])
+    empty.write_text("")
+    with pytest.raises(InputError, match="hold no captions"):
+        build_index([empty], tmp_path / "k.sqlite", progress=False)
+    with pytest.raises(InputError, match="nope.txt' does not exist"):
+        build_index([tmp_path / "nope.txt"], tmp_path / "l.sqlite", progress=False)
+    with pytest.raises(InputError, match="no letters or digits"):
+        CaptionIndex().count("--")
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        (tmp_path / "p.parquet").write_bytes(b"PAR1")
+        with pytest.raises(InputError, match="needs pyarrow"):
+            build_index([tmp_path / "p.parquet"], tmp_path / "m.sqlite", progress=False)
+
+
+def test_frequency_command_writes_metrics_that_real_prompt_uses(tmp_path, corpus, backbone,
+                                                                capsys):
+    captions = write_lines(tmp_path / "captions.txt", corpus)
+    candidates = tmp_path / "candidates.json"
+    candidates.write_text(json.dumps({"jay": ["blue jay", "jay bird"], "cat": ["house cat"]}))
+    out = tmp_path / "metrics.json"
+    assert main(["frequency", "--captions", str(captions), "--synonyms", str(candidates),
+                 "--out", str(out), "--no-progress"]) == 0
+    assert (tmp_path / "captions.txt.fts5.sqlite").is_file()
+    metrics = json.loads(out.read_text())
+    assert list(metrics) == ["0", "1"]
+    jay = metrics["0"]
+    expected = {s: len(brute_matches(s, corpus)) for s in ("jay", "blue jay", "jay bird")}
+    assert jay["alternates"] == expected and jay["name"] == "jay"
+    assert jay["actual_freq"] == len(set().union(*(brute_matches(s, corpus) for s in expected)))
+    best = max(expected, key=lambda s: (expected[s], s == "jay"))
+    assert jay["most_common_name"] == best
+    real = RealPromptClassifier(backbone, synonyms=str(out), templates=TEMPLATES).fit()
+    assert list(real.classes_) == ["jay", "cat"]
+    assert list(real.prompt_names_) == [best, metrics["1"]["most_common_name"]]
+    assert main(["frequency", "--captions", str(captions), "--synonyms", str(candidates),
+                 "--classes", "jay,dog", "--out", str(out), "--no-progress"]) == 2
+    assert "no entry for 1 class(es): 'dog'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- REAL-Linear
+
+SYNONYMS = {"cat": "kitty", "dog": "puppy", "jay": "blue jay"}
+
+
+@pytest.fixture(scope="module")
+def pool(backbone):
+    """60 pool pairs: captions mention the synonyms; images near their class's text."""
+    rng = np.random.default_rng(3)
+    words = ["kitty", "cat", "puppy", "dog", "blue jay", "jay"]
+    captions = [f"my {words[i % 6]} at home {i}" for i in range(60)]
+    real = RealPromptClassifier(backbone, NAMES, SYNONYMS, TEMPLATES).fit()
+    labels = np.arange(60) % 6 // 2
+    X = real.weights_[labels] + 0.5 * rng.normal(size=(60, backbone.embed_dim))
+    return X.astype(np.float32), captions, labels, real.weights_
+
+
+def linear(backbone, **params):
+    return RealLinearClassifier(backbone, NAMES, SYNONYMS, TEMPLATES, **{"random_state": 0, **params})
+
+
+def test_zero_steps_keep_the_real_prompt_head_and_wise_zero_is_the_zero_shot_head(backbone, pool):
+    X, captions, _, W_zs = pool
+    untrained = linear(backbone, max_iter=0, wise_alpha=1.0).fit(X, captions)
+    np.testing.assert_array_equal(untrained.linear_weights_, W_zs)
+    np.testing.assert_array_equal(untrained.weights_, W_zs)
+    trained = linear(backbone, max_iter=30, wise_alpha=0.0).fit(X, captions)
+    assert not np.allclose(trained.linear_weights_, W_zs)
+    np.testing.assert_array_equal(trained.weights_, W_zs)
+    half = linear(backbone, max_iter=30).fit(X, captions)
+    np.testing.assert_allclose(half.weights_, (half.linear_weights_ + W_zs) / 2, rtol=1e-6)
+
+
+def test_learning_rate_warms_up_then_follows_a_cosine(backbone, pool):
+    X, captions, _, _ = pool
+    model = linear(backbone, max_iter=200).fit(X, captions)
+    rates = model.learning_rates_
+    assert len(rates) == 200 == model.n_iter_ == len(model.loss_curve_)
+    assert rates[0] == 1e-5                                   # step 0: the warm-up floor
+    assert rates[1] == pytest.approx(1e-4 / 50) and rates[25] == pytest.approx(0.5e-4)
+    assert rates[50] == pytest.approx(1e-4)                   # warm-up done: the cosine's top
+    assert rates[150] == pytest.approx(1e-4 * (1 + math.cos(math.pi * 100 / 200)) / 2)
+    assert np.all(np.diff(rates[1:50]) > 0) and np.all(np.diff(rates[50:]) < 0)
+    small = linear(backbone, max_iter=3, lr=5e-5).fit(X, captions)
+    assert small.learning_rates_[0] == 5e-6
+
+
+def test_training_lowers_the_loss_and_is_deterministic(backbone, pool):
+    X, captions, labels, _ = pool
+    model = linear(backbone, max_iter=300, lr=1e-3).fit(X, captions)
+    assert model.loss_curve_[-20:].mean() < 0.8 * model.loss_curve_[:20].mean()
+    again = linear(backbone, max_iter=300, lr=1e-3).fit(X, captions)
+    np.testing.assert_array_equal(again.weights_, model.weights_)
+    other = linear(backbone, max_iter=300, lr=1e-3, random_state=1).fit(X, captions)
+    assert not np.array_equal(other.weights_, model.weights_)
+    # the trained head separates the retrieved images better than the zero-shot head does
+    X_unit = X / np.linalg.norm(X, axis=1, keepdims=True)
+    trained = np.mean(np.argmax(X_unit @ model.linear_weights_.T, axis=1) == labels)
+    zero_shot = np.mean(np.argmax(X_unit @ model.zeroshot_weights_.T, axis=1) == labels)
+    assert trained >= 0.9 > zero_shot
+    assert model.decision_function(X).shape == (60, 3)
+
+
+def test_auto_iterations_follow_the_paper(backbone, pool):
+    X, captions, _, _ = pool
+    model = linear(backbone, n_samples=4).fit(X, captions)
+    assert model.n_iter_ == int(4 * 3 * 10 / 32)  # min(32000, n_samples * C * 10 / 32)
+
+
+def test_retrieval_keeps_the_best_scored_mentions(backbone, pool):
+    X, captions, _, _ = pool
+    caption_embeddings = embeddings(60, backbone.embed_dim, seed=9)
+    model = linear(backbone, max_iter=0, n_samples=3).fit(
+        X, captions, caption_embeddings=caption_embeddings)
+    for c, name in enumerate(NAMES):
+        # candidates: captions with the class name or its synonym (caption i says words[i % 6])
+        candidates = np.array([i for i in range(60) if i % 6 in (2 * c, 2 * c + 1)])
+        heads = ZeroShotClassifier(backbone, [name, SYNONYMS[name]], templates=TEMPLATES).fit()
+        r = caption_embeddings[candidates] @ heads.weights_.T.mean(axis=1)  # mean_a cos
+        ranked = candidates[np.argsort(-r)]
+        expected = ranked[np.sort(r)[::-1] >= 0][:3]
+        np.testing.assert_array_equal(model.samples_[model.sample_labels_ == c], expected)
+    np.testing.assert_array_equal(model.sample_counts_, np.bincount(model.sample_labels_))
+    with pytest.raises(InputError, match="no pool caption qualifies"):
+        linear(backbone, max_iter=0).fit(X, ["nothing here"] * 60)
+    with pytest.raises(InputError, match="60 pool images but 2 captions"):
+        linear(backbone, max_iter=0).fit(X, ["a", "b"])
+    with pytest.raises(InputError, match="max_iter must be 'auto' or an integer"):
+        linear(backbone, max_iter=-1).fit(X, captions)
