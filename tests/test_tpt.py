@@ -255,3 +255,31 @@ def test_bad_parameters_name_themselves(backbone):
         TPTClassifier(backbone, CLASSES, diffusion_views="nowhere").fit()
     with pytest.raises(InputError, match="ctx_init"):
         TPTClassifier(backbone, CLASSES, ctx_init="{} and {}").fit()
+
+
+# ---------------------------------------------------------------------- command line
+
+
+def test_cli_predict_and_evaluate_with_tpt(tiny_config, tmp_path, make_image, capsys):
+    from zeroshot_plus.cli import main
+
+    root = tmp_path / "set"
+    paths = [make_image(root / label / f"{label}{i}.png", 10 * k + i, (48, 40))
+             for k, label in enumerate(["cat", "dog"]) for i in range(3)]
+    (root / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    common = ["--model", tiny_config, "--pretrained", "none", "--no-progress",
+              "--method", "tpt", "--tpt-views", "7", "--templates", "photo"]
+    out = tmp_path / "pred.jsonl"
+    assert main(["predict", str(root), "--classes", "cat,dog", "--out", str(out), *common]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["path"] for r in rows] == [str(p) for p in sorted(paths)]
+    assert "broken.jpg" in capsys.readouterr().err
+    # the same numbers as the library, on the template's context "a photo of a"
+    tuned = TPTClassifier(Backbone(tiny_config, "none", progress=False), ["cat", "dog"],
+                          n_views=7).fit().predict_proba(sorted(paths))
+    np.testing.assert_allclose([r["probs"][0] for r in rows], tuned.max(1), atol=1e-5)
+    assert main(["evaluate", str(root), *common, "--tpt-steps", "2"]) == 0
+    assert "images: 6" in capsys.readouterr().out
+    several = [a if a != "photo" else "simple_imagenet" for a in common]
+    assert main(["predict", str(root), "--classes", "cat,dog", *several]) == 2
+    assert "tunes one prompt" in capsys.readouterr().err

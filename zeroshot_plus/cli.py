@@ -19,7 +19,8 @@ from scipy.special import softmax
 from .backbone import PRECISIONS, Backbone, EncodeReport
 from .errors import InputError
 from .frequency import CAPTION_COLUMN, STRATEGIES, build_index, mine_frequencies
-from .images import ImageSet, read_image_source
+from .images import (Failure, ImageSet, decode_image, describe_error, image_name, open_image,
+                     read_image_source)
 from .metrics import classification_summary
 from .descriptors import PROMPT_STYLES
 from .llm import KINDS, generate
@@ -28,15 +29,17 @@ from .methods.gda import GDAClassifier
 from .methods.schur import (ENTROPIES, KERNELS, SchurEditor, save_spectrum_plot,
                              sce_score)
 from .methods.real import RealPromptClassifier
+from .methods.tpt import TPTClassifier
 from .methods.zeroshot import ZeroShotClassifier
 from .predictor import Predictor
-from .prompts import parse_classnames
+from .prompts import load_templates, parse_classnames
 from .synonyms import load_synonyms
 from .support import augmented_support, sample_shots
+from tqdm.auto import tqdm
 
 log = logging.getLogger("zeroshot_plus")
 
-METHODS = ("zeroshot", "gda", "real", "descriptions")
+METHODS = ("zeroshot", "gda", "real", "descriptions", "tpt")
 
 
 def _model_options() -> argparse.ArgumentParser:
@@ -83,6 +86,7 @@ def _class_options(parser: argparse.ArgumentParser, required: bool) -> None:
                              "rows in --classes order) or a JSON map {class: synonym}")
     _description_options(parser)
     _few_shot_options(parser, support=True)
+    _tpt_options(parser)
 
 
 def _description_options(parser: argparse.ArgumentParser) -> None:
@@ -100,6 +104,22 @@ def _description_options(parser: argparse.ArgumentParser) -> None:
                        help="also give the N (default 3) descriptors of the predicted class "
                             "most similar to each image: extra columns of predict, and per "
                             "image in evaluate's --out JSON")
+
+
+def _tpt_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "test-time prompt tuning (--method tpt)",
+        "The context of one prompt is tuned on each image: 'a photo of a {}.' by default, or "
+        "the one template of --templates; with --synonyms the prompts use REAL's names.")
+    group.add_argument("--tpt-views", type=int, metavar="N",
+                       help="augmented views per image (default: 63; 64 with --diffusion-views)")
+    group.add_argument("--tpt-steps", type=int, metavar="K",
+                       help="AdamW steps per image (default: 1; 4 with --diffusion-views)")
+    group.add_argument("--augmix", action="store_true",
+                       help="AugMix views (the paper uses them on fine-grained data sets)")
+    group.add_argument("--diffusion-views", metavar="DIR",
+                       help="DiffTPT: generated variations {stem}_{i}.jpg of each image {stem}.*; "
+                            "selection keeps 30%% of the views most similar to the original")
 
 
 def _few_shot_options(parser: argparse.ArgumentParser, support: bool) -> None:
@@ -315,9 +335,40 @@ def _images(args) -> ImageSet:
 
 
 def _stream(args, backbone: Backbone, images: ImageSet, report: EncodeReport
-            ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            ) -> Iterator[tuple[np.ndarray, np.ndarray | list]]:
+    """(positions, embeddings) batches; for --method tpt, (positions, decoded images)."""
+    if getattr(args, "method", None) == "tpt" and not args.classifier:
+        yield from _decoded_images(args, backbone, images, report)
+        return
     yield from backbone.iter_image_embeddings(images, cache=args.cache, report=report,
                                               on_error="raise" if args.strict else "skip")
+
+
+_TPT_BATCH = 4  # images tuned together in one batched pass
+
+
+def _decoded_images(args, backbone: Backbone, images: ImageSet, report: EncodeReport
+                    ) -> Iterator[tuple[np.ndarray, list]]:
+    """Batches of decoded images; an unreadable one is skipped and reported (or raises)."""
+    with tqdm(total=len(images), desc="test-time prompt tuning", unit="img",
+              disable=not backbone.progress) as bar:
+        for start in range(0, len(images), _TPT_BATCH):
+            positions, decoded = [], []
+            for position in range(start, min(start + _TPT_BATCH, len(images))):
+                item = images.items[position]
+                try:
+                    decoded.append(open_image(item) if not isinstance(item, (str, os.PathLike))
+                                   else decode_image(Path(item).read_bytes()))
+                    positions.append(position)
+                except Exception as exc:  # noqa: BLE001 - any failure is reported per image
+                    name = image_name(item, position)
+                    if args.strict:
+                        raise InputError(f"cannot read image '{name}': {describe_error(exc)}") from None
+                    report.failures.append(Failure(name, describe_error(exc)))
+            report.n_encoded += len(decoded)
+            if decoded:
+                yield np.array(positions, dtype=np.int64), decoded
+            bar.update(min(_TPT_BATCH, len(images) - start))
 
 
 def _finish(report: EncodeReport, total: int) -> int:
@@ -371,6 +422,8 @@ def _classifier(args, backbone: Backbone, classnames: list[str] | None) -> Predi
                              "{class: synonym} map).")
         return RealPromptClassifier(backbone, classnames, synonyms=args.synonyms,
                                     templates=args.templates, cache=args.cache).fit()
+    if args.method == "tpt":
+        return _fit_tpt(args, backbone, classnames)
     return ZeroShotClassifier(backbone, classnames, templates=args.templates, cache=args.cache).fit()
 
 
@@ -399,6 +452,27 @@ def _explain_count(args, classifier: Predictor) -> int:
     if args.explain < 1:
         raise InputError(f"--explain must be at least 1, got {args.explain}.")
     return args.explain
+
+
+def _fit_tpt(args, backbone: Backbone, classnames: list[str]) -> TPTClassifier:
+    """TPT on 'a photo of a {}.' or the one template of --templates; DiffTPT's settings
+    (64 views, 4 steps, 30% selection) with --diffusion-views."""
+    ctx_init = "a photo of a"
+    if args.templates != "openai_imagenet":  # the shared default: TPT's own prompt
+        templates = load_templates(args.templates)
+        if len(templates) != 1:
+            raise InputError(f"--method tpt tunes one prompt, but --templates '{args.templates}' "
+                             f"holds {len(templates)}; give one template (e.g. photo).")
+        ctx_init = templates[0]
+    diffusion = args.diffusion_views is not None
+    prompt_names = (load_synonyms(args.synonyms, classnames).prompt_names() if args.synonyms
+                    else None)
+    return TPTClassifier(
+        backbone, classnames, prompt_names=prompt_names, ctx_init=ctx_init,
+        n_views=args.tpt_views if args.tpt_views is not None else (64 if diffusion else 63),
+        steps=args.tpt_steps if args.tpt_steps is not None else (4 if diffusion else 1),
+        selection_p=0.3 if diffusion else 0.1, augmix=args.augmix, batch_images=_TPT_BATCH,
+        random_state=args.seed, diffusion_views=args.diffusion_views).fit()
 
 
 def _fit_gda(args, backbone: Backbone, classnames: list[str]) -> GDAClassifier:

@@ -65,6 +65,8 @@ class TPTClassifier(Predictor):
     ----------
     backbone : Backbone whose text tower is open_clip's standard CLIP transformer.
     classnames : class names (list, comma string or file); they become ``classes_``.
+    prompt_names : the names the prompts use, one per class (e.g. REAL's most frequent
+        synonyms); default: ``classnames``.
     n_ctx : number of context vectors when ``ctx_init`` is None (random N(0, 0.02²) init).
     ctx_init : initial context words, e.g. "a photo of a" (then n_ctx is their token count),
         or one template with "{}" where the class name goes: the words before it are the
@@ -86,13 +88,15 @@ class TPTClassifier(Predictor):
     ``fit(X=None, y=None)`` builds the prompt learner; X are images (paths or PIL images).
     """
 
-    def __init__(self, backbone: Backbone | None = None, classnames=None, n_ctx: int = 4,
+    def __init__(self, backbone: Backbone | None = None, classnames=None, prompt_names=None,
+                 n_ctx: int = 4,
                  ctx_init: str | None = "a photo of a", n_views: int = 63, augmix: bool = False,
                  selection_p: float = 0.1, lr: float = 5e-3, steps: int = 1,
                  batch_images: int = 4, text_batch: int = 256, random_state: int = 0,
                  diffusion_views: DiffusionViews | None = None, cosine_p: float = 0.8):
         self.backbone = backbone
         self.classnames = classnames
+        self.prompt_names = prompt_names
         self.n_ctx = n_ctx
         self.ctx_init = ctx_init
         self.n_views = n_views
@@ -127,8 +131,11 @@ class TPTClassifier(Predictor):
                 and not Path(self.diffusion_views).is_dir():
             raise InputError(f"diffusion views folder '{self.diffusion_views}' does not exist.")
         names = parse_classnames(self.classnames)
+        prompt_names = names if self.prompt_names is None else [str(n) for n in self.prompt_names]
+        if len(prompt_names) != len(names):
+            raise InputError(f"{owner}: {len(prompt_names)} prompt names for {len(names)} classes.")
         self.classes_ = np.array(names)
-        self._learner = PromptLearner(self.backbone, names, self.ctx_init, self.n_ctx,
+        self._learner = PromptLearner(self.backbone, prompt_names, self.ctx_init, self.n_ctx,
                                       self.random_state)
         with torch.no_grad():
             self._init_weights = self._learner.text_features(self._learner.ctx_init[None],
@@ -164,7 +171,7 @@ class TPTClassifier(Predictor):
         views = AugmentedViews(backbone, self.n_views, self.augmix, self.random_state)
         show = backbone.progress if progress is None else progress
         with tqdm(total=len(image_set), desc="test-time prompt tuning", unit="img",
-                  disable=not show) as bar:
+                  disable=not show or len(image_set) <= self.batch_images) as bar:
             for batch in decoded_batches(image_set.items, views, batch_size=self.batch_images,
                                          num_workers=backbone.num_workers):
                 good = []
