@@ -49,7 +49,7 @@ KERNELS = ("cosine", "gaussian")
 ENTROPIES = ("reference", "normalized")
 FORMS = ("auto", "primal", "dual")
 _DEGENERATE_DOF = 0.9  # warn when the text features span this share of the n sample directions
-_SIGMA_RANGE = 5.0  # warn when sigma is this many times above or below the median distance
+_SIGMA_RANGE = 3.0  # warn when sigma is this many times above or below the median distance
 
 
 # ---------------------------------------------------------------------- feature maps
@@ -162,7 +162,7 @@ class SCEResult:
     text_dof : tr(C_TT (C_TT + λI)⁺), the number of sample directions the text features span;
         the score degenerates toward 1 as it approaches n_samples.
     mode_scores : (n_samples, n_modes) projection of each image on the top eigenvectors of
-        C_{I|T} (signs chosen so that each column sums to ≥ 0): the modes the text misses.
+        C_{I|T} (signs chosen so that each column sums to > 0): the modes the text misses.
     form : "primal" (p × p covariances) or "dual" (n × n Gram matrices).
     n_features : p, the dimension of the feature map (n_samples for the exact kernel).
     ridge : the absolute λ used (ridge × tr C_TT).
@@ -355,8 +355,12 @@ def _top_eigenvectors(M: np.ndarray, k: int) -> np.ndarray:
 
 
 def _orient(scores: np.ndarray) -> np.ndarray:
-    """Flip each column's sign so that it sums to ≥ 0 (eigenvectors have no sign)."""
-    return scores * np.where(scores.sum(axis=0) < 0, -1.0, 1.0)
+    """Flip each column's sign so that it sums to > 0 (eigenvectors have no sign); a column
+    that sums to ~0 (centred features) gets its largest-magnitude entry positive."""
+    sums = scores.sum(axis=0)
+    balanced = np.abs(sums) <= 1e-8 * np.abs(scores).sum(axis=0)
+    largest = scores[np.argmax(np.abs(scores), axis=0), np.arange(scores.shape[1])]
+    return scores * np.where(np.where(balanced, largest, sums) < 0, -1.0, 1.0)
 
 
 def _descending(values: np.ndarray) -> np.ndarray:
