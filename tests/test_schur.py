@@ -68,6 +68,22 @@ def test_score_matches_the_closed_form(ridge):
     assert result.residual_trace == pytest.approx(np.trace(residual), abs=1e-12)
 
 
+@pytest.mark.parametrize("center", [False, True])
+def test_covariances_summed_over_row_blocks(center):
+    images, texts = _pairs(n_prompts=30, per_prompt=70, dim=8)  # n = 2100: three blocks
+    if center:
+        images_c, texts_c = images - images.mean(0), texts - texts.mean(0)
+    else:
+        images_c, texts_c = images, texts
+    n = len(images)
+    c_tt, c_ti = texts_c.T @ texts_c / n, texts_c.T @ images_c / n
+    residual = images_c.T @ images_c / n - c_ti.T @ np.linalg.solve(c_tt + 1e-3 * np.trace(c_tt) * np.eye(8), c_ti)
+    result = sce_score(images, texts, kernel="cosine", ridge=1e-3, center=center)
+    assert result.form == "primal"
+    np.testing.assert_allclose(result.spectrum, np.sort(np.linalg.eigvalsh(residual))[::-1],
+                               atol=1e-12)
+
+
 @pytest.mark.parametrize("kernel", ["cosine", "gaussian"])
 def test_trace_identities(kernel):
     images, texts = _pairs()

@@ -35,11 +35,11 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy.linalg import LinAlgError, blas, cholesky, eigh, lapack, solve_triangular
-from scipy.sparse.linalg import eigsh
+from scipy.sparse.linalg import LinearOperator, eigsh
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
@@ -49,6 +49,7 @@ KERNELS = ("cosine", "gaussian")
 ENTROPIES = ("reference", "normalized")
 FORMS = ("auto", "primal", "dual")
 _DEGENERATE_DOF = 0.9  # warn when the text features span this share of the n sample directions
+_BLOCK = 1024  # rows of features made at a time while summing the covariances
 _SIGMA_RANGE = 3.0  # warn when sigma is this many times above or below the median distance
 
 
@@ -92,58 +93,99 @@ def _gaussian_gram(A: np.ndarray, sigma: float) -> np.ndarray:
     return np.exp(-distances / (2.0 * sigma ** 2))
 
 
-def _second_moment(A: np.ndarray, scale: float) -> np.ndarray:
-    """scale · AᵀA (p, p) float64, symmetric, by one BLAS dsyrk (half the flops of a GEMM)."""
-    upper = blas.dsyrk(scale, A.T, trans=0, lower=0)  # A.T is the Fortran view of C-order A
-    return np.triu(upper) + np.triu(upper, 1).T
+def _feature_map(omega: np.ndarray | None) -> Callable[[np.ndarray], np.ndarray]:
+    """Unit rows (n, D) -> features (n, p): the identity (cosine) or the random Fourier map."""
+    return (lambda X: X) if omega is None else (lambda X: random_fourier_features(X, omega))
+
+
+def _add_gram(c: np.ndarray, a: np.ndarray) -> None:
+    """Lower triangle of c (p, p) += aᵀa, in place (BLAS dsyrk on the Fortran views)."""
+    blas.dsyrk(1.0, a.T, beta=1.0, c=c.T, trans=0, lower=0, overwrite_c=1)
+
+
+def _covariances(feature: Callable, texts: np.ndarray, images: np.ndarray, *,
+                 center: bool = False, image_covariance: bool = True):
+    """(C_TT, C_TI, C_II, mean of φ(images)), float64; C_TT and C_II as lower triangles.
+
+    Summed over blocks of rows: each block's features are made, added in place by BLAS
+    (dsyrk, dgemm) and dropped, so neither n × p feature matrix nor any B × p × p outer-
+    product tensor is ever formed. ``center`` subtracts the means' outer products.
+    """
+    n = len(texts)
+    for start in range(0, n, _BLOCK):
+        phi_t, phi_i = feature(texts[start:start + _BLOCK]), feature(images[start:start + _BLOCK])
+        if start == 0:
+            p = phi_t.shape[1]
+            c_tt, c_ti = np.zeros((p, p)), np.zeros((p, p))
+            c_ii = np.zeros((p, p)) if image_covariance else None
+            sum_t, sum_i = np.zeros(p), np.zeros(p)
+        _add_gram(c_tt, phi_t)
+        blas.dgemm(1.0, phi_i.T, phi_t.T, beta=1.0, c=c_ti.T, trans_b=1, overwrite_c=1)
+        if image_covariance:
+            _add_gram(c_ii, phi_i)
+        sum_t += phi_t.sum(axis=0)
+        sum_i += phi_i.sum(axis=0)
+    mean_t, mean_i = sum_t / n, sum_i / n
+    for c in (c_tt, c_ti, c_ii):
+        if c is not None:
+            c /= n
+    if center:
+        blas.dsyr(-1.0, mean_t, a=c_tt.T, lower=0, overwrite_a=1)
+        blas.dger(-1.0, mean_i, mean_t, a=c_ti.T, overwrite_a=1)
+        if image_covariance:
+            blas.dsyr(-1.0, mean_i, a=c_ii.T, lower=0, overwrite_a=1)
+    return c_tt, c_ti, c_ii, mean_i
 
 
 # ---------------------------------------------------------------------- (C + λI)⁺
 
 
 class _RegularisedInverse:
-    """(C + λI)⁺ = FᵀF for a symmetric PSD C (p, p).
+    """(C + λI)⁺ = FᵀF for a symmetric PSD C (p, p) given by its lower triangle, which is
+    overwritten.
 
-    λ > 0: Cholesky C + λI = LLᵀ, F = L⁻¹. λ = 0 (or a failed Cholesky): the eigen-
-    decomposition, F = diag((c + λ)^{-1/2}) Vᵀ over the eigenvalues above max(p)·eps·c_max
-    (the pseudo-inverse cut-off of numpy.linalg.pinv).
+    λ clearly above rounding (> p·eps·tr C): Cholesky C + λI = UᵀU, F = U⁻ᵀ. Otherwise the
+    eigendecomposition, F = diag((c + λ)^{-1/2}) Vᵀ over the eigenvalues above
+    p·eps·max(c + λ) (the pseudo-inverse cut-off of numpy.linalg.pinv).
     """
 
     def __init__(self, C: np.ndarray, lam: float):
-        self.lower, self.lam = None, lam
-        if lam > 0:
-            try:
-                self.lower = cholesky(C + lam * np.eye(len(C)), lower=True)
-                return
-            except LinAlgError:
-                pass
-        values, vectors = eigh(C)
+        p = len(C)
+        self.lam, self.upper = lam, None
+        if lam > p * np.finfo(np.float64).eps * np.trace(C):
+            C.flat[:: p + 1] += lam
+            # the Fortran view C.T holds the lower triangle as its upper one: no copy
+            self.upper = cholesky(C.T, lower=False, overwrite_a=True, check_finite=False)
+            return
+        values, vectors = eigh(C.T, lower=False, overwrite_a=True, check_finite=False)
         shifted = values + lam
-        keep = shifted > len(C) * np.finfo(np.float64).eps * max(shifted.max(), 0.0)
+        keep = shifted > p * np.finfo(np.float64).eps * max(shifted.max(), 0.0)
         self.scale = 1.0 / np.sqrt(shifted[keep])
         self.vectors = vectors[:, keep]
 
-    def root(self, B: np.ndarray) -> np.ndarray:
-        """F B."""
-        if self.lower is not None:
-            return solve_triangular(self.lower, B, lower=True)
-        return self.scale[:, None] * (self.vectors.T @ B)
+    def root(self, B: np.ndarray, overwrite: bool = False) -> np.ndarray:
+        """F B; with ``overwrite`` a C-ordered B (p, k) is replaced by the result."""
+        if self.upper is None:
+            return self.scale[:, None] * (self.vectors.T @ B)
+        if overwrite and B.flags.c_contiguous:  # (F B)ᵀ = Bᵀ U⁻¹, solved on the Fortran view
+            return blas.dtrsm(1.0, self.upper, B.T, side=1, lower=0, overwrite_b=1).T
+        return solve_triangular(self.upper, B, trans="T", check_finite=False)
 
     def solve(self, B: np.ndarray) -> np.ndarray:
         """(C + λI)⁺ B = Fᵀ(F B)."""
-        if self.lower is not None:
-            return solve_triangular(self.lower, self.root(B), lower=True, trans="T")
-        return self.vectors @ (self.scale[:, None] * self.root(B))
+        if self.upper is None:
+            return self.vectors @ (self.scale[:, None] * self.root(B))
+        return solve_triangular(self.upper, self.root(B), check_finite=False)
 
     def dof(self) -> float:
         """tr(C (C + λI)⁺) = Σ c/(c + λ): the number of directions C spans, weighted.
 
-        Cholesky: p − λ·tr((C + λI)⁻¹) = p − λ‖L⁻¹‖²_F.
+        Cholesky: p − λ·tr((C + λI)⁻¹) = p − λ‖U⁻¹‖²_F (the factor is overwritten: call last).
         """
-        if self.lower is not None:
-            inverse, _ = lapack.dtrtri(self.lower, lower=1)
-            return float(len(self.lower) - self.lam * np.einsum("ij,ij->", inverse, inverse))
-        return float(np.sum(1.0 - self.lam * self.scale ** 2))
+        if self.upper is None:
+            return float(np.sum(1.0 - self.lam * self.scale ** 2))
+        inverse, _ = lapack.dtrtri(self.upper, lower=0, overwrite_c=1)
+        return float(len(inverse) - self.lam * np.einsum("ij,ij->", inverse, inverse))
 
 
 # ---------------------------------------------------------------------- the score
@@ -256,31 +298,24 @@ def sce_score(image_embeddings, text_embeddings, kernel: str = "gaussian", sigma
         images, texts = _unit_rows(images), _unit_rows(texts)
     if kernel == "gaussian":
         _check_sigma(images, sigma)
-    if exact:
-        if form == "primal":
-            raise InputError("the exact Gaussian kernel (n_features=None) has only the dual "
-                             "form; give n_features for random Fourier features.")
-        phi_t = phi_i = None
-        p = n
-    else:
-        if kernel == "gaussian":
-            omega = draw_frequencies(images.shape[1], n_features, sigma, random_state)
-            phi_t, phi_i = random_fourier_features(texts, omega), random_fourier_features(images, omega)
-        else:
-            phi_t, phi_i = texts, images
-        if center:
-            phi_t, phi_i = phi_t - phi_t.mean(axis=0), phi_i - phi_i.mean(axis=0)
-        p = phi_t.shape[1]
-    chosen = form if form != "auto" else ("dual" if exact or n <= p else "primal")
+    if exact and form == "primal":
+        raise InputError("the exact Gaussian kernel (n_features=None) has only the dual form; "
+                         "give n_features for random Fourier features.")
+    omega = (draw_frequencies(images.shape[1], n_features, sigma, random_state)
+             if kernel == "gaussian" and not exact else None)
+    feature = _feature_map(omega)
+    p = n if exact else images.shape[1] if omega is None else 2 * omega.shape[1]
+    chosen = form if form != "auto" else ("dual" if n <= p else "primal")
     if chosen == "primal":
-        parts = _primal(phi_t, phi_i, ridge, n_modes)
+        parts = _primal(feature, texts, images, center, ridge, n_modes)
     else:
         if exact:
             k_tt, k_ii = _gaussian_gram(texts, sigma), _gaussian_gram(images, sigma)
-            if center:
-                k_tt, k_ii = _double_centre(k_tt), _double_centre(k_ii)
         else:
+            phi_t, phi_i = feature(texts), feature(images)
             k_tt, k_ii = phi_t @ phi_t.T, phi_i @ phi_i.T
+        if center:
+            k_tt, k_ii = _double_centre(k_tt), _double_centre(k_ii)
         parts = _dual(k_tt, k_ii, ridge, n_modes)
     residual, explained, image_trace, lam, dof, mode_scores = parts
     if dof >= _DEGENERATE_DOF * n:
@@ -300,20 +335,34 @@ def sce_score(image_embeddings, text_embeddings, kernel: str = "gaussian", sigma
         random_state=random_state if kernel == "gaussian" and not exact else None)
 
 
-def _primal(phi_t: np.ndarray, phi_i: np.ndarray, ridge: float, n_modes: int):
-    """Eigenvalues of C_{I|T} and C_{I←T} from the p × p covariances; modes from C_{I|T}."""
-    n = len(phi_t)
-    c_tt, c_ii = _second_moment(phi_t, 1.0 / n), _second_moment(phi_i, 1.0 / n)
-    c_ti = phi_t.T @ phi_i / n
+def _primal(feature: Callable, texts: np.ndarray, images: np.ndarray, center: bool,
+            ridge: float, n_modes: int):
+    """Eigenvalues of C_{I|T} and C_{I←T} from the p × p covariances; modes from C_{I|T}.
+
+    Works in place on three p × p arrays (plus one for C_{I←T}): the Cholesky factor
+    overwrites C_TT, F·C_TI overwrites C_TI, and C_{I|T} overwrites C_II.
+    """
+    c_tt, c_ti, c_ii, mean_i = _covariances(feature, texts, images, center=center)
+    image_trace = float(np.trace(c_ii))
     lam = ridge * np.trace(c_tt)
     inverse = _RegularisedInverse(c_tt, lam)
-    root = inverse.root(c_ti)  # C_{I←T} = (F C_TI)ᵀ(F C_TI)
-    explained = root.T @ root
-    residual = c_ii - explained
-    vectors = _top_eigenvectors(residual, n_modes)
-    return (_descending(eigh(residual, eigvals_only=True)),
-            _descending(eigh(explained, eigvals_only=True)), float(np.trace(c_ii)), lam,
-            inverse.dof(), _orient(phi_i @ vectors))
+    del c_tt
+    root = inverse.root(c_ti, overwrite=True)  # C_{I←T} = (F C_TI)ᵀ(F C_TI)
+    del c_ti
+    dof = inverse.dof()
+    del inverse
+    explained = np.zeros((root.shape[1], root.shape[1]))
+    _add_gram(explained, root)
+    del root
+    residual = c_ii
+    residual -= explained  # C_{I|T}, lower triangle
+    vectors = _top_eigenpairs(residual, n_modes)[1]
+    scores = np.vstack([feature(images[start:start + _BLOCK]) @ vectors
+                        for start in range(0, len(images), _BLOCK)])
+    if center:
+        scores -= mean_i @ vectors
+    return (_eigenvalues(residual), _eigenvalues(explained), image_trace, lam, dof,
+            _orient(scores))
 
 
 def _dual(k_tt: np.ndarray, k_ii: np.ndarray, ridge: float, n_modes: int):
@@ -332,26 +381,31 @@ def _dual(k_tt: np.ndarray, k_ii: np.ndarray, ridge: float, n_modes: int):
     values, vectors = _top_eigenpairs(residual, n_modes)
     # primal eigenvector u = Φ_Iᵀ U diag(√(1−w)) v / √(nμ), so Φ_I u = K_II U diag(√(1−w)) v / √(nμ)
     scores = k_ii @ (u @ (drop[:, None] * vectors)) / np.sqrt(n * np.maximum(values, 1e-300))
-    return (_descending(eigh(residual, eigvals_only=True)),
-            _descending(eigh(explained, eigvals_only=True)), float(np.trace(k_ii)) / n, lam,
+    return (_eigenvalues(residual), _eigenvalues(explained), float(np.trace(k_ii)) / n, lam,
             float(w.sum()), _orient(scores))
 
 
 def _top_eigenpairs(M: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k largest eigenpairs of a symmetric M, largest first (Lanczos when k ≪ dim)."""
+    """The k largest eigenpairs of a symmetric M (its lower triangle), largest first.
+
+    Lanczos (eigsh on BLAS dsymv products) when k ≪ p, else LAPACK on the Fortran view.
+    """
     k = min(k, len(M))
     if k == 0:
         return np.empty(0), np.empty((len(M), 0))
     if k < len(M) // 10:
-        values, vectors = eigsh(M, k=k, which="LA", v0=np.ones(len(M)))
+        operator = LinearOperator(M.shape, dtype=np.float64,
+                                  matvec=lambda x: blas.dsymv(1.0, M.T, np.ravel(x), lower=0))
+        values, vectors = eigsh(operator, k=k, which="LA", v0=np.ones(len(M)))
     else:
-        values, vectors = eigh(M, subset_by_index=[len(M) - k, len(M) - 1])
+        values, vectors = eigh(M.T, lower=False, subset_by_index=[len(M) - k, len(M) - 1])
     order = np.argsort(-values)
     return values[order], vectors[:, order]
 
 
-def _top_eigenvectors(M: np.ndarray, k: int) -> np.ndarray:
-    return _top_eigenpairs(M, k)[1]
+def _eigenvalues(M: np.ndarray) -> np.ndarray:
+    """All eigenvalues of a symmetric M (its lower triangle, overwritten), descending."""
+    return eigh(M.T, lower=False, eigvals_only=True, overwrite_a=True, check_finite=False)[::-1].copy()
 
 
 def _orient(scores: np.ndarray) -> np.ndarray:
@@ -361,10 +415,6 @@ def _orient(scores: np.ndarray) -> np.ndarray:
     balanced = np.abs(sums) <= 1e-8 * np.abs(scores).sum(axis=0)
     largest = scores[np.argmax(np.abs(scores), axis=0), np.arange(scores.shape[1])]
     return scores * np.where(np.where(balanced, largest, sums) < 0, -1.0, 1.0)
-
-
-def _descending(values: np.ndarray) -> np.ndarray:
-    return values[::-1].copy()
 
 
 def _double_centre(K: np.ndarray) -> np.ndarray:
@@ -475,11 +525,10 @@ class SchurEditor(TransformerMixin, BaseEstimator):
         self.omega_ = (draw_frequencies(images.shape[1], self.n_features, self.sigma,
                                         self.random_state)
                        if self.kernel == "gaussian" else None)
-        phi_t, phi_i = self._features(texts), self._features(images)
-        n = len(phi_t)
-        c_tt = _second_moment(phi_t, 1.0 / n)
+        c_tt, c_ti, _, _ = _covariances(_feature_map(self.omega_), _unit_rows(texts),
+                                        _unit_rows(images), image_covariance=False)
         self.ridge_ = self.ridge * float(np.trace(c_tt))
-        self.gamma_ = _RegularisedInverse(c_tt, self.ridge_).solve(phi_t.T @ phi_i / n)
+        self.gamma_ = _RegularisedInverse(c_tt, self.ridge_).solve(c_ti)
         return self
 
     def transform(self, image_embeddings, prompts=None) -> np.ndarray:
@@ -518,8 +567,7 @@ class SchurEditor(TransformerMixin, BaseEstimator):
         return self.transform(image_embeddings, text_embeddings if prompts is None else prompts)
 
     def _features(self, X: np.ndarray) -> np.ndarray:
-        X = _unit_rows(X)
-        return X if self.omega_ is None else random_fourier_features(X, self.omega_)
+        return _feature_map(self.omega_)(_unit_rows(X))
 
     def _encode(self, prompts, name: str):
         """Strings -> backbone text embeddings; arrays pass through."""
