@@ -189,7 +189,7 @@ class TPTClassifier(Predictor):
                                 for item in good]
                     report.n_encoded += len(good)
                     positions = np.array([item.position for item in good], dtype=np.int64)
-                    yield positions, self._tune_and_predict(features).numpy()
+                    yield positions, self._tune_and_predict(features).cpu().numpy()
                 bar.update(len(batch))
 
     # ------------------------------------------------------------------ the algorithm
@@ -242,7 +242,8 @@ class TPTClassifier(Predictor):
         loss = loss_of(weights)
         upstream = torch.autograd.grad(loss, weights)[0].reshape(n_images * n_classes, -1)
         grad = torch.zeros_like(ctx)
-        for rows in torch.arange(n_images * n_classes).split(self.text_batch):
+        prompts = torch.arange(n_images * n_classes, device=ctx.device)
+        for rows in prompts.split(self.text_batch):
             chunk = learner.encode(ctx, rows // n_classes, rows % n_classes)
             grad += torch.autograd.grad(chunk, ctx, grad_outputs=upstream[rows])[0]
         return loss.detach(), grad
@@ -305,7 +306,7 @@ def cosine_confident_views(logits: torch.Tensor, cosine_p: float, p: float) -> t
     similarity = F.cosine_similarity(logits[1:], logits[:1], dim=-1)
     n_similar = int(cosine_p * (logits.shape[0] - 1))
     similar = torch.argsort(similarity, descending=True, stable=True)[:n_similar] + 1
-    candidates = torch.cat([torch.zeros(1, dtype=similar.dtype), similar])
+    candidates = torch.cat([similar.new_zeros(1), similar])
     return candidates[confident_views(logits[candidates], p)]
 
 
