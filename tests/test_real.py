@@ -380,3 +380,18 @@ def test_retrieval_keeps_the_best_scored_mentions(backbone, pool):
         linear(backbone, max_iter=0).fit(X, ["a", "b"])
     with pytest.raises(InputError, match="max_iter must be 'auto' or an integer"):
         linear(backbone, max_iter=-1).fit(X, captions)
+
+
+def test_retrieval_with_a_metrics_file_uses_its_alternates_as_written(backbone, pool):
+    X, captions, _, _ = pool
+    metrics = {"0": metrics_row("cat", "kitty", kitty=3), "1": metrics_row("dog", "puppy", puppy=2),
+               "2": metrics_row("jay", "blue jay", **{"blue jay": 9})}  # the names not among them
+    model = RealLinearClassifier(backbone, NAMES, metrics, TEMPLATES, max_iter=0,
+                                 mention="synonym").fit(X, captions)
+    words = [re.sub(r"^my (.*) at home \d+$", r"\1", c) for c in captions]
+    for c, synonym in enumerate(["kitty", "puppy", "blue jay"]):
+        rows = model.samples_[model.sample_labels_ == c]
+        assert len(rows) and {words[i] for i in rows} == {synonym}
+    everything = RealLinearClassifier(backbone, NAMES, metrics, TEMPLATES, max_iter=0,
+                                      mention="any", n_samples=60).fit(X, captions)
+    assert everything.sample_counts_.max() > 10  # every caption is a candidate of every class

@@ -268,14 +268,15 @@ def mine_frequencies(table: SynonymTable, captions: CaptionIndex, *, require: st
                      strategy: str = "relaxed", progress: bool = True) -> dict[str, dict]:
     """Caption counts of every candidate synonym -> a REAL metrics object keyed by class id.
 
-    Per class: ``name``, ``alternates`` {synonym: count} (the class name among them),
+    Per class: ``name``, ``alternates`` {synonym: count} (the class name first),
     ``most_common_name`` (``most_common_name``) and ``actual_freq`` (captions matching any
     synonym). ``require``: a phrase every counted caption must also contain (e.g. "satellite").
     """
     metrics = {}
     for c in tqdm(range(len(table.classes)), desc="counting synonyms", unit="class",
                   disable=not progress):
-        name, synonyms = table.classes[c], table.alternates[c]
+        name = table.classes[c]
+        synonyms = list(dict.fromkeys([name, *table.alternates[c]]))
         counts = {s: captions.count(s, require) for s in synonyms}
         metrics[str(c)] = {"name": name, "alternates": counts,
                            "most_common_name": most_common_name(name, counts, strategy),

@@ -29,7 +29,8 @@ from .prompts import parse_classnames, validate_classnames
 class SynonymTable:
     """Per class c (in label order): ``classes[c]`` the class name, ``chosen[c]`` the name that
     prompts use (None when only candidates are known), ``alternates[c]`` the candidate synonyms
-    (the class name among them), ``counts[c]`` their caption counts (None when unknown)."""
+    (a metrics file's ``alternates`` as written; a synonym map's entries after the class
+    name), ``counts[c]`` their caption counts (None when unknown)."""
 
     classes: list[str]
     chosen: list[str | None]
@@ -115,7 +116,7 @@ def _from_metrics(data: Mapping, names: list[str] | None, source: str) -> Synony
             raise InputError(f"class id {i} of the {source}: 'alternates' must be an object "
                              f"{{synonym: count}}.")
         chosen.append(row["most_common_name"])
-        alternates.append(list(dict.fromkeys([row["name"], *found])))
+        alternates.append(list(found) or [row["name"]])
         counts.append({k: int(v) for k, v in found.items()})
     return SynonymTable(names, chosen, alternates, counts, source)
 
