@@ -25,7 +25,8 @@ FAST = dict(timeout=0.3, backoff=0.001, max_wait=2.0, progress=False)
 
 class FakeLLM:
     """A chat-completions server. ``script[class]`` lists what the next requests for that
-    class get: "ok", "timeout", "429", "500", "malformed", "schema", "401", "hang"."""
+    class get: "ok", "timeout", "429", "500", "malformed" (content), "badbody" (HTTP body),
+    "schema" (a list with an empty string and a number), "401", "hang"."""
 
     def __init__(self, classes, kind="descriptors", delay=0.0, retry_after="0"):
         self.classes, self.kind, self.delay, self.retry_after = classes, kind, delay, retry_after
@@ -70,6 +71,14 @@ class FakeLLM:
                 handler.send_response(int(action))
                 if action == "429":
                     handler.send_header("Retry-After", self.retry_after)
+                handler.send_header("Content-Type", "application/json")
+                handler.send_header("Content-Length", str(len(payload)))
+                handler.end_headers()
+                handler.wfile.write(payload)
+                return
+            if action == "badbody":   # an HTTP body that is not JSON at all
+                payload = b'{"choices": [{"mess'
+                handler.send_response(200)
                 handler.send_header("Content-Type", "application/json")
                 handler.send_header("Content-Length", str(len(payload)))
                 handler.end_headers()
@@ -132,10 +141,10 @@ def test_answers_are_parsed_in_class_order_with_json_mode(llm, tmp_path):
 
 
 def test_timeout_429_500_malformed_and_bad_schema_are_retried(llm, tmp_path):
-    llm.script["tench"] = ["timeout", "429", "500", "malformed", "schema"]
-    result = _generate(llm, tmp_path, max_attempts=6)
+    llm.script["tench"] = ["timeout", "429", "500", "malformed", "badbody", "schema"]
+    result = _generate(llm, tmp_path, max_attempts=7)
     assert result["tench"] == llm.items("tench")
-    assert llm.requests["tench"] == 6
+    assert llm.requests["tench"] == 7
     assert all(llm.requests[c] == 1 for c in CLASSES[1:])
 
 
@@ -245,3 +254,14 @@ def test_cli_describe_writes_the_file_and_resumes_after_a_kill(llm, tmp_path):
                                   "tiger shark": 1}
     written = json.loads(out.read_text())
     assert list(written) == CLASSES and written["tiger shark"] == llm.items("tiger shark")
+
+
+def test_answers_are_validated_and_cleaned():
+    from zeroshot_plus.llm import _Retry, parse_items
+
+    text = '```json\n{"synonyms": ["Tinca tinca", " doctor fish ", "tinca tinca"]}\n```'
+    assert parse_items(text, "synonyms") == ["Tinca tinca", "doctor fish"]
+    for bad in (None, "", "[1]", '{"synonyms": []}', '{"synonyms": "tench"}',
+                '{"descriptors": ["a"]}', '{"synonyms": ["ok", " "]}'):
+        with pytest.raises(_Retry):
+            parse_items(bad, "synonyms")

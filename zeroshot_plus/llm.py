@@ -303,10 +303,12 @@ def _request(client, openai, model: str, messages: list[dict], kind: str,
                            f"--api-key or OPENAI_API_KEY.") from None
         raise LLMError(f"the LLM endpoint rejected the request for model '{model}' "
                        f"(HTTP {status}: {_message(exc)}).") from None
+    except (openai.APIResponseValidationError, ValueError):  # a body that is not JSON
+        raise _Retry("the response was not a valid chat completion") from None
     choices = getattr(response, "choices", None)
     if not choices:
         raise _Retry("the answer had no choices")
-    return parse_items(choices[0].message.content, kind)
+    return parse_items(getattr(getattr(choices[0], "message", None), "content", None), kind)
 
 
 def _retry_after(headers) -> float | None:
