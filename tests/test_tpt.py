@@ -284,3 +284,13 @@ def test_cli_predict_and_evaluate_with_tpt(tiny_config, tmp_path, make_image, ca
     several = [a if a != "photo" else "simple_imagenet" for a in common]
     assert main(["predict", str(root), "--classes", "cat,dog", *several]) == 2
     assert "tunes one prompt" in capsys.readouterr().err
+
+
+def test_shared_first_pass_gives_each_images_own_gradient(backbone):
+    clf = _classifier(backbone, n_views=7, text_batch=3)
+    features = [clf._encode_views(_views(clf, image), None) for image in _images(3)]
+    selected = [f[clf._select(clf._learner.logit_scale * f @ clf._init_weights.T)] for f in features]
+    ctx = clf._learner.ctx_init.expand(3, -1, -1).clone()
+    _, separate = clf._loss_and_grad(ctx, selected)  # three contexts, one graph each
+    torch.testing.assert_close(clf._first_gradient(selected), separate,
+                               atol=1e-4 * float(separate.abs().max()), rtol=1e-4)

@@ -19,8 +19,10 @@ Test-time Prompt Tuning" (ICCV 2023). For each test image x, with the context ct
 T(ctx) (C, D) runs the frozen text tower on [SOS] ctx [class name] "." [EOS]. Exact
 shortcuts make it fast on a CPU: the text tower runs only up to the longest class prompt
 (causal mask, end-of-text pooling); the first AdamW step is applied in closed form; several
-images are tuned in one pass with a batch dimension on the context; more prompts than fit in
-memory go through the text tower in chunks, with the gradient accumulated chunk by chunk.
+images are tuned together: at step 1 they share ctx_0, so one text pass with gradients serves
+all of them (one backward pass each), and later passes carry a batch dimension on the context;
+more prompts than fit in memory go through the text tower in chunks, with the gradient
+accumulated chunk by chunk.
 """
 
 from __future__ import annotations
@@ -199,15 +201,15 @@ class TPTClassifier(Predictor):
         learner, scale = self._learner, self._learner.logit_scale
         selected = [f[self._select(scale * f @ self._init_weights.T)] for f in features]
         ctx = learner.ctx_init.expand(len(features), -1, -1).clone()  # reset: one ctx per image
+        grad = self._first_gradient(selected)
         if self.steps == 1:
-            _, grad = self._loss_and_grad(ctx, selected)
             ctx = adamw_first_step(ctx, grad, self.lr)
         else:
             ctx.requires_grad_(True)
             optimiser = torch.optim.AdamW([ctx], lr=self.lr, betas=BETAS, eps=EPS,
                                           weight_decay=WEIGHT_DECAY)
-            for _ in range(self.steps):
-                _, ctx.grad = self._loss_and_grad(ctx.detach(), selected)
+            for step in range(self.steps):
+                ctx.grad = grad if step == 0 else self._loss_and_grad(ctx.detach(), selected)[1]
                 optimiser.step()
             ctx = ctx.detach()
         with torch.no_grad():
@@ -220,6 +222,26 @@ class TPTClassifier(Predictor):
         if self.diffusion_views is None:
             return confident_views(logits, self.selection_p)
         return cosine_confident_views(logits, self.cosine_p, self.selection_p)
+
+    def _first_gradient(self, selected: list[torch.Tensor]) -> torch.Tensor:
+        """∇L_b at ctx_0 for each of B images (B, n, W).
+
+        Every image starts from ctx_0, so one text pass with gradients serves them all:
+        dL_b/dT at T(ctx_0) is cheap, then one backward pass per image through that pass.
+        """
+        learner, scale = self._learner, self._learner.logit_scale
+        weights = self._init_weights.clone().requires_grad_(True)  # T(ctx_0) (C, D)
+        upstream = [torch.autograd.grad(marginal_entropy(scale * s @ weights.T), weights)[0]
+                    for s in selected]
+        ctx = learner.ctx_init[None].clone().requires_grad_(True)
+        grads = torch.zeros(len(selected), *learner.ctx_init.shape, device=ctx.device)
+        classes = torch.arange(len(self.classes_), device=ctx.device)
+        for rows in classes.split(self.text_batch):
+            chunk = learner.encode(ctx, torch.zeros_like(rows), rows)
+            for b, u in enumerate(upstream):
+                grads[b] += torch.autograd.grad(chunk, ctx, grad_outputs=u[rows],
+                                                retain_graph=b < len(upstream) - 1)[0][0]
+        return grads
 
     def _loss_and_grad(self, ctx: torch.Tensor, selected: list[torch.Tensor]
                        ) -> tuple[torch.Tensor, torch.Tensor]:
