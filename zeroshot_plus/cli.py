@@ -17,13 +17,13 @@ import numpy as np
 from scipy.special import softmax
 
 from .backbone import PRECISIONS, Backbone, EncodeReport
+from .descriptors import PROMPT_STYLES
 from .errors import InputError
 from .frequency import CAPTION_COLUMN, STRATEGIES, build_index, mine_frequencies
 from .images import (Failure, ImageSet, decode_image, describe_error, image_name, open_image,
                      read_image_source)
-from .metrics import classification_summary
-from .descriptors import PROMPT_STYLES
 from .llm import KINDS, generate
+from .metrics import classification_summary
 from .methods.descriptions import DescriptionClassifier
 from .methods.gda import GDAClassifier
 from .methods.schur import (ENTROPIES, KERNELS, SchurEditor, save_spectrum_plot,
