@@ -73,7 +73,7 @@ def test_metrics_rows_are_ordered_by_integer_class_id(tmp_path, backbone):
     assert given.prompt_names_[2] == "synonym2" and given.classes_[2] == "n2"
 
 
-def test_most_common_name_is_taken_as_written_not_recomputed(backbone):
+def test_most_common_name_is_taken_as_written_not_recomputed():
     data = {"0": metrics_row("partridge", "partridge (bird)", partridge=12641,
                              **{"partridge (bird)": 54})}
     assert load_synonyms(data).chosen == ["partridge (bird)"]
