@@ -264,6 +264,15 @@ def test_save_and_load_round_trip(fitted, backbone, tmp_path):
     assert loaded.report_ == fitted.report_
 
 
+def test_scikit_learn_clone_refits_the_same(fitted):
+    from sklearn.base import clone
+
+    copy = clone(fitted)
+    assert copy.get_params()["descriptors"] == DESCRIPTORS and not hasattr(copy, "classes_")
+    X = _embeddings(3, fitted.n_features_in_, seed=8)
+    np.testing.assert_array_equal(copy.fit().decision_function(X), fitted.decision_function(X))
+
+
 def test_bad_parameters_and_inputs(backbone, fitted):
     with pytest.raises(InputError, match="backbone and descriptors"):
         DescriptionClassifier(backbone).fit()
