@@ -12,8 +12,9 @@ n paired samples (prompt t_i, image x_i), mapped by one feature map φ into R^p
 Feature maps: ``kernel="cosine"`` is φ(u) = u/‖u‖ (p = D); ``kernel="gaussian"`` is the random
 Fourier map φ(u) = m^{-1/2}[cos(Ωᵀu); sin(Ωᵀu)] with Ω ~ N(0, σ⁻²)^{D×m} (p = 2m), whose inner
 products approximate exp(−‖u−u'‖²/(2σ²)); with ``n_features=None`` the exact Gaussian kernel
-is used (dual form). Both maps have ‖φ‖ = 1, so tr C_TT = tr C_II = 1 and the ridge λ is an
-absolute number on that scale.
+is used (dual form). Both maps have ‖φ‖ = 1, so (uncentred) tr C_TT = tr C_II = 1 and the
+ridge, given relative to tr C_TT, is in effect an absolute λ on that scale. The top
+eigenvectors of C_{I|T} give the "modes" the prompts do not explain (``SCEResult.modes``).
 
 The score is computed exactly in whichever form is smaller: the primal (p × p covariances)
 or the dual (n × n Gram matrices K = ΦΦᵀ: with K_TT + nλI = U diag(k + nλ) Uᵀ and the
@@ -26,9 +27,13 @@ Fixes of the reference code (aziksh-ospanov/CLIP-DISSECTION):
 - its Gaussian edit draws fresh random frequencies for the edited vectors; here Ω is drawn
   once from ``random_state`` and stored, so fit and transform share it;
 - its covariances sum batched outer products (a B × p × p tensor, 6.4 GB at B = 64 and
-  p = 5000); here each covariance is one BLAS product ΦᵀΦ in float64;
+  p = 5000); here each covariance is a BLAS product ΦᵀΦ in float64, summed in place over
+  row blocks, and the solve and eigenvalues work in place on the p × p arrays;
 - its ε = 1e-12 is meaningless next to float32 features; here the ridge is explicit,
-  relative to tr C_TT, and everything is float64.
+  relative to tr C_TT, and everything is float64;
+- its cosine Γ* comes from column-normalised correlations and is applied to raw features
+  (inconsistent coordinates); here Γ* is the ridge regression on unit rows, applied to unit
+  rows, so the edit of a reference pair leaves a residual orthogonal to the text features.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
-from scipy.linalg import LinAlgError, blas, cholesky, eigh, lapack, solve_triangular
+from scipy.linalg import blas, cholesky, eigh, lapack, solve_triangular
 from scipy.sparse.linalg import LinearOperator, eigsh
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
@@ -339,19 +344,19 @@ def _primal(feature: Callable, texts: np.ndarray, images: np.ndarray, center: bo
             ridge: float, n_modes: int):
     """Eigenvalues of C_{I|T} and C_{I←T} from the p × p covariances; modes from C_{I|T}.
 
-    Works in place on three p × p arrays (plus one for C_{I←T}): the Cholesky factor
-    overwrites C_TT, F·C_TI overwrites C_TI, and C_{I|T} overwrites C_II.
+    Works in place on three p × p arrays: the factor of C_TT + λI overwrites C_TT, then
+    C_{I←T} takes its place; F·C_TI overwrites C_TI; C_{I|T} overwrites C_II.
     """
     c_tt, c_ti, c_ii, mean_i = _covariances(feature, texts, images, center=center)
     image_trace = float(np.trace(c_ii))
     lam = ridge * np.trace(c_tt)
     inverse = _RegularisedInverse(c_tt, lam)
-    del c_tt
     root = inverse.root(c_ti, overwrite=True)  # C_{I←T} = (F C_TI)ᵀ(F C_TI)
     del c_ti
     dof = inverse.dof()
-    del inverse
-    explained = np.zeros((root.shape[1], root.shape[1]))
+    del inverse  # the factor is no longer needed: its memory takes C_{I←T}
+    explained = c_tt
+    explained.fill(0.0)
     _add_gram(explained, root)
     del root
     residual = c_ii
@@ -544,8 +549,6 @@ class SchurEditor(TransformerMixin, BaseEstimator):
         if prompts is None:
             raise InputError("SchurEditor.transform needs the prompts to remove (or the "
                              "prompts parameter).")
-        if isinstance(prompts, str):
-            prompts = [prompts]
         texts = self._encode(prompts, "prompts")
         if np.ndim(texts) == 1:
             texts = np.asarray(texts)[None]
