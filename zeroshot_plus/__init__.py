@@ -4,6 +4,7 @@ from .backbone import Backbone, EncodeReport
 from .embedder import ImageEmbedder
 from .errors import InputError, ModelLoadError
 from .images import ImageSet, read_image_source
+from .methods.comclip import ComCLIPMatcher
 from .methods.descriptions import DescriptionClassifier
 from .methods.gda import GDAClassifier
 from .methods.real import RealLinearClassifier, RealPromptClassifier
@@ -18,5 +19,6 @@ __all__ = [
     "ModelLoadError", "Predictor", "ZeroShotClassifier", "AugmentedSupport", "augmented_support",
     "read_image_source", "sample_shots", "TPTClassifier", "DescriptionClassifier",
     "RealPromptClassifier", "RealLinearClassifier", "SCEResult", "SchurEditor", "sce_score",
+    "ComCLIPMatcher",
 ]
 __version__ = "0.1.0"

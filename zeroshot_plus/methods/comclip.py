@@ -1,0 +1,480 @@
+"""ComCLIP: compositional image–text matching from sub-images, without training.
+
+Jiang et al., "ComCLIP: Training-Free Compositional Image and Text Matching" (NAACL 2024).
+For an image I and a caption s parsed into entities e (with attributes) and relations
+(subject, predicate, object):
+
+    1. each entity is grounded in a region R_e: a user-supplied box, or the candidate region
+       (full image, centre, halves, a 2x2 and 3x3 grid) whose sub-image is most similar to
+       the entity's words, if it beats the full image by ``margin`` (else the full image)
+    2. a relation's region is the union of its subject's and object's regions
+    3. sub-image i = I with everything outside R_i blacked out (full frame kept), or cropped
+       to R_i (``mask_mode="crop"``); v_i = f(sub-image i), t_i = g(its words): the entity's
+       "<attributes> <name>", the relation's predicate
+    4. s_i = cos(v_i, t_i);  w_i = s_i⁺ / Σ_j s_j⁺ ("sum", the paper's normalisation; s⁺ =
+       max(s, 0) guards against the blow-up of a sum near zero, uniform when all s_i ≤ 0)
+       or w = softmax(s / τ) ("softmax")
+    5. v = f(I) + Σ_i w_i v_i,  score(I, s) = cos(v, g(s))
+
+With no sub-image the score is plain CLIP's cos(f(I), g(s)). All sub-images of all pairs
+are encoded once each, batched, and kept in the embedding store (keyed by image content,
+mask mode and region) when ``cache`` is given; all texts go through one text batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from sklearn.base import BaseEstimator
+
+from ..backbone import Backbone
+from ..errors import InputError
+from ..images import ImageInput, image_name, item_key, open_image, read_image_source
+from ..parsing import Parse, make_parser
+from ..store import EmbeddingStore
+
+log = logging.getLogger(__name__)
+
+COMPONENTS = ("entities", "relations")
+WEIGHTINGS = ("sum", "softmax")
+MASK_MODES = ("blackout", "crop")
+
+Box = tuple[int, int, int, int]
+Region = tuple[Box, ...]   # a union of boxes, in pixels of the original image
+Boxes = Sequence[Mapping[str, Sequence[float]] | None] | None
+
+
+@dataclass
+class SubImage:
+    """One sub-image of a pair: what it shows, where, and how much it counts."""
+
+    kind: str             # "entity" or "relation"
+    text: str             # the words it is compared with
+    region: list[list[int]]   # its boxes [x0, y0, x1, y1] (pixels, end exclusive)
+    source: str           # "user", "proposal", "full image" or "union"
+    similarity: float     # s_i = cos(v_i, t_i)
+    weight: float         # w_i
+
+
+@dataclass
+class PairExplanation:
+    """Why an image and a caption got their score."""
+
+    image: str
+    caption: str
+    score: float          # ComCLIP
+    clip_score: float     # plain CLIP cos(f(I), g(s))
+    entities: list[str]
+    relations: list[tuple[str, str, str]]
+    subimages: list[SubImage] = field(default_factory=list)
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ComCLIPMatcher(BaseEstimator):
+    """Score images against captions by CLIP plus weighted sub-images of the caption's parts.
+
+    Parameters
+    ----------
+    backbone : the Backbone whose encoders are used.
+    parser : "rules" (``zeroshot_plus.parsing.parse_caption``) or a callable caption ->
+        Parse, e.g. ``zeroshot_plus.parsing.LLMParser(...)``.
+    components : which sub-images to add: "entities", "relations"; () gives plain CLIP.
+    weighting : "sum" (w_i = s_i⁺/Σs⁺, the paper's) or "softmax" (softmax(s/temperature)).
+    temperature : τ of the softmax weighting.
+    mask_mode : "blackout" (the paper's: full frame, black outside the region) or "crop".
+    grid : grid sizes of the candidate regions (besides the full image, its centre and halves).
+    margin : how much a candidate's similarity to an entity must exceed the full image's.
+    cache : embedding store directory for sub-image and text embeddings.
+
+    Nothing is learnt: ``fit`` only checks the parameters.
+    """
+
+    def __init__(self, backbone: Backbone | None = None, parser="rules",
+                 components: Sequence[str] = COMPONENTS, weighting: str = "sum",
+                 temperature: float = 0.01, mask_mode: str = "blackout",
+                 grid: Sequence[int] = (2, 3), margin: float = 0.0, cache=None):
+        self.backbone = backbone
+        self.parser = parser
+        self.components = components
+        self.weighting = weighting
+        self.temperature = temperature
+        self.mask_mode = mask_mode
+        self.grid = grid
+        self.margin = margin
+        self.cache = cache
+
+    def fit(self, X=None, y=None) -> "ComCLIPMatcher":
+        self._check_params()
+        return self
+
+    def _check_params(self) -> None:
+        if not isinstance(self.backbone, Backbone):
+            raise InputError("ComCLIPMatcher needs a Backbone (backbone=Backbone(...)).")
+        unknown = set(self.components) - set(COMPONENTS)
+        if unknown or isinstance(self.components, str):
+            raise InputError(f"components must be a subset of {COMPONENTS}, got {self.components!r}.")
+        if self.weighting not in WEIGHTINGS:
+            raise InputError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}.")
+        if self.mask_mode not in MASK_MODES:
+            raise InputError(f"mask_mode must be one of {MASK_MODES}, got {self.mask_mode!r}.")
+        if not self.temperature > 0:
+            raise InputError(f"temperature must be positive, got {self.temperature!r}.")
+        if any(int(g) < 1 for g in self.grid):
+            raise InputError(f"grid sizes must be positive integers, got {self.grid!r}.")
+        make_parser(self.parser)
+
+    # ------------------------------------------------------------------ public API
+
+    def decision_function(self, images, captions: Sequence[str], boxes: Boxes = None) -> np.ndarray:
+        """(N images, M captions) ComCLIP scores, cosines in [-1, 1].
+
+        images : paths or PIL images (or a folder / manifest); captions : M strings.
+        boxes : optional, one per image: None or {entity name or words: (x0, y0, x1, y1)} in
+            pixels; entities without a box are grounded on the candidate regions.
+        """
+        items, captions = self._inputs(images, captions)
+        pairs = np.stack(np.meshgrid(np.arange(len(items)), np.arange(len(captions)),
+                                     indexing="ij"), -1).reshape(-1, 2)
+        scores, _, _ = self._score(items, captions, pairs, boxes)
+        return scores.reshape(len(items), len(captions))
+
+    def predict(self, images, captions: Sequence[str], boxes: Boxes = None) -> np.ndarray:
+        """(N,) the best-scoring caption for each image."""
+        scores = self.decision_function(images, captions, boxes)
+        return np.asarray(list(captions), dtype=object)[scores.argmax(axis=1)]
+
+    def score_pairs(self, images, captions: Sequence[str], boxes: Boxes = None) -> np.ndarray:
+        """(P,) scores of image i with caption i (images may repeat; each is encoded once)."""
+        items, captions = self._inputs(images, captions)
+        if len(items) != len(captions):
+            raise InputError(f"score_pairs needs one caption per image: {len(items)} images, "
+                             f"{len(captions)} captions.")
+        pairs = np.repeat(np.arange(len(items))[:, None], 2, axis=1)
+        return self._score(items, captions, pairs, boxes)[0]
+
+    def explain(self, images, captions: Sequence[str], boxes: Boxes = None,
+                pairs: Sequence[tuple[int, int]] | None = None) -> list[PairExplanation]:
+        """One PairExplanation per (image index, caption index) in ``pairs`` (default: all
+        N x M pairs, row-major): parsed entities, regions, similarities, weights, scores."""
+        items, captions = self._inputs(images, captions)
+        if pairs is None:
+            pairs = [(i, j) for i in range(len(items)) for j in range(len(captions))]
+        pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        if len(pairs) and ((pairs < 0).any() or pairs[:, 0].max() >= len(items)
+                           or pairs[:, 1].max() >= len(captions)):
+            raise InputError(f"pairs must index {len(items)} images and {len(captions)} captions.")
+        return self._score(items, captions, pairs, boxes, explain=True)[2]
+
+    # ------------------------------------------------------------------ the computation
+
+    def _inputs(self, images, captions) -> tuple[list[ImageInput], list[str]]:
+        self._check_params()
+        items = list(read_image_source(images).items)
+        if isinstance(captions, str):
+            captions = [captions]
+        captions = [str(c) for c in captions]
+        if not captions:
+            raise InputError("no captions to match.")
+        for i, caption in enumerate(captions):
+            if not caption.strip():
+                raise InputError(f"caption {i} is empty.")
+        return items, captions
+
+    def _parse(self, caption: str) -> tuple[Parse, str]:
+        try:
+            return make_parser(self.parser)(caption), ""
+        except InputError as exc:  # a failed parse falls back to plain CLIP (counted in notes)
+            log.warning("parse of '%s' failed (%s); scored by plain CLIP", caption, exc)
+            return Parse(caption), f"parse failed: {exc}"
+
+    def _score(self, items: list[ImageInput], captions: list[str], pairs: np.ndarray,
+               boxes: Boxes, explain: bool = False):
+        """(P,) ComCLIP scores and (P,) CLIP scores of ``pairs`` (image, caption) indices,
+        and their explanations when asked."""
+        if boxes is not None and len(boxes) != len(items):
+            raise InputError(f"boxes must hold one entry (or None) per image: {len(boxes)} "
+                             f"for {len(items)} images.")
+        used_images = sorted(set(pairs[:, 0].tolist()))
+        pictures = {i: open_image(items[i]) for i in used_images}
+        names = {i: image_name(items[i], i) for i in used_images}
+        parses = {j: self._parse(captions[j]) for j in sorted(set(pairs[:, 1].tolist()))}
+
+        # One text batch: captions, entity words, predicates.
+        texts = {captions[j] for j in parses}
+        for parse, _ in parses.values():
+            texts.update(e.text for e in parse.entities)
+            texts.update(r.predicate for r in parse.relations)
+        texts = sorted(texts)
+        text_index = {t: k for k, t in enumerate(texts)}
+        text_vectors = self.backbone.encode_texts(texts, cache=self.cache, progress=False)
+
+        encoder = _RegionEncoder(self.backbone, self.mask_mode, self.cache, pictures, items)
+        full = {i: ((0, 0, *pictures[i].size),) for i in used_images}
+        for i in used_images:
+            encoder.request(i, full[i])
+
+        # Entities to ground: (image, words) -> region, source.
+        user = {i: _user_boxes(boxes[i] if boxes is not None else None, pictures[i], names[i])
+                for i in used_images}
+        grounded: dict[tuple[int, str], tuple[Region, str]] = {}
+        to_search: dict[int, set[str]] = {}
+        if self.components:
+            for i, j in pairs.tolist():
+                for entity in parses[j][0].entities:
+                    box = user[i].get(entity.text, user[i].get(entity.name))
+                    if box is not None:
+                        grounded[(i, entity.text)] = ((box,), "user")
+                    else:
+                        to_search.setdefault(i, set()).add(entity.text)
+        for i, words in to_search.items():
+            proposals = _proposals(*pictures[i].size, self.grid)
+            for box in proposals:
+                encoder.request(i, (box,))
+            encoder.run()
+            vectors = encoder.vectors(i, [(box,) for box in proposals])   # (P, D), row 0: full
+            words = sorted(words)
+            similarity = vectors @ text_vectors[[text_index[w] for w in words]].T  # (P, E)
+            best = 1 + similarity[1:].argmax(axis=0) if len(proposals) > 1 else np.zeros(len(words), int)
+            for e, w in enumerate(words):
+                wins = similarity[best[e], e] - similarity[0, e] > self.margin
+                grounded[(i, w)] = (((proposals[best[e]],), "proposal") if wins
+                                    else (full[i], "full image"))
+
+        # Sub-images of each pair: (kind, text, region, source).
+        plans: list[list[tuple[str, str, Region, str]]] = []
+        for i, j in pairs.tolist():
+            parse = parses[j][0]
+            plan = []
+            regions = [grounded.get((i, e.text), (full[i], "full image")) for e in parse.entities]
+            if "entities" in self.components:
+                plan += [("entity", e.text, *regions[k]) for k, e in enumerate(parse.entities)]
+            if "relations" in self.components:
+                for r in parse.relations:
+                    a, b = regions[r.subject][0], regions[r.object][0]
+                    union = full[i] if full[i] in (a, b) else tuple(dict.fromkeys(a + b))
+                    plan.append(("relation", r.predicate, union,
+                                 "full image" if union == full[i] else "union"))
+            for _, _, region, _ in plan:
+                encoder.request(i, region)
+            plans.append(plan)
+        encoder.run()
+
+        # Vectorised composition over pairs, sub-images padded to K.
+        k_max = max((len(p) for p in plans), default=0)
+        n_pairs, dim = len(pairs), text_vectors.shape[1]
+        global_v = np.stack([encoder.vector(i, full[i]) for i in pairs[:, 0].tolist()]) \
+            if n_pairs else np.empty((0, dim), np.float32)
+        caption_v = text_vectors[[text_index[captions[j]] for j in pairs[:, 1].tolist()]]
+        sub_v = np.zeros((n_pairs, k_max, dim), np.float32)
+        sub_t = np.zeros((n_pairs, k_max, dim), np.float32)
+        mask = np.zeros((n_pairs, k_max), bool)
+        for p, ((i, _), plan) in enumerate(zip(pairs.tolist(), plans)):
+            for k, (_, text, region, _) in enumerate(plan):
+                sub_v[p, k] = encoder.vector(i, region)
+                sub_t[p, k] = text_vectors[text_index[text]]
+                mask[p, k] = True
+        similarity = np.einsum("pkd,pkd->pk", sub_v, sub_t)
+        weights = _weights(similarity, mask, self.weighting, self.temperature)
+        composite = global_v + np.einsum("pk,pkd->pd", weights, sub_v)
+        composite /= np.linalg.norm(composite, axis=1, keepdims=True)
+        scores = np.einsum("pd,pd->p", composite, caption_v).astype(np.float64)
+        clip_scores = np.einsum("pd,pd->p", global_v, caption_v).astype(np.float64)
+        explanations = []
+        if explain:
+            for p, ((i, j), plan) in enumerate(zip(pairs.tolist(), plans)):
+                parse, note = parses[j]
+                if not plan and not note:
+                    note = ("no sub-images (components=())" if not self.components else
+                            "no entity in the caption: plain CLIP")
+                explanations.append(PairExplanation(
+                    names[i], captions[j], float(scores[p]), float(clip_scores[p]),
+                    [e.text for e in parse.entities], parse.triplets(),
+                    [SubImage(kind, text, [list(b) for b in region], source,
+                              float(similarity[p, k]), float(weights[p, k]))
+                     for k, (kind, text, region, source) in enumerate(plan)], note))
+        return scores, clip_scores, explanations
+
+
+def _weights(similarity: np.ndarray, mask: np.ndarray, weighting: str,
+             temperature: float) -> np.ndarray:
+    """(P, K) weights of the sub-images (0 where masked), each row summing to 1 or 0."""
+    if weighting == "softmax":
+        logits = np.where(mask, similarity / temperature, -np.inf)
+        logits -= np.where(mask.any(axis=1, keepdims=True), logits.max(axis=1, keepdims=True), 0)
+        exp = np.where(mask, np.exp(logits), 0.0)
+    else:
+        positive = np.where(mask, np.maximum(similarity, 0.0), 0.0)
+        exp = np.where(positive.sum(axis=1, keepdims=True) > 0, positive, mask.astype(float))
+    total = exp.sum(axis=1, keepdims=True)
+    return np.divide(exp, total, out=np.zeros_like(exp, dtype=np.float64), where=total > 0)
+
+
+def _proposals(width: int, height: int, grid: Sequence[int]) -> list[Box]:
+    """Candidate boxes: the full image first, then its centre, halves and grid cells."""
+    boxes = [(0, 0, width, height),
+             (width // 4, height // 4, width - width // 4, height - height // 4),
+             (0, 0, (width + 1) // 2, height), (width // 2, 0, width, height),
+             (0, 0, width, (height + 1) // 2), (0, height // 2, width, height)]
+    for g in grid:
+        xs = np.round(np.linspace(0, width, int(g) + 1)).astype(int)
+        ys = np.round(np.linspace(0, height, int(g) + 1)).astype(int)
+        boxes += [(int(xs[a]), int(ys[b]), int(xs[a + 1]), int(ys[b + 1]))
+                  for b in range(int(g)) for a in range(int(g))]
+    valid = [b for b in boxes if b[2] > b[0] and b[3] > b[1]]
+    return list(dict.fromkeys(valid))
+
+
+def _user_boxes(given: Mapping[str, Sequence[float]] | None, picture: Image.Image,
+                name: str) -> dict[str, Box]:
+    """{words: box} clipped to the image; an empty box or one outside it is an InputError."""
+    if not given:
+        return {}
+    if not isinstance(given, Mapping):
+        raise InputError(f"the boxes of image '{name}' must be a mapping {{entity: (x0, y0, x1, y1)}}.")
+    width, height = picture.size
+    out = {}
+    for words, box in given.items():
+        try:
+            x0, y0, x1, y1 = (float(v) for v in box)
+        except (TypeError, ValueError):
+            raise InputError(f"the box of '{words}' in image '{name}' is not four numbers "
+                             f"(x0, y0, x1, y1): {box!r}.") from None
+        if not np.isfinite([x0, y0, x1, y1]).all() or x1 <= x0 or y1 <= y0:
+            raise InputError(f"the box {tuple(box)} of '{words}' in image '{name}' is empty "
+                             f"(it needs x0 < x1 and y0 < y1).")
+        clipped = (max(0, int(np.floor(x0))), max(0, int(np.floor(y0))),
+                   min(width, int(np.ceil(x1))), min(height, int(np.ceil(y1))))
+        if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+            raise InputError(f"the box {tuple(box)} of '{words}' in image '{name}' lies outside "
+                             f"the image ({width}x{height} pixels).")
+        out[str(words).strip().lower()] = clipped
+    return out
+
+
+class _RegionEncoder:
+    """Sub-image embeddings per (image, region): requested, then encoded in batches once
+    each (images with the same content share them), read from / written to the store."""
+
+    def __init__(self, backbone: Backbone, mask_mode: str, cache, pictures: dict[int, Image.Image],
+                 items: list[ImageInput]):
+        self.backbone, self.mask_mode, self.pictures = backbone, mask_mode, pictures
+        self.store = (EmbeddingStore(cache, backbone.fingerprint, "comclip-regions")
+                      if cache is not None else None)
+        self.content = {i: item_key(items[i]) or f"unkeyed-{i}" for i in pictures}
+        self.done: dict[str, np.ndarray] = {}
+        self.pending: dict[str, tuple[int, Region]] = {}
+
+    def key(self, i: int, region: Region) -> str:
+        blob = f"{self.content[i]}|{self.mask_mode}|{region}".encode()
+        return hashlib.blake2b(blob, digest_size=16).hexdigest()
+
+    def request(self, i: int, region: Region) -> None:
+        key = self.key(i, region)
+        if key not in self.done:
+            self.pending.setdefault(key, (i, region))
+
+    def run(self) -> None:
+        keys = list(self.pending)
+        if self.store is not None:
+            stored = [k for k in keys if k in self.store]
+            if stored:
+                self.done.update(zip(stored, self.store.get(stored)))
+            keys = [k for k in keys if k not in self.done]
+        size = self.backbone.batch_size
+        for start in range(0, len(keys), size):
+            chunk = keys[start:start + size]
+            pixels = torch.stack([self.backbone.preprocess(render(
+                self.pictures[self.pending[k][0]], self.pending[k][1], self.mask_mode))
+                for k in chunk])
+            vectors = self.backbone.encode_pixels(pixels)
+            if self.store is not None:
+                self.store.put(chunk, vectors)
+            self.done.update(zip(chunk, vectors))
+        self.pending.clear()
+
+    def vector(self, i: int, region: Region) -> np.ndarray:
+        return self.done[self.key(i, region)]
+
+    def vectors(self, i: int, regions: Sequence[Region]) -> np.ndarray:
+        return np.stack([self.vector(i, r) for r in regions])
+
+
+def render(picture: Image.Image, region: Region, mask_mode: str = "blackout") -> Image.Image:
+    """The sub-image of a region (a union of boxes): black outside it, at full size
+    ("blackout"), or also cropped to the region's bounding box ("crop")."""
+    width, height = picture.size
+    if region == ((0, 0, width, height),):
+        return picture
+    keep = np.zeros((height, width), bool)
+    for x0, y0, x1, y1 in region:
+        keep[y0:y1, x0:x1] = True
+    pixels = np.asarray(picture).copy()
+    pixels[~keep] = 0
+    out = Image.fromarray(pixels)
+    if mask_mode == "crop":
+        out = out.crop((min(b[0] for b in region), min(b[1] for b in region),
+                        max(b[2] for b in region), max(b[3] for b in region)))
+    return out
+
+
+_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6")
+
+
+def draw_explanation(image: ImageInput, explanation: PairExplanation,
+                     path: str | os.PathLike) -> None:
+    """Write the image as PNG with each sub-image's boxes drawn and labelled with its words
+    and weight (relations in thinner lines)."""
+    picture = open_image(image).copy()
+    draw = ImageDraw.Draw(picture)
+    line = max(1, round(min(picture.size) / 150))
+    for k, sub in enumerate(explanation.subimages):
+        colour = _COLOURS[k % len(_COLOURS)]
+        for x0, y0, x1, y1 in sub.region:
+            draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=colour,
+                           width=line if sub.kind == "entity" else max(1, line // 2))
+        x0, y0 = sub.region[0][0], sub.region[0][1]
+        draw.text((x0 + 2, y0 + 2 + 10 * (sub.kind == "relation")),
+                  f"{sub.text} {sub.weight:.2f}", fill=colour)
+    try:
+        picture.save(path, format="PNG")
+    except OSError as exc:
+        raise InputError(f"cannot write the explanation image '{path}': {exc}.") from None
+
+
+# ---------------------------------------------------------------------- evaluation protocols
+
+
+def winoground_scores(scores: np.ndarray) -> dict[str, float]:
+    """Winoground text, image and group scores of (G, 2, 2) scores s[g, image i, caption c]
+    (each group's ``decision_function([i0, i1], [c0, c1])``; caption c belongs to image c).
+
+    text: s[0,0] > s[0,1] and s[1,1] > s[1,0] (each image prefers its caption);
+    image: s[0,0] > s[1,0] and s[1,1] > s[0,1] (each caption prefers its image); group: both.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 3 or s.shape[1:] != (2, 2):
+        raise InputError(f"Winoground scores must have shape (G, 2, 2), got {s.shape}.")
+    text = (s[:, 0, 0] > s[:, 0, 1]) & (s[:, 1, 1] > s[:, 1, 0])
+    image = (s[:, 0, 0] > s[:, 1, 0]) & (s[:, 1, 1] > s[:, 0, 1])
+    return {"text": float(text.mean()), "image": float(image.mean()),
+            "group": float((text & image).mean()), "n": int(len(s))}
+
+
+def comvg_accuracy(positive: np.ndarray, negative: np.ndarray) -> float:
+    """ComVG / SVO-Probes accuracy: the fraction of sentences whose positive image scores
+    strictly above the negative one. positive, negative : (N,)."""
+    positive, negative = np.asarray(positive, float), np.asarray(negative, float)
+    if positive.shape != negative.shape or positive.ndim != 1 or not len(positive):
+        raise InputError(f"positive and negative scores must be two (N,) arrays of one shape, "
+                         f"got {positive.shape} and {negative.shape}.")
+    return float((positive > negative).mean())
