@@ -1,4 +1,5 @@
-"""Classification metrics: top-k accuracy, per-class accuracy, confusion matrix, ECE."""
+"""Classification metrics: top-k accuracy, per-class accuracy, confusion matrix, ECE;
+retrieval recall@k."""
 
 from __future__ import annotations
 
@@ -14,6 +15,25 @@ def top_k_accuracy(y_true: np.ndarray, scores: np.ndarray, k: int = 1) -> float:
     k = min(k, scores.shape[1])
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return float((top == np.asarray(y_true)[:, None]).any(axis=1).mean())
+
+
+def recall_at_k(scores: np.ndarray, relevant: np.ndarray, k: int = 1) -> float:
+    """Retrieval recall@k: the fraction of queries with a relevant candidate among their k
+    highest scores (ties broken by column order).
+
+    scores: (Q, C) query-candidate scores; relevant: (Q,) the index of each query's one
+    relevant candidate, or a (Q, C) boolean matrix (several relevant candidates per query).
+    """
+    scores = np.asarray(scores)
+    relevant = np.asarray(relevant)
+    if relevant.ndim == 1:
+        relevant = np.arange(scores.shape[1])[None, :] == relevant[:, None]
+    if scores.ndim != 2 or relevant.shape != scores.shape or k < 1:
+        from .errors import InputError
+        raise InputError(f"recall@k needs (Q, C) scores, relevance of the same shape (or (Q,) "
+                         f"indices) and k >= 1; got {scores.shape}, {relevant.shape}, k={k}.")
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return float(np.take_along_axis(relevant.astype(bool), top, axis=1).any(axis=1).mean())
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
