@@ -23,7 +23,9 @@ from .frequency import CAPTION_COLUMN, STRATEGIES, build_index, mine_frequencies
 from .images import (Failure, ImageSet, decode_image, describe_error, image_name, open_image,
                      read_image_source)
 from .llm import KINDS, generate
-from .metrics import classification_summary
+from .metrics import classification_summary, recall_at_k
+from .methods.comclip import (COMPONENTS, MASK_MODES, WEIGHTINGS, ComCLIPMatcher,
+                              draw_explanation, read_pairs)
 from .methods.descriptions import DescriptionClassifier
 from .methods.gda import GDAClassifier
 from .methods.schur import (ENTROPIES, KERNELS, SchurEditor, save_spectrum_plot,
@@ -286,6 +288,33 @@ def build_parser() -> argparse.ArgumentParser:
                           help="seconds per request (default: 60)")
     describe.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     describe.add_argument("-v", "--verbose", action="store_true", help="log retries")
+
+    match = commands.add_parser(
+        "match", parents=[model], help="image-caption matching scores (ComCLIP)",
+        description="Score each image-caption pair of PAIRS.csv (rows image,caption; relative "
+                    "paths are relative to the CSV) with ComCLIP: CLIP plus weighted sub-images "
+                    "of the caption's entities and relations. Writes one row per pair: image, "
+                    "caption, ComCLIP score, plain CLIP score.")
+    match.add_argument("pairs", metavar="PAIRS.csv")
+    match.add_argument("--out", metavar="FILE.csv|FILE.jsonl",
+                       help="output file (default: CSV on stdout); JSONL rows carry the "
+                            "explanation (entities, regions, weights)")
+    match.add_argument("--retrieval", action="store_true",
+                       help="also score every distinct image against every distinct caption and "
+                            "print image-to-text and text-to-image recall@1/5 (rows = matches)")
+    match.add_argument("--explain-dir", metavar="DIR",
+                       help="write each pair's regions drawn on its image as DIR/pairN.png")
+    match.add_argument("--parser", choices=("rules", "llm"), default="rules",
+                       help="caption parser: rules (default, offline) or llm (an OpenAI-"
+                            "compatible endpoint from OPENAI_BASE_URL / OPENAI_API_KEY / "
+                            "ZEROSHOT_PLUS_LLM_MODEL; answers cached)")
+    match.add_argument("--components", default=",".join(COMPONENTS), metavar="LIST",
+                       help="sub-images to add: entities,relations (default); '' = plain CLIP")
+    match.add_argument("--weighting", choices=WEIGHTINGS, default="sum",
+                       help="sum (default: the paper's s_i / sum s) or softmax")
+    match.add_argument("--mask-mode", choices=MASK_MODES, default="blackout",
+                       help="blackout (default: the paper's full frame, black outside the "
+                            "region) or crop")
     return parser
 
 
@@ -295,7 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="zeroshot-plus: %(message)s")
     try:
         return {"embed": _embed, "sce": _sce, "edit": _edit, "predict": _predict, "evaluate": _evaluate,
-                "fit": _fit, "frequency": _frequency, "describe": _describe}[args.command](args)
+                "fit": _fit, "frequency": _frequency, "describe": _describe,
+                "match": _match}[args.command](args)
     except InputError as exc:
         print(f"zeroshot-plus: error: {exc}", file=sys.stderr)
         return 2
@@ -818,6 +848,52 @@ def _describe(args) -> int:
     with _atomic_output(args.out) as handle:
         json.dump(table, handle, indent=1, ensure_ascii=False)
     print(f"wrote {args.kind} for {len(table)} classes to {args.out}", file=sys.stderr)
+    return 0
+
+
+
+def _match(args) -> int:
+    if args.out is not None and not args.out.endswith((".csv", ".jsonl")):
+        raise InputError(f"--out '{args.out}' must end in .csv or .jsonl.")
+    if args.explain_dir is not None and not Path(args.explain_dir).is_dir():
+        raise InputError(f"--explain-dir '{args.explain_dir}' is not an existing folder.")
+    images, captions = read_pairs(args.pairs)
+    if args.parser == "llm":
+        from .parsing import LLMParser
+        parser = LLMParser()
+    else:
+        parser = "rules"
+    components = tuple(c.strip() for c in args.components.split(",") if c.strip())
+    matcher = ComCLIPMatcher(_backbone(args), parser=parser, components=components,
+                             weighting=args.weighting, mask_mode=args.mask_mode,
+                             cache=args.cache).fit()
+    explanations = matcher.explain(images, captions, pairs=[(i, i) for i in range(len(images))])
+    jsonl = args.out is not None and args.out.endswith(".jsonl")
+    with _atomic_output(args.out) as handle:
+        writer = None if jsonl else csv.writer(handle)
+        if writer is not None:
+            writer.writerow(["image", "caption", "score", "clip_score"])
+        for explanation in explanations:
+            if jsonl:
+                handle.write(json.dumps(explanation.to_dict()) + "\n")
+            else:
+                writer.writerow([explanation.image, explanation.caption,
+                                 round(explanation.score, 6), round(explanation.clip_score, 6)])
+    if args.explain_dir is not None:
+        for row, (image, explanation) in enumerate(zip(images, explanations), 1):
+            draw_explanation(image, explanation, Path(args.explain_dir) / f"pair{row}.png")
+    if args.retrieval:
+        unique_images, unique_captions = list(dict.fromkeys(images)), list(dict.fromkeys(captions))
+        relevant = np.zeros((len(unique_images), len(unique_captions)), bool)
+        relevant[[unique_images.index(i) for i in images],
+                 [unique_captions.index(c) for c in captions]] = True
+        plain = ComCLIPMatcher(matcher.backbone, components=(), cache=args.cache)
+        for name, scorer in (("ComCLIP", matcher), ("CLIP", plain)):
+            scores = scorer.decision_function(unique_images, unique_captions)
+            print(f"{name}: image-to-text R@1 {recall_at_k(scores, relevant, 1):.2%} R@5 "
+                  f"{recall_at_k(scores, relevant, 5):.2%}  text-to-image R@1 "
+                  f"{recall_at_k(scores.T, relevant.T, 1):.2%} R@5 "
+                  f"{recall_at_k(scores.T, relevant.T, 5):.2%}", file=sys.stderr)
     return 0
 
 
