@@ -121,7 +121,8 @@ def _tpt_options(parser: argparse.ArgumentParser) -> None:
                        help="AugMix views (the paper uses them on fine-grained data sets)")
     group.add_argument("--diffusion-views", metavar="DIR",
                        help="DiffTPT: generated variations {stem}_{i}.jpg of each image {stem}.*; "
-                            "selection keeps 30%% of the views most similar to the original")
+                            "the views whose logits are the 80%% most similar to the original's "
+                            "are kept, then the 30%% most confident of them")
 
 
 def _few_shot_options(parser: argparse.ArgumentParser, support: bool) -> None:
