@@ -13,7 +13,6 @@ which reads and writes the reference's JSON schema::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -233,8 +232,11 @@ def _is_verb(token: str, before: str | None, after: str | None, seen_noun: bool)
 def parse_caption(caption: str) -> Parse:
     """Rule-based parse: noun phrases -> entities, "NP (verb) (preposition) NP" -> relations.
 
-    A relation's subject is the noun phrase that began its clause (so "a cup on a table held
-    by a man" links cup-on-table, then table-held-man), or for a verb the last subject seen.
+    A preposition links the noun phrase just before it to the next one; a verb links the
+    clause's subject (its first noun phrase) to the next one: "a cup on a table held by a man"
+    gives (cup, on, table) and (cup, held by, man). Only the first of several coordinated
+    subjects is linked ("a man and a woman are sitting on a bench": man-sitting on-bench), and
+    a verb without an object makes no relation.
     """
     tokens = tokenize(str(caption))
     tags = _tag(tokens)
