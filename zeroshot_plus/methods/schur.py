@@ -103,43 +103,45 @@ def _feature_map(omega: np.ndarray | None) -> Callable[[np.ndarray], np.ndarray]
     return (lambda X: X) if omega is None else (lambda X: random_fourier_features(X, omega))
 
 
-def _add_gram(c: np.ndarray, a: np.ndarray) -> None:
-    """Lower triangle of c (p, p) += aᵀa, in place (BLAS dsyrk on the Fortran views)."""
-    blas.dsyrk(1.0, a.T, beta=1.0, c=c.T, trans=0, lower=0, overwrite_c=1)
+def _blocks(feature: Callable, X: np.ndarray):
+    """φ(X) in blocks of _BLOCK rows: no n × p feature matrix is ever formed."""
+    for start in range(0, len(X), _BLOCK):
+        yield feature(X[start:start + _BLOCK])
 
 
-def _covariances(feature: Callable, texts: np.ndarray, images: np.ndarray, *,
-                 center: bool = False, image_covariance: bool = True):
-    """(C_TT, C_TI, C_II, mean of φ(images)), float64; C_TT and C_II as lower triangles.
+def _add_gram(c: np.ndarray, a: np.ndarray, scale: float = 1.0) -> None:
+    """Lower triangle of c (p, p) += scale·aᵀa, in place (BLAS dsyrk on the Fortran views)."""
+    blas.dsyrk(scale, a.T, beta=1.0, c=c.T, trans=0, lower=0, overwrite_c=1)
 
-    Summed over blocks of rows: each block's features are made, added in place by BLAS
-    (dsyrk, dgemm) and dropped, so neither n × p feature matrix nor any B × p × p outer-
-    product tensor is ever formed. ``center`` subtracts the means' outer products.
-    """
-    n = len(texts)
-    for start in range(0, n, _BLOCK):
-        phi_t, phi_i = feature(texts[start:start + _BLOCK]), feature(images[start:start + _BLOCK])
-        if start == 0:
-            p = phi_t.shape[1]
-            c_tt, c_ti = np.zeros((p, p)), np.zeros((p, p))
-            c_ii = np.zeros((p, p)) if image_covariance else None
-            sum_t, sum_i = np.zeros(p), np.zeros(p)
-        _add_gram(c_tt, phi_t)
-        blas.dgemm(1.0, phi_i.T, phi_t.T, beta=1.0, c=c_ti.T, trans_b=1, overwrite_c=1)
-        if image_covariance:
-            _add_gram(c_ii, phi_i)
-        sum_t += phi_t.sum(axis=0)
-        sum_i += phi_i.sum(axis=0)
-    mean_t, mean_i = sum_t / n, sum_i / n
-    for c in (c_tt, c_ti, c_ii):
-        if c is not None:
-            c /= n
+
+def _second_moment(feature: Callable, X: np.ndarray, center: bool,
+                   out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """out (lower triangle; zeros when None) += φ(X)ᵀφ(X)/n, minus the mean's outer product
+    when ``center``. Returns (out, mean of φ(X)). One in-place dsyrk per block of rows."""
+    total = 0.0
+    for phi in _blocks(feature, X):
+        if out is None:
+            out = np.zeros((phi.shape[1], phi.shape[1]))
+        _add_gram(out, phi, 1.0 / len(X))
+        total = total + phi.sum(axis=0)
+    mean = total / len(X)
     if center:
-        blas.dsyr(-1.0, mean_t, a=c_tt.T, lower=0, overwrite_a=1)
-        blas.dger(-1.0, mean_i, mean_t, a=c_ti.T, overwrite_a=1)
-        if image_covariance:
-            blas.dsyr(-1.0, mean_i, a=c_ii.T, lower=0, overwrite_a=1)
-    return c_tt, c_ti, c_ii, mean_i
+        blas.dsyr(-1.0, mean, a=out.T, lower=0, overwrite_a=1)
+    return out, mean
+
+
+def _cross_moment(feature: Callable, texts: np.ndarray, images: np.ndarray, center: bool
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(C_TI = φ(T)ᵀφ(I)/n (p, p), mean of φ(I)); one in-place dgemm per block of rows."""
+    n, c_ti, total_t, total_i = len(texts), None, 0.0, 0.0
+    for phi_t, phi_i in zip(_blocks(feature, texts), _blocks(feature, images)):
+        if c_ti is None:
+            c_ti = np.zeros((phi_t.shape[1], phi_i.shape[1]))
+        blas.dgemm(1.0 / n, phi_i.T, phi_t.T, beta=1.0, c=c_ti.T, trans_b=1, overwrite_c=1)
+        total_t, total_i = total_t + phi_t.sum(axis=0), total_i + phi_i.sum(axis=0)
+    if center:
+        blas.dger(-1.0, total_i / n, total_t / n, a=c_ti.T, overwrite_a=1)
+    return c_ti, total_i / n
 
 
 # ---------------------------------------------------------------------- (C + λI)⁺
@@ -344,11 +346,11 @@ def _primal(feature: Callable, texts: np.ndarray, images: np.ndarray, center: bo
             ridge: float, n_modes: int):
     """Eigenvalues of C_{I|T} and C_{I←T} from the p × p covariances; modes from C_{I|T}.
 
-    Works in place on three p × p arrays: the factor of C_TT + λI overwrites C_TT, then
-    C_{I←T} takes its place; F·C_TI overwrites C_TI; C_{I|T} overwrites C_II.
+    At most two p × p arrays are alive: C_TT (then its factor, then C_{I←T}) with C_TI
+    (then F·C_TI); then C_{I←T} with C_{I|T} = −C_{I←T} + C_II, summed in place.
     """
-    c_tt, c_ti, c_ii, mean_i = _covariances(feature, texts, images, center=center)
-    image_trace = float(np.trace(c_ii))
+    c_tt, _ = _second_moment(feature, texts, center)
+    c_ti, mean_i = _cross_moment(feature, texts, images, center)
     lam = ridge * np.trace(c_tt)
     inverse = _RegularisedInverse(c_tt, lam)
     root = inverse.root(c_ti, overwrite=True)  # C_{I←T} = (F C_TI)ᵀ(F C_TI)
@@ -359,15 +361,15 @@ def _primal(feature: Callable, texts: np.ndarray, images: np.ndarray, center: bo
     explained.fill(0.0)
     _add_gram(explained, root)
     del root
-    residual = c_ii
-    residual -= explained  # C_{I|T}, lower triangle
+    residual, _ = _second_moment(feature, images, center, out=-explained)  # C_{I|T}
+    image_trace = float(np.trace(residual) + np.trace(explained))
+    text_values = _eigenvalues(explained)
+    del explained
     vectors = _top_eigenpairs(residual, n_modes)[1]
-    scores = np.vstack([feature(images[start:start + _BLOCK]) @ vectors
-                        for start in range(0, len(images), _BLOCK)])
+    scores = np.vstack([phi @ vectors for phi in _blocks(feature, images)])
     if center:
         scores -= mean_i @ vectors
-    return (_eigenvalues(residual), _eigenvalues(explained), image_trace, lam, dof,
-            _orient(scores))
+    return _eigenvalues(residual), text_values, image_trace, lam, dof, _orient(scores)
 
 
 def _dual(k_tt: np.ndarray, k_ii: np.ndarray, ridge: float, n_modes: int):
@@ -530,8 +532,10 @@ class SchurEditor(TransformerMixin, BaseEstimator):
         self.omega_ = (draw_frequencies(images.shape[1], self.n_features, self.sigma,
                                         self.random_state)
                        if self.kernel == "gaussian" else None)
-        c_tt, c_ti, _, _ = _covariances(_feature_map(self.omega_), _unit_rows(texts),
-                                        _unit_rows(images), image_covariance=False)
+        feature = _feature_map(self.omega_)
+        texts, images = _unit_rows(texts), _unit_rows(images)
+        c_tt, _ = _second_moment(feature, texts, center=False)
+        c_ti, _ = _cross_moment(feature, texts, images, center=False)
         self.ridge_ = self.ridge * float(np.trace(c_tt))
         self.gamma_ = _RegularisedInverse(c_tt, self.ridge_).solve(c_ti)
         return self
