@@ -146,6 +146,17 @@ class Backbone:
         return self._preprocess
 
     @property
+    def normalize(self):
+        """The Normalize step of the preprocessing (the weights' mean and std), for callers that
+        build their own views (augmented support, TPT)."""
+        from torchvision import transforms
+
+        steps = [t for t in self.preprocess.transforms if isinstance(t, transforms.Normalize)]
+        if not steps:
+            raise InputError(f"the preprocessing of {self!r} has no Normalize step to reuse.")
+        return steps[-1]
+
+    @property
     def tokenizer(self):
         if self._tokenizer is None:
             self._load()

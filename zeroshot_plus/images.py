@@ -276,6 +276,14 @@ class _DecodeDataset(torch.utils.data.Dataset):
             return DecodedItem(position, error=describe_error(exc))
 
 
+def _lower_priority(_worker_id: int) -> None:
+    """Decoding workers yield the CPU to the encoder: on a small CPU machine a worker at normal
+    priority stalls torch's multi-threaded matrix products (measured with ViT-B-32 on 2 cores:
+    0.74x the bare encoder's rate at normal priority, 0.90x at nice 10, 0.82x decoding serially)."""
+    if hasattr(os, "nice"):
+        os.nice(10)
+
+
 def _keep_list(batch: list[DecodedItem]) -> list[DecodedItem]:
     return batch
 
@@ -291,5 +299,6 @@ def decoded_batches(items: Sequence[ImageInput], transform: Callable | None, *,
     workers = num_workers if len(items) - len(skip) > batch_size else 0
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-        collate_fn=_keep_list, prefetch_factor=4 if workers else None)
+        collate_fn=_keep_list, prefetch_factor=4 if workers else None,
+        worker_init_fn=_lower_priority)
     yield from loader

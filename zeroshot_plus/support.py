@@ -11,11 +11,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
-from torchvision import transforms
 from tqdm.auto import tqdm
 
 from .backbone import Backbone
@@ -126,21 +125,20 @@ def augmented_support(backbone: Backbone,
                             np.repeat(np.arange(len(image_set)), n_views))
 
 
-def _view_transform(backbone: Backbone, scale: tuple[float, float]) -> transforms.Compose:
+def _view_transform(backbone: Backbone, scale: tuple[float, float]) -> Callable:
     """RandomResizedCrop (bicubic) + flip + the backbone's own tensor conversion/normalisation."""
-    normalise = [t for t in backbone.preprocess.transforms if isinstance(t, transforms.Normalize)]
-    if not normalise:
-        raise InputError(f"the preprocessing of {backbone!r} has no Normalize step to reuse.")
+    from torchvision import transforms  # deferred: a heavy import the command line rarely needs
+
     return transforms.Compose([
         transforms.RandomResizedCrop(backbone.image_size, scale=scale,
                                      interpolation=transforms.InterpolationMode.BICUBIC),
         transforms.RandomHorizontalFlip(),
         transforms.ToTensor(),
-        normalise[-1],
+        backbone.normalize,
     ])
 
 
-def _view(augment: transforms.Compose, image, key: str) -> torch.Tensor:
+def _view(augment: Callable, image, key: str) -> torch.Tensor:
     """One view, its randomness seeded from its store key (image content, seed, view)."""
     seed = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
     with torch.random.fork_rng(devices=[]):

@@ -41,7 +41,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from sklearn.utils.validation import check_is_fitted
-from torchvision import transforms
 from tqdm.auto import tqdm
 
 from ..backbone import Backbone, EncodeReport
@@ -482,16 +481,15 @@ class AugmentedViews:
     """
 
     def __init__(self, backbone: Backbone, n_views: int, augmix: bool, random_state: int):
-        normalise = [t for t in backbone.preprocess.transforms if isinstance(t, transforms.Normalize)]
-        if not normalise:
-            raise InputError(f"the preprocessing of {backbone!r} has no Normalize step to reuse.")
+        from torchvision import transforms  # deferred: a heavy import the command line rarely needs
+
         self.preprocess = backbone.preprocess
         self.n_views = n_views
         self.random_state = int(random_state)
         steps = [transforms.RandomResizedCrop(backbone.image_size), transforms.RandomHorizontalFlip()]
         if augmix:
             steps.append(transforms.AugMix(severity=1, all_ops=False))
-        self.augment = transforms.Compose([*steps, transforms.ToTensor(), normalise[-1]])
+        self.augment = transforms.Compose([*steps, transforms.ToTensor(), backbone.normalize])
 
     def seed(self, image: Image.Image) -> int:
         digest = hashlib.blake2b(f"{pil_key(image)}/{self.random_state}".encode(), digest_size=8)
