@@ -29,26 +29,14 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import time
 
 import numpy as np
 
+from measure import run_measured
+
 DIM, SIGMA, SEED, BATCH = 512, 1.0, 0, 64
-
-# A small launcher forks the measured command and prints its own peak RSS (KiB) and wall time.
-_LAUNCHER = """
-import os, sys, time
-start = time.perf_counter()
-pid = os.fork()
-if pid == 0:
-    os.execvp(sys.argv[1], sys.argv[1:])
-_, status, usage = os.wait4(pid, 0)
-print(f"{time.perf_counter() - start} {usage.ru_maxrss}", file=sys.stderr)
-sys.exit(os.waitstatus_to_exitcode(status))
-"""
-
 
 def make_data(n: int, n_prompts: int) -> tuple[np.ndarray, np.ndarray]:
     """(images, texts), both (n, 512) float32 unit rows; image i belongs to prompt i % n_prompts."""
@@ -130,13 +118,9 @@ def measure(variant: str, args) -> dict:
     command = [sys.executable, __file__, "--child", variant, "--n", str(args.n),
                "--features", str(args.features), "--prompts", str(args.prompts),
                "--reference-rows", str(args.reference_rows)]
-    result = subprocess.run([sys.executable, "-c", _LAUNCHER, *command],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"{variant} failed ({result.returncode}):\n{result.stderr}")
-    wall, peak = result.stderr.strip().splitlines()[-1].split()
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    report.update(wall=float(wall), peak_mib=float(peak) / 1024)
+    wall, peak, stdout = run_measured(command)
+    report = json.loads(stdout.strip().splitlines()[-1])
+    report.update(wall=wall, peak_mib=peak)
     return report
 
 

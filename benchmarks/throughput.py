@@ -27,35 +27,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from measure import run_measured
 from zeroshot_plus import Backbone
 from zeroshot_plus.images import open_image, read_image_source
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "images" / "imagenet-samples"
 
 
-# Linux carries a process's peak RSS over fork + exec, so a command started straight from this
-# (large) process would report this process's peak. A small launcher forks the command instead
-# and prints the command's own peak RSS (KiB) and wall time.
-_LAUNCHER = """
-import os, sys, time
-start = time.perf_counter()
-pid = os.fork()
-if pid == 0:
-    os.execvp(sys.argv[1], sys.argv[1:])
-_, status, usage = os.wait4(pid, 0)
-print(f"{time.perf_counter() - start} {usage.ru_maxrss}", file=sys.stderr)
-sys.exit(os.waitstatus_to_exitcode(status))
-"""
-
-
 def run_command(argv: list[str]) -> tuple[float, float]:
     """Run a command; return (wall seconds, peak RSS in MiB) of that command alone."""
-    result = subprocess.run([sys.executable, "-c", _LAUNCHER, *argv],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if result.returncode != 0:
-        sys.exit(f"command failed ({result.returncode}): {' '.join(argv)}\n{result.stderr}")
-    wall, peak = result.stderr.strip().splitlines()[-1].split()
-    return float(wall), float(peak) / 1024
+    wall, peak, _ = run_measured(argv)
+    return wall, peak
 
 
 def bare_encoder_rate(backbone: Backbone, paths: list[Path], batch_size: int) -> float:
