@@ -15,7 +15,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from .backbone import Backbone
 from .errors import InputError
 from .prompts import class_prompts, load_templates, parse_classnames
-from .text_head import class_weights, l2_normalise
+from .text_head import class_weights, l2_normalise, unit_rows
 
 _FORMAT = "zeroshot_plus.predictor/1"
 
@@ -37,10 +37,7 @@ class Predictor(ClassifierMixin, BaseEstimator):
     def _validate_embeddings(self, X, *, reset: bool) -> np.ndarray:
         """float32 (N, D) with unit rows; NaN, inf, zero rows and a wrong D are errors."""
         X = validate_data(self, X, reset=reset, dtype=np.float32)
-        norms = np.linalg.norm(X, axis=1)
-        if (norms == 0).any():
-            raise InputError(f"embedding row {int(np.argmin(norms))} is all zeros.")
-        return X / norms[:, None]
+        return unit_rows(X, type(self).__name__)
 
     def decision_function(self, X) -> np.ndarray:
         raise NotImplementedError

@@ -13,10 +13,23 @@ if TYPE_CHECKING:
     from .backbone import Backbone
 
 
+_UNIT_TOLERANCE = 4 * np.finfo(np.float32).eps
+
+
+def unit_rows(X: np.ndarray, owner: str = "embeddings") -> np.ndarray:
+    """Rows (N, D) scaled to unit L2 norm, dtype kept; rows already unit (to float32 rounding)
+    come back as they are, without a copy. An all-zero row is an InputError naming ``owner``."""
+    norms = np.sqrt(np.einsum("ij,ij->i", X, X))
+    if not norms.all():
+        raise InputError(f"{owner}: embedding row {int(np.argmin(norms))} is all zeros.")
+    if np.abs(norms - 1).max(initial=0) <= _UNIT_TOLERANCE:
+        return X
+    return X / norms[:, None].astype(X.dtype)
+
+
 def l2_normalise(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (float32)."""
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+    return unit_rows(np.asarray(x, dtype=np.float32))
 
 
 def segment_mean(rows: np.ndarray, counts: Sequence[int]) -> np.ndarray:

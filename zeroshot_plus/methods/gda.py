@@ -32,10 +32,10 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..errors import InputError
 from ..predictor import Predictor, resolve_text_weights
+from ..text_head import unit_rows
 
 LOGIT_SCALE = 100.0
 ALPHA_GRID = (1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)
-_UNIT_TOLERANCE = 4 * np.finfo(np.float32).eps
 _ROWS = 1024  # rows per block: 1024 x 1024 x 8 B = 8 MiB in float64, cache-friendly
 
 
@@ -121,7 +121,7 @@ class GDAClassifier(Predictor):
         text, classes = self._text_side()
         X, y = self._checked(lambda: validate_data(self, X, y, dtype=np.float32))
         self._checked(lambda: check_classification_targets(y))
-        X = _unit_rows(X, name)
+        X = unit_rows(X, name)
         if text is None:
             classes, codes = np.unique(y, return_inverse=True)
         else:
@@ -247,7 +247,7 @@ class GDAClassifier(Predictor):
 
     def _embeddings(self, X, *, reset: bool) -> np.ndarray:
         X = self._checked(lambda: validate_data(self, X, reset=reset, dtype=np.float32))
-        return _unit_rows(X, type(self).__name__)
+        return unit_rows(X, type(self).__name__)
 
     def _checked(self, validate):
         """Run a scikit-learn validation; its ValueError becomes one InputError sentence."""
@@ -415,17 +415,6 @@ def _correct_per_alpha(X: np.ndarray, codes: np.ndarray, text: np.ndarray, means
             logits += zero_shot
             correct[i] += np.count_nonzero(np.argmax(logits, axis=1) == codes[rows])
     return correct
-
-
-def _unit_rows(X: np.ndarray, owner: str) -> np.ndarray:
-    """Rows scaled to unit L2 norm; rows already unit (to float32 rounding) are kept as they
-    are, without a copy. An all-zero row is an InputError."""
-    norms = np.sqrt(np.einsum("ij,ij->i", X, X))
-    if not norms.all():
-        raise InputError(f"{owner}: embedding row {int(np.argmin(norms))} is all zeros.")
-    if np.abs(norms - 1).max(initial=0) <= _UNIT_TOLERANCE:
-        return X
-    return X / norms[:, None]
 
 
 def _blocks(n: int) -> list[slice]:

@@ -49,6 +49,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ..errors import InputError
+from ..text_head import unit_rows
 
 KERNELS = ("cosine", "gaussian")
 ENTROPIES = ("reference", "normalized")
@@ -85,10 +86,6 @@ def random_fourier_features(X: np.ndarray, omega: np.ndarray) -> np.ndarray:
     np.sin(projection, out=features[:, m:])
     features /= np.sqrt(m)
     return features
-
-
-def _unit_rows(X: np.ndarray) -> np.ndarray:
-    return X / np.linalg.norm(X, axis=1, keepdims=True)
 
 
 def _gaussian_gram(A: np.ndarray, sigma: float) -> np.ndarray:
@@ -302,7 +299,7 @@ def sce_score(image_embeddings, text_embeddings, kernel: str = "gaussian", sigma
     spectrum_entropy(np.ones(1), order, entropy)  # validates order and entropy up front
     exact = kernel == "gaussian" and n_features is None
     if kernel == "cosine" or normalize:
-        images, texts = _unit_rows(images), _unit_rows(texts)
+        images, texts = unit_rows(images), unit_rows(texts)
     if kernel == "gaussian":
         _check_sigma(images, sigma)
     if exact and form == "primal":
@@ -533,7 +530,7 @@ class SchurEditor(TransformerMixin, BaseEstimator):
                                         self.random_state)
                        if self.kernel == "gaussian" else None)
         feature = _feature_map(self.omega_)
-        texts, images = _unit_rows(texts), _unit_rows(images)
+        texts, images = unit_rows(texts), unit_rows(images)
         c_tt, _ = _second_moment(feature, texts, center=False)
         c_ti, _ = _cross_moment(feature, texts, images, center=False)
         self.ridge_ = self.ridge * float(np.trace(c_tt))
@@ -574,7 +571,7 @@ class SchurEditor(TransformerMixin, BaseEstimator):
         return self.transform(image_embeddings, text_embeddings if prompts is None else prompts)
 
     def _features(self, X: np.ndarray) -> np.ndarray:
-        return _feature_map(self.omega_)(_unit_rows(X))
+        return _feature_map(self.omega_)(unit_rows(X))
 
     def _encode(self, prompts, name: str):
         """Strings -> backbone text embeddings; arrays pass through."""
