@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
+
 log = logging.getLogger(__name__)
 
 _NORM_TOLERANCE = 1e-3
@@ -38,7 +40,6 @@ class EmbeddingStore:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            from .errors import InputError
             raise InputError(f"cannot create the embedding cache '{root}': {exc.strerror}.") from None
         self._index: dict[str, tuple[Path, int]] = {}
         self._scanned: set[Path] = set()
