@@ -211,6 +211,33 @@ def test_error_from_a_real_process_is_one_line(folder, tmp_path):
     assert result.stderr.startswith("zeroshot-plus: error: ") and "ViT-Imaginary-7" in result.stderr
 
 
+def test_console_script_flushes_output_and_exit_status(folder, model_args, tmp_path):
+    # `run` ends the process with os._exit: the CSV and the stderr summary must be complete
+    broken = folder / "dog" / "broken.jpg"
+    broken.write_bytes(b"\x00garbage" * 20)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = tmp_path / "p.csv"
+    result = subprocess.run(
+        [sys.executable, "-m", "zeroshot_plus.cli", "predict", str(folder), "--classes", "cat,dog",
+         "--out", str(out), *model_args],
+        cwd=REPO_DIR, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert len(list(csv.reader(out.open()))) == 13
+    assert result.stderr.splitlines()[-1].strip().startswith(f"{broken}: ")
+
+
+def test_closed_stdout_pipe_ends_quietly(folder, model_args):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    with subprocess.Popen(
+            [sys.executable, "-m", "zeroshot_plus.cli", "predict", str(folder), "--classes",
+             "cat,dog", "--top-k", "1", *model_args],
+            cwd=REPO_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        process.stdout.close()  # like `| head -0`: the reader goes away before any row
+        stderr = process.stderr.read().decode()
+        assert process.wait(timeout=120) == 141
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+
+
 # ---------------------------------------------------------------------- synthetic end to end
 
 

@@ -58,7 +58,9 @@ class Backbone:
     device : "cpu", "cuda", "cuda:1", ...; default: CUDA when available, else CPU.
     precision : "fp32", "fp16" or "bf16" (autocast); default: fp32 on CPU, fp16 on CUDA.
     batch_size : images or texts per forward pass.
-    num_workers : image-decoding processes; default: 1 on CPU, 4 on CUDA.
+    num_workers : image-decoding processes that run ahead of the encoder; 0 decodes each batch
+        in this process with one thread per core. Default: 0 on CPU, where the encoder already
+        uses every core, 4 on CUDA.
     progress : show progress bars on stderr.
     download_dir : where open_clip keeps downloaded weights (its default when None).
     """
@@ -88,7 +90,7 @@ class Backbone:
             raise InputError(f"batch size must be at least 1, got {batch_size}.")
         self.batch_size = batch_size
         self.num_workers = (num_workers if num_workers is not None
-                            else (1 if self.device.type == "cpu" else 4))
+                            else (0 if self.device.type == "cpu" else 4))
         self.progress = progress
         self.download_dir = download_dir
         self._model = None

@@ -3,8 +3,8 @@
 A source is a folder in ImageFolder layout (sub-folders are labels), a CSV or JSONL manifest
 (``path[,label]``), one image file, or a list of paths or PIL images. Decoding turns any
 common PIL mode (greyscale, palette, RGBA, CMYK, 16-bit, float) into 8-bit RGB and applies the
-EXIF orientation. Batches are decoded and preprocessed in worker processes, so that decoding
-overlaps with encoding.
+EXIF orientation. Batches are decoded and preprocessed by threads between forward passes (on a
+CPU) or ahead of them by worker processes (for an accelerator).
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import io
 import json
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, Union
@@ -276,10 +278,21 @@ class _DecodeDataset(torch.utils.data.Dataset):
             return DecodedItem(position, error=describe_error(exc))
 
 
+_TORCH_RNG = threading.Lock()
+
+
+@contextmanager
+def seeded_torch_rng(seed: int) -> Iterator[None]:
+    """Run torchvision's random transforms, which draw from torch's global generator, under
+    ``seed``: one thread at a time (decoding threads share that generator), and with the
+    caller's generator state restored afterwards."""
+    with _TORCH_RNG, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def _lower_priority(_worker_id: int) -> None:
-    """Decoding workers yield the CPU to the encoder: on a small CPU machine a worker at normal
-    priority stalls torch's multi-threaded matrix products (measured with ViT-B-32 on 2 cores:
-    0.74x the bare encoder's rate at normal priority, 0.90x at nice 10, 0.82x decoding serially)."""
+    """Decoding processes yield the CPU to the encoder when they share it."""
     if hasattr(os, "nice"):
         os.nice(10)
 
@@ -291,11 +304,20 @@ def _keep_list(batch: list[DecodedItem]) -> list[DecodedItem]:
 def decoded_batches(items: Sequence[ImageInput], transform: Callable | None, *,
                     batch_size: int, num_workers: int, skip: frozenset[int] = frozenset(),
                     draft_size: int | None = None) -> Iterator[list[DecodedItem]]:
-    """Yield lists of DecodedItem in input order, decoded by ``num_workers`` processes.
+    """Yield lists of DecodedItem in input order.
 
+    With ``num_workers`` > 0, that many processes decode ahead while the caller encodes (the
+    choice for an accelerator). With 0, each batch is decoded when it is asked for, by one thread
+    per core (PIL and torch release the GIL): on a CPU the encoder already keeps every core
+    busy, and a process decoding alongside it slows it by more than the decoding costs.
     Positions in ``skip`` come back without pixels and are not read at all.
     """
     dataset = _DecodeDataset(items, transform, skip, draft_size)
+    if num_workers == 0:
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            for start in range(0, len(items), batch_size):
+                yield list(pool.map(dataset.__getitem__, range(start, min(start + batch_size, len(items)))))
+        return
     workers = num_workers if len(items) - len(skip) > batch_size else 0
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=workers,

@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from .backbone import Backbone
 from .errors import InputError
-from .images import ImageInput, ImageSet, content_keys, open_image, read_image_source
+from .images import (ImageInput, ImageSet, content_keys, open_image, read_image_source,
+                     seeded_torch_rng)
 from .store import EmbeddingStore
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,6 @@ def _view_transform(backbone: Backbone, scale: tuple[float, float]) -> Callable:
 def _view(augment: Callable, image, key: str) -> torch.Tensor:
     """One view, its randomness seeded from its store key (image content, seed, view)."""
     seed = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_torch_rng(seed):
         return augment(image)
 

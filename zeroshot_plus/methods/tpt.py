@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from ..backbone import Backbone, EncodeReport
 from ..errors import InputError
 from ..images import (Failure, ImageInput, ImageSet, IMAGE_EXTENSIONS, decoded_batches, image_name,
-                      open_image, pil_key, read_image_source)
+                      open_image, pil_key, read_image_source, seeded_torch_rng)
 from ..predictor import Predictor
 from ..prompts import parse_classnames
 
@@ -497,7 +497,6 @@ class AugmentedViews:
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         views = [self.preprocess(image)]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed(image))
+        with seeded_torch_rng(self.seed(image)):
             views.extend(self.augment(image) for _ in range(self.n_views))
         return torch.stack(views)
