@@ -4,7 +4,8 @@ Over the 1,000 full-size ImageNet sample photos in ../shared/data/images/imagene
 ViT-B-32 (random weights, `--pretrained none`) and the 1,000 ImageNet class names:
 
 1. bare encoder: `model.encode_image` over the same photos already decoded and preprocessed
-   into tensors (batches of --batch-size, torch.inference_mode), images per second;
+   into tensors (batches of --batch-size, torch.inference_mode), images per second, measured
+   before and after the commands and averaged (a shared machine drifts over minutes);
 2. end to end, cold store: the `zeroshot-plus predict` command as a user runs it (process start,
    imports, model build, decoding, encoding, writing the store and the CSV), with the class
    prompts already in the store (their one-off cost is printed separately);
@@ -40,9 +41,8 @@ def run_command(argv: list[str]) -> tuple[float, float]:
     return wall, peak
 
 
-def bare_encoder_rate(backbone: Backbone, paths: list[Path], batch_size: int) -> float:
+def bare_encoder_rate(backbone: Backbone, pixels: torch.Tensor, batch_size: int) -> float:
     """Images per second of the encoder alone over pre-decoded, preprocessed tensors."""
-    pixels = torch.stack([backbone.preprocess(open_image(p)) for p in paths])
     backbone.encode_pixels(pixels[:batch_size])  # warm-up
     start = time.perf_counter()
     for i in range(0, len(pixels), batch_size):
@@ -78,8 +78,8 @@ def main() -> None:
             command += ["--workers", str(args.workers)]
 
         backbone = Backbone(args.model, "none", batch_size=args.batch_size, progress=False)
-        bare = bare_encoder_rate(backbone, paths, args.batch_size)
-        del backbone
+        pixels = torch.stack([backbone.preprocess(open_image(p)) for p in paths])
+        bare_before = bare_encoder_rate(backbone, pixels, args.batch_size)
 
         # one-off: the 1,000 class prompts, encoded into the store of the measured runs
         text_wall, _ = run_command(command + [str(paths[0]), "--cache", str(tmp / "store"),
@@ -99,12 +99,15 @@ def main() -> None:
         warm_wall, warm_rss = run_command(command + [str(args.images), "--cache", str(store),
                                                      "--out", str(tmp / "warm.csv")])
         rows = np.loadtxt(tmp / "cold.csv", delimiter=",", skiprows=1, dtype=str, usecols=0)
+    bare_after = bare_encoder_rate(backbone, pixels, args.batch_size)
+    bare = (bare_before + bare_after) / 2
 
     e2e = n / cold_wall
     print(f"zeroshot-plus predict throughput — {args.model}, random weights, {n} photos from "
           f"{args.images.name}, batch {args.batch_size}, {torch.get_num_threads()} torch threads, "
           f"{os.cpu_count()} cores")
-    print(f"(one-off: encoding the 1,000 class prompts took {text_wall:.1f} s including start-up)")
+    print(f"(one-off: encoding the 1,000 class prompts took {text_wall:.1f} s including start-up; "
+          f"bare encoder {bare_before:.1f} img/s before the commands, {bare_after:.1f} after)")
     print()
     print(f"| run | wall (s) | images/s | vs bare encoder | peak RSS (MiB) |")
     print(f"|---|---|---|---|---|")

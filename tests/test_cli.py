@@ -211,6 +211,23 @@ def test_error_from_a_real_process_is_one_line(folder, tmp_path):
     assert result.stderr.startswith("zeroshot-plus: error: ") and "ViT-Imaginary-7" in result.stderr
 
 
+def test_classifier_file_brings_its_model_and_rejects_another(folder, backbone, tmp_path, capsys):
+    from zeroshot_plus import ZeroShotClassifier
+
+    saved = tmp_path / "zs.npz"
+    ZeroShotClassifier(backbone, ["cat", "dog"], templates="photo").fit().save(saved)
+    out = tmp_path / "p.csv"
+    # no --model: the file's model (the tiny test architecture) is used, not the default
+    assert main(["predict", str(folder), "--classifier", str(saved), "--out", str(out),
+                 "--no-progress"]) == 0
+    assert len(list(csv.reader(out.open()))) == 13
+    capsys.readouterr()
+    assert main(["predict", str(folder), "--classifier", str(saved), "--model", "RN50",
+                 "--pretrained", "none", "--no-progress"]) == 2
+    line = _error_line(capsys)
+    assert "was fitted with" in line and "RN50" in line
+
+
 def test_console_script_flushes_output_and_exit_status(folder, model_args, tmp_path):
     # `run` ends the process with os._exit: the CSV and the stderr summary must be complete
     broken = folder / "dog" / "broken.jpg"

@@ -33,7 +33,7 @@ from .methods.schur import (ENTROPIES, KERNELS, SchurEditor, save_spectrum_plot,
 from .methods.real import RealPromptClassifier
 from .methods.tpt import TPTClassifier
 from .methods.zeroshot import ZeroShotClassifier
-from .predictor import Predictor
+from .predictor import Predictor, saved_backbone
 from .prompts import load_templates, parse_classnames
 from .synonyms import load_synonyms
 from .support import augmented_support, sample_shots
@@ -47,12 +47,13 @@ METHODS = ("zeroshot", "gda", "real", "descriptions", "tpt")
 def _model_options() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("model")
-    group.add_argument("--model", default="ViT-B-32",
-                       help="open_clip model name (default: ViT-B-32), or the path of an "
-                            "open_clip model-config JSON file")
-    group.add_argument("--pretrained", default="openai", metavar="TAG|none",
-                       help="open_clip pretrained tag (default: openai); 'none' builds random "
-                            "weights, for smoke tests and speed measurements only")
+    group.add_argument("--model",
+                       help="open_clip model name (default: ViT-B-32, or the model of "
+                            "--classifier), or the path of an open_clip model-config JSON file")
+    group.add_argument("--pretrained", metavar="TAG|none",
+                       help="open_clip pretrained tag (default: openai, or the weights of "
+                            "--classifier); 'none' builds random weights, for smoke tests and "
+                            "speed measurements only")
     group.add_argument("--checkpoint", metavar="PATH",
                        help="local weights file (.pt/.bin/.safetensors); use it offline")
     group.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
@@ -344,15 +345,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _backbone(args) -> Backbone:
-    if getattr(args, "classifier", None):
-        saved = Predictor.load(args.classifier).get_params().get("backbone")
-        if isinstance(saved, Backbone):  # the file's model, with this run's device and options
-            return Backbone(saved.model_name, saved.pretrained, checkpoint=saved.checkpoint,
-                            precision=saved.precision, device=args.device,
-                            batch_size=args.batch_size, num_workers=args.workers,
-                            progress=not args.no_progress)
-    return Backbone(args.model, args.pretrained, checkpoint=args.checkpoint, device=args.device,
-                    precision=args.precision, batch_size=args.batch_size,
+    """The run's Backbone; with --classifier, the file's model unless the options name one
+    (a checkpoint's path may differ between machines; a wrong model fails the fingerprint
+    check when the classifier is loaded)."""
+    saved = saved_backbone(args.classifier) if getattr(args, "classifier", None) else None
+    saved = saved or {"model": "ViT-B-32", "pretrained": "openai", "checkpoint": None,
+                      "precision": None}
+    return Backbone(args.model or saved["model"], args.pretrained or saved["pretrained"],
+                    checkpoint=args.checkpoint or saved["checkpoint"], device=args.device,
+                    precision=args.precision or saved["precision"], batch_size=args.batch_size,
                     num_workers=args.workers, progress=not args.no_progress)
 
 

@@ -92,14 +92,7 @@ class Predictor(ClassifierMixin, BaseEstimator):
         Backbone is rebuilt from the saved model name and weights (loaded on first use).
         """
         path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(str(data["__meta__"]))
-                arrays = {k: data[k] for k in data.files if k != "__meta__"}
-        except (OSError, ValueError, KeyError) as exc:
-            raise InputError(f"'{path}' is not a saved zeroshot_plus predictor ({exc}).") from None
-        if meta.get("format") != _FORMAT or meta.get("class") not in Predictor.registry:
-            raise InputError(f"'{path}' is not a saved zeroshot_plus predictor.")
+        meta, arrays = _read_saved(path)
         klass = Predictor.registry[meta["class"]]
         if not issubclass(klass, cls):
             raise InputError(f"'{path}' holds a {meta['class']}, not a {cls.__name__}.")
@@ -122,6 +115,23 @@ class Predictor(ClassifierMixin, BaseEstimator):
             if key.startswith("fitted:"):
                 setattr(predictor, key[7:], value)
         return predictor
+
+
+def saved_backbone(path: str | os.PathLike) -> dict | None:
+    """What a saved predictor records about its backbone (``Backbone.describe()``), if any."""
+    return _read_saved(Path(path))[0]["backbone"]
+
+
+def _read_saved(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["__meta__"]))
+            arrays = {k: data[k] for k in data.files if k != "__meta__"}
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"'{path}' is not a saved zeroshot_plus predictor ({exc}).") from None
+    if meta.get("format") != _FORMAT or meta.get("class") not in Predictor.registry:
+        raise InputError(f"'{path}' is not a saved zeroshot_plus predictor.")
+    return meta, arrays
 
 
 def resolve_text_weights(owner: str, text_weights, backbone: Backbone | None, classnames,
