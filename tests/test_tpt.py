@@ -12,6 +12,7 @@ from scipy.special import softmax
 from scipy.stats import entropy as scipy_entropy
 
 from zeroshot_plus import Backbone, EncodeReport, InputError, TPTClassifier
+import zeroshot_plus.methods.tpt as tpt_module
 from zeroshot_plus.methods.tpt import (PromptLearner, adamw_first_step, confident_views,
                                        cosine_confident_views, marginal_entropy)
 
@@ -58,6 +59,35 @@ def test_truncated_prompts_equal_full_77_token_features(backbone):
     with torch.no_grad():
         initial = learner.text_features(learner.ctx_init[None], chunk=64)[0].numpy()
     np.testing.assert_allclose(initial, backbone.encode_texts(prompts), atol=2e-6)
+
+
+@pytest.mark.parametrize("min_positions", [1, 40, 10_000])
+def test_length_sorted_pieces_equal_full_features_and_gradients(backbone, monkeypatch, min_positions):
+    # names of 1..6 words: prompts of many lengths, cut into pieces of various sizes
+    names = [" ".join(["bird"] * (1 + i % 6)) + f" {i}" for i in range(30)]
+    monkeypatch.setattr(tpt_module, "_MIN_POSITIONS", min_positions)
+    learner = PromptLearner(backbone, names, "a photo of a", 4, 0)
+    ctx = torch.randn(2, 4, learner.ctx_init.shape[1], generator=torch.Generator().manual_seed(2),
+                      requires_grad=True)
+    ours = learner.text_features(ctx, chunk=25)
+    prompts = [f"a photo of a {name}." for name in names]
+    for b in range(2):
+        expected = _full_length_features(backbone.model, backbone.tokenizer, prompts, 4, ctx[b].detach())
+        torch.testing.assert_close(ours[b].detach(), expected, atol=2e-6, rtol=1e-5)
+    # the gradient through the pieces equals the gradient through one 77-token pass
+    probe = torch.randn(ours.shape, generator=torch.Generator().manual_seed(3))
+    grad = torch.autograd.grad((ours * probe).sum(), ctx)[0]
+    tokens = backbone.tokenizer(prompts)
+    model = backbone.model
+    full_ctx = ctx.detach().clone().requires_grad_(True)
+    total = 0
+    for b in range(2):
+        x = model.token_embedding(tokens)
+        x = torch.cat([x[:, :1], full_ctx[b].expand(len(names), -1, -1), x[:, 5:]], dim=1)
+        x = model.transformer(x + model.positional_embedding, attn_mask=model.attn_mask)
+        x = model.ln_final(x)[torch.arange(len(tokens)), tokens.argmax(-1)] @ model.text_projection
+        total = total + (F.normalize(x, dim=-1) * probe[b]).sum()
+    torch.testing.assert_close(grad, torch.autograd.grad(total, full_ctx)[0], atol=1e-5, rtol=1e-4)
 
 
 def test_template_context_and_random_init(backbone):

@@ -395,6 +395,9 @@ def _text_tower(backbone: Backbone) -> _Tower:
                   tower.attn_mask)
 
 
+_MIN_POSITIONS = 512  # (prompts x tokens) per text-tower pass before a piece may end
+
+
 class PromptLearner:
     """Class prompts ``[SOS] ctx_1..ctx_n [name tokens] [suffix] [EOS]`` with a learnable ctx.
 
@@ -447,16 +450,39 @@ class PromptLearner:
         else:
             self.ctx_init = embedded[0, 1:1 + self.n_ctx].clone()  # (n, W)
         self.length = length
+        self.lengths = self.eot + 1  # (C,) positions each prompt needs
         self.logit_scale = float(backbone.model.logit_scale.exp())
 
     def encode(self, ctx: torch.Tensor, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """Contexts (B, n, W) and R (image, class) index pairs -> unit text features (R, D)."""
-        tower = self.tower
-        x = torch.cat([self.prefix[classes], ctx[images], self.suffix[classes]], dim=1)
+        """Contexts (B, n, W) and R (image, class) index pairs -> unit text features (R, D).
+
+        The pairs go through the tower sorted by prompt length, in pieces that each run only up
+        to their own longest prompt; a piece ends where the length grows once it holds
+        ``_MIN_POSITIONS`` positions (smaller matrix products waste a CPU's time). For
+        ImageNet's class names this saves a quarter to a third of the positions.
+        """
+        lengths = self.lengths[classes]
+        order = torch.argsort(lengths, stable=True)
+        values, counts = torch.unique_consecutive(lengths[order], return_counts=True)
+        sizes, rows, positions = [], 0, 0
+        for length, count in zip(values.tolist(), counts.tolist()):
+            if positions >= _MIN_POSITIONS:  # big enough: end the piece before a longer length
+                sizes.append(rows)
+                rows = 0
+            rows += count
+            positions = rows * length
+        sizes.append(rows)
+        parts = [self._encode_piece(ctx, images[piece], classes[piece]) for piece in order.split(sizes)]
+        return torch.cat(parts)[torch.argsort(order)]
+
+    def _encode_piece(self, ctx: torch.Tensor, images: torch.Tensor, classes: torch.Tensor
+                      ) -> torch.Tensor:
+        tower, length = self.tower, int(self.lengths[classes].max())
+        x = torch.cat([self.prefix[classes], ctx[images], self.suffix[classes]], dim=1)[:, :length]
         with self.backbone._autocast():
             cast = tower.transformer.get_cast_dtype()
-            x = x.to(cast) + tower.positional_embedding[:self.length].to(cast)
-            x = tower.transformer(x, attn_mask=tower.attn_mask[:self.length, :self.length])
+            x = x.to(cast) + tower.positional_embedding[:length].to(cast)
+            x = tower.transformer(x, attn_mask=tower.attn_mask[:length, :length])
             x = tower.ln_final(x)
             x = x[torch.arange(len(classes), device=x.device), self.eot[classes]]
             projection = tower.text_projection
