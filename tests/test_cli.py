@@ -228,6 +228,36 @@ def test_classifier_file_brings_its_model_and_rejects_another(folder, backbone, 
     assert "was fitted with" in line and "RN50" in line
 
 
+def test_classifier_file_with_its_checkpoint_moved(folder, backbone, tiny_config, tmp_path, capsys):
+    import shutil
+
+    import torch
+
+    from zeroshot_plus import Backbone, ZeroShotClassifier
+
+    weights = tmp_path / "a" / "tiny.pt"
+    weights.parent.mkdir()
+    torch.save(backbone.model.state_dict(), weights)
+    saved = tmp_path / "zs.npz"
+    ZeroShotClassifier(Backbone(tiny_config, checkpoint=weights, progress=False), ["cat", "dog"],
+                       templates="photo").fit().save(saved)
+    moved = tmp_path / "b" / "tiny.pt"
+    moved.parent.mkdir()
+    shutil.move(weights, moved)
+    argv = ["predict", str(folder), "--classifier", str(saved), "--no-progress"]
+    # the recorded path is gone: one sentence naming it
+    assert main(argv) == 2
+    assert str(weights) in _error_line(capsys)
+    # the same weights at their new path pass the fingerprint check
+    assert main(argv + ["--checkpoint", str(moved), "--out", str(tmp_path / "p.csv")]) == 0
+    assert len(list(csv.reader((tmp_path / "p.csv").open()))) == 13
+    # other weights do not
+    torch.save({k: v + 1 for k, v in backbone.model.state_dict().items()}, tmp_path / "other.pt")
+    capsys.readouterr()
+    assert main(argv + ["--checkpoint", str(tmp_path / "other.pt")]) == 2
+    assert "was fitted with" in _error_line(capsys)
+
+
 def test_console_script_flushes_output_and_exit_status(folder, model_args, tmp_path):
     # `run` ends the process with os._exit: the CSV and the stderr summary must be complete
     broken = folder / "dog" / "broken.jpg"
