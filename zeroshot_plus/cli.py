@@ -61,8 +61,9 @@ def _model_options() -> argparse.ArgumentParser:
     group.add_argument("--precision", choices=PRECISIONS,
                        help="fp32, or fp16/bf16 autocast (default: fp32 on CPU, fp16 on CUDA)")
     group.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
-    group.add_argument("--workers", type=int, help="image-decoding processes that run ahead of the encoder; 0 decodes in "
-                       "this process, one thread per core (default: 0 on CPU, 4 on CUDA)")
+    group.add_argument("--workers", type=int,
+                       help="image-decoding processes that run ahead of the encoder; 0 decodes "
+                            "in this process, one thread per core (default: 0 on CPU, 4 on CUDA)")
     group.add_argument("--cache", metavar="DIR",
                        help="embedding store: images and prompts already encoded are read back, "
                             "not encoded again")

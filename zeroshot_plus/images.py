@@ -316,7 +316,8 @@ def decoded_batches(items: Sequence[ImageInput], transform: Callable | None, *,
     if num_workers == 0:
         with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
             for start in range(0, len(items), batch_size):
-                yield list(pool.map(dataset.__getitem__, range(start, min(start + batch_size, len(items)))))
+                positions = range(start, min(start + batch_size, len(items)))
+                yield list(pool.map(dataset.__getitem__, positions))
         return
     workers = num_workers if len(items) - len(skip) > batch_size else 0
     loader = torch.utils.data.DataLoader(
