@@ -908,8 +908,8 @@ def _match(args) -> int:
 def _keep_freed_memory() -> None:
     """Let glibc's allocator keep freed memory for reuse in this process.
 
-    By default, blocks above a few MiB are mapped fresh from the system for every request and
-    unmapped when freed. The encoder's activations (10-40 MiB per layer and batch) would be
+    By default, blocks above the mmap threshold (128 KiB, rising to at most 32 MiB) are mapped
+    fresh from the system for every request and unmapped when freed. The encoder's activations (10-40 MiB per layer and batch) would be
     faulted in page by page on every batch: measured with ViT-B-32 on a CPU, that made the
     memory-bound steps (GELU, copies) about three times slower inside ``predict`` than in a
     warm loop. The command owns its process, so it trades a flat, higher RSS for that time.
