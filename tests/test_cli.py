@@ -144,6 +144,14 @@ def test_missing_checkpoint(folder, tiny_config, tmp_path, capsys):
     assert str(missing) in line and "does not exist" in line
 
 
+@pytest.mark.parametrize("option, value, words", [("--workers", "-1", "decoding workers"),
+                                                   ("--batch-size", "0", "batch size")])
+def test_negative_workers_or_empty_batches(folder, model_args, capsys, option, value, words):
+    assert main(["predict", str(folder), "--classes", "cat,dog", option, value, *model_args]) == 2
+    line = _error_line(capsys)
+    assert words in line and value in line
+
+
 def test_unknown_template_set(folder, model_args, capsys):
     assert main(["predict", str(folder), "--classes", "cat,dog", "--templates", "fancy_set",
                  *model_args]) == 2

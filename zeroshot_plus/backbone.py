@@ -89,6 +89,8 @@ class Backbone:
         if batch_size < 1:
             raise InputError(f"batch size must be at least 1, got {batch_size}.")
         self.batch_size = batch_size
+        if num_workers is not None and num_workers < 0:
+            raise InputError(f"the number of decoding workers must be 0 or more, got {num_workers}.")
         self.num_workers = (num_workers if num_workers is not None
                             else (0 if self.device.type == "cpu" else 4))
         self.progress = progress
