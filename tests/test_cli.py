@@ -152,6 +152,20 @@ def test_negative_workers_or_empty_batches(folder, model_args, capsys, option, v
     assert words in line and value in line
 
 
+@pytest.mark.parametrize("command", [["evaluate"], ["embed"], ["predict", "--classes", "cat,dog"]])
+def test_output_checked_before_any_work(folder, model_args, tmp_path, capsys, monkeypatch, command):
+    # a missing output folder is refused before a single image is encoded
+    monkeypatch.setattr(backbone_module.Backbone, "encode_pixels",
+                        lambda *a: pytest.fail("encoded before checking --out"))
+    suffix = ".npz" if command[0] == "embed" else ".json" if command[0] == "evaluate" else ".csv"
+    out = tmp_path / "missing" / f"out{suffix}"
+    assert main([command[0], str(folder), *command[1:], "--out", str(out), *model_args]) == 2
+    assert "output folder" in _error_line(capsys)
+    assert main([command[0], str(folder), *command[1:], "--out", str(tmp_path / "out.txt"),
+                 *model_args]) == 2
+    assert f"must end in {suffix}" in _error_line(capsys)
+
+
 def test_unknown_template_set(folder, model_args, capsys):
     assert main(["predict", str(folder), "--classes", "cat,dog", "--templates", "fancy_set",
                  *model_args]) == 2

@@ -422,6 +422,16 @@ def _finish(report: EncodeReport, total: int) -> int:
     return 0
 
 
+def _check_output(option: str, path: str | None, *suffixes: str) -> None:
+    """Refuse, before any work, an output path with another suffix or no folder to go in."""
+    if path is None:
+        return
+    if not path.lower().endswith(suffixes):
+        raise InputError(f"{option} '{path}' must end in {' or '.join(suffixes)}.")
+    if not Path(path).resolve().parent.is_dir():
+        raise InputError(f"output folder '{Path(path).parent}' does not exist.")
+
+
 @contextmanager
 def _atomic_output(path: str | None, binary: bool = False):
     """A stream to ``path`` that appears only once complete (stdout when path is None)."""
@@ -544,8 +554,7 @@ def _fit_gda(args, backbone: Backbone, classnames: list[str]) -> GDAClassifier:
 
 
 def _embed(args) -> int:
-    if not args.out.endswith(".npz"):
-        raise InputError(f"--out '{args.out}' must end in .npz.")
+    _check_output("--out", args.out, ".npz")
     backbone, images, report = _backbone(args), _images(args), EncodeReport()
     names = images.names()
     positions, parts = [], []
@@ -566,8 +575,7 @@ def _embed(args) -> int:
 
 
 def _predict(args) -> int:
-    if args.out is not None and not args.out.endswith((".csv", ".jsonl")):
-        raise InputError(f"--out '{args.out}' must end in .csv or .jsonl.")
+    _check_output("--out", args.out, ".csv", ".jsonl")
     if args.top_k < 1:
         raise InputError(f"--top-k must be at least 1, got {args.top_k}.")
     backbone, images, report = _backbone(args), _images(args), EncodeReport()
@@ -575,7 +583,7 @@ def _predict(args) -> int:
     classifier = _classifier(args, backbone, classnames)
     k = min(args.top_k, len(classifier.classes_))
     names = images.names()
-    jsonl = args.out is not None and args.out.endswith(".jsonl")
+    jsonl = args.out is not None and args.out.lower().endswith(".jsonl")
     with _atomic_output(args.out) as handle:
         writer = None if jsonl else csv.writer(handle)
         explain = _explain_count(args, classifier)
@@ -605,6 +613,7 @@ def _predict(args) -> int:
 
 
 def _evaluate(args) -> int:
+    _check_output("--out", args.out, ".json")
     backbone, images, report = _backbone(args), _images(args), EncodeReport()
     if images.labels is None:
         raise InputError(f"'{images.source}' carries no labels: use a folder with one "
@@ -653,10 +662,7 @@ def _evaluate(args) -> int:
 
 
 def _fit(args) -> int:
-    if not args.out.endswith(".npz"):
-        raise InputError(f"--out '{args.out}' must end in .npz.")
-    if not Path(args.out).resolve().parent.is_dir():
-        raise InputError(f"output folder '{Path(args.out).parent}' does not exist.")
+    _check_output("--out", args.out, ".npz")
     backbone = _backbone(args)
     classnames = (parse_classnames(args.classes) if args.classes
                   else sorted(set(read_image_source(args.support).labels or [])))
@@ -672,8 +678,7 @@ def _fit(args) -> int:
 
 
 def _frequency(args) -> int:
-    if not args.out.endswith(".json"):
-        raise InputError(f"--out '{args.out}' must end in .json.")
+    _check_output("--out", args.out, ".json")
     table = load_synonyms(args.synonyms, args.classes)
     index = args.index or f"{args.captions[0]}.fts5.sqlite"
     with build_index(args.captions, index, column=args.column,
@@ -765,8 +770,8 @@ def _warnings_to_stderr():
 
 
 def _sce(args) -> int:
-    if args.plot is not None and not args.plot.lower().endswith(".png"):
-        raise InputError(f"--plot '{args.plot}' must end in .png.")
+    _check_output("--plot", args.plot, ".png")
+    _check_output("--out", args.out, ".json")
     backbone = _backbone(args)
     images, names, _, status = _encode_with_prompts(args, backbone)
     if not names:
@@ -798,8 +803,7 @@ def _sce(args) -> int:
 
 
 def _edit(args) -> int:
-    if not args.out.endswith(".npz"):
-        raise InputError(f"--out '{args.out}' must end in .npz.")
+    _check_output("--out", args.out, ".npz")
     if bool(args.images) == bool(args.embeddings):
         raise InputError("edit needs either IMAGES or --embeddings FILE.npz (one of the two).")
     backbone = _backbone(args)
@@ -839,10 +843,7 @@ def _edit(args) -> int:
 
 
 def _describe(args) -> int:
-    if not args.out.endswith(".json"):
-        raise InputError(f"--out '{args.out}' must end in .json.")
-    if not Path(args.out).resolve().parent.is_dir():
-        raise InputError(f"output folder '{Path(args.out).parent}' does not exist.")
+    _check_output("--out", args.out, ".json")
     try:
         table = generate(parse_classnames(args.classes), args.kind, base_url=args.base_url,
                          model=args.model, api_key=args.api_key, cache_dir=args.cache,
@@ -861,8 +862,7 @@ def _describe(args) -> int:
 
 
 def _match(args) -> int:
-    if args.out is not None and not args.out.endswith((".csv", ".jsonl")):
-        raise InputError(f"--out '{args.out}' must end in .csv or .jsonl.")
+    _check_output("--out", args.out, ".csv", ".jsonl")
     if args.explain_dir is not None and not Path(args.explain_dir).is_dir():
         raise InputError(f"--explain-dir '{args.explain_dir}' is not an existing folder.")
     images, captions = read_pairs(args.pairs)
@@ -876,7 +876,7 @@ def _match(args) -> int:
                              weighting=args.weighting, mask_mode=args.mask_mode,
                              cache=args.cache).fit()
     explanations = matcher.explain(images, captions, pairs=[(i, i) for i in range(len(images))])
-    jsonl = args.out is not None and args.out.endswith(".jsonl")
+    jsonl = args.out is not None and args.out.lower().endswith(".jsonl")
     with _atomic_output(args.out) as handle:
         writer = None if jsonl else csv.writer(handle)
         if writer is not None:
