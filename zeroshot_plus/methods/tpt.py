@@ -449,7 +449,6 @@ class PromptLearner:
             self.ctx_init = ctx.to(self.device)
         else:
             self.ctx_init = embedded[0, 1:1 + self.n_ctx].clone()  # (n, W)
-        self.length = length
         self.lengths = self.eot + 1  # (C,) positions each prompt needs
         self.logit_scale = float(backbone.model.logit_scale.exp())
 
