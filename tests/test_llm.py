@@ -66,6 +66,12 @@ class FakeLLM:
             time.sleep(self.delay)
             if action in ("timeout", "hang"):
                 time.sleep(1.0 if action == "timeout" else 30.0)
+        finally:
+            # The request stops counting before its answer is sent: once the client reads the
+            # answer it may send the next request before this thread would get to run again.
+            with self.lock:
+                self.in_flight -= 1
+        try:
             if action in ("429", "500", "401"):
                 payload = json.dumps({"error": {"message": f"fake {action}"}}).encode()
                 handler.send_response(int(action))
@@ -101,9 +107,6 @@ class FakeLLM:
             handler.wfile.write(payload)
         except (BrokenPipeError, ConnectionResetError):
             pass
-        finally:
-            with self.lock:
-                self.in_flight -= 1
 
     def close(self):
         self.server.shutdown()
