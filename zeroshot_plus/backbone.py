@@ -98,6 +98,7 @@ class Backbone:
         self._model = None
         self._preprocess = None
         self._tokenizer = None
+        self._open_clip_name: str | None = None
         self._fingerprint: str | None = None
 
     def __repr__(self) -> str:
@@ -162,8 +163,12 @@ class Backbone:
 
     @property
     def tokenizer(self):
+        """open_clip's tokenizer for the model; made on first use (image-only runs never need it)."""
         if self._tokenizer is None:
-            self._load()
+            import open_clip
+
+            self.model  # registers a config file's architecture, or fails with one sentence
+            self._tokenizer = open_clip.get_tokenizer(self._open_clip_name)
         return self._tokenizer
 
     @property
@@ -207,8 +212,7 @@ class Backbone:
             raise ModelLoadError(f"could not load {what} for model '{self.model_name}': "
                                  f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         model.eval().requires_grad_(False)
-        self._model, self._preprocess = model, preprocess
-        self._tokenizer = open_clip.get_tokenizer(name)
+        self._model, self._preprocess, self._open_clip_name = model, preprocess, name
 
     def _autocast(self):
         if self.precision == "fp32":
