@@ -316,6 +316,28 @@ def test_cli_predict_and_evaluate_with_tpt(tiny_config, tmp_path, make_image, ca
     assert "tunes one prompt" in capsys.readouterr().err
 
 
+def test_saved_classifier_predicts_the_same_in_python_and_on_the_command_line(
+        tiny_config, tmp_path, make_image):
+    """A loaded TPT classifier rebuilds its prompt learner; the command line streams TPT's
+    logits for it rather than embeddings."""
+    from zeroshot_plus.cli import main
+
+    paths = [make_image(tmp_path / "set" / f"{i}.png", i, (48, 40)) for i in range(3)]
+    fitted = TPTClassifier(Backbone(tiny_config, "none", progress=False), ["cat", "dog"],
+                           n_views=7).fit()
+    expected = fitted.predict_proba(paths)
+    fitted.save(tmp_path / "tpt.npz")
+    loaded = TPTClassifier.load(tmp_path / "tpt.npz", Backbone(tiny_config, "none", progress=False))
+    np.testing.assert_allclose(loaded.predict_proba(paths), expected, atol=1e-6)
+    out = tmp_path / "pred.jsonl"
+    assert main(["predict", str(tmp_path / "set"), "--classifier", str(tmp_path / "tpt.npz"),
+                 "--model", tiny_config, "--out", str(out), "--no-progress"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["path"] for r in rows] == [str(p) for p in paths]
+    np.testing.assert_allclose([r["probs"][0] for r in rows], expected.max(1), atol=1e-5)
+    assert [r["labels"][0] for r in rows] == list(fitted.classes_[expected.argmax(1)])
+
+
 def test_shared_first_pass_gives_each_images_own_gradient(backbone):
     clf = _classifier(backbone, n_views=7, text_batch=3)
     features = [clf._encode_views(_views(clf, image), None) for image in _images(3)]

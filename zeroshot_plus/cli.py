@@ -21,8 +21,7 @@ from .backbone import PRECISIONS, Backbone, EncodeReport
 from .descriptors import PROMPT_STYLES
 from .errors import InputError
 from .frequency import CAPTION_COLUMN, STRATEGIES, build_index, mine_frequencies
-from .images import (Failure, ImageSet, decode_image, describe_error, image_name, open_image,
-                     read_image_source)
+from .images import ImageSet, read_image_source
 from .llm import KINDS, generate
 from .metrics import classification_summary, recall_at_k
 from .methods.comclip import (COMPONENTS, MASK_MODES, WEIGHTINGS, ComCLIPMatcher,
@@ -373,40 +372,26 @@ def _images(args) -> ImageSet:
 
 
 def _stream(args, backbone: Backbone, images: ImageSet, report: EncodeReport
-            ) -> Iterator[tuple[np.ndarray, np.ndarray | list]]:
-    """(positions, embeddings) batches; for --method tpt, (positions, decoded images)."""
-    if getattr(args, "method", None) == "tpt" and not args.classifier:
-        yield from _decoded_images(args, backbone, images, report)
-        return
+            ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(positions, embeddings) batches of the readable images, in input order."""
     yield from backbone.iter_image_embeddings(images, cache=args.cache, report=report,
                                               on_error="raise" if args.strict else "skip")
 
 
+def _scored(args, backbone: Backbone, classifier: Predictor, images: ImageSet,
+            report: EncodeReport) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """(positions, logits, embeddings) batches. TPT tunes on the images themselves, so it
+    streams its own logits and there are no embeddings (None)."""
+    if isinstance(classifier, TPTClassifier):
+        for positions, logits in classifier.iter_decision_function(
+                images, on_error="raise" if args.strict else "skip", report=report):
+            yield positions, logits, None
+        return
+    for positions, vectors in _stream(args, backbone, images, report):
+        yield positions, classifier.decision_function(vectors), vectors
+
+
 _TPT_BATCH = 4  # images tuned together in one batched pass
-
-
-def _decoded_images(args, backbone: Backbone, images: ImageSet, report: EncodeReport
-                    ) -> Iterator[tuple[np.ndarray, list]]:
-    """Batches of decoded images; an unreadable one is skipped and reported (or raises)."""
-    with tqdm(total=len(images), desc="test-time prompt tuning", unit="img",
-              disable=not backbone.progress) as bar:
-        for start in range(0, len(images), _TPT_BATCH):
-            positions, decoded = [], []
-            for position in range(start, min(start + _TPT_BATCH, len(images))):
-                item = images.items[position]
-                try:
-                    decoded.append(open_image(item) if not isinstance(item, (str, os.PathLike))
-                                   else decode_image(Path(item).read_bytes()))
-                    positions.append(position)
-                except Exception as exc:  # noqa: BLE001 - any failure is reported per image
-                    name = image_name(item, position)
-                    if args.strict:
-                        raise InputError(f"cannot read image '{name}': {describe_error(exc)}") from None
-                    report.failures.append(Failure(name, describe_error(exc)))
-            report.n_encoded += len(decoded)
-            if decoded:
-                yield np.array(positions, dtype=np.int64), decoded
-            bar.update(min(_TPT_BATCH, len(images) - start))
 
 
 def _finish(report: EncodeReport, total: int) -> int:
@@ -591,8 +576,8 @@ def _predict(args) -> int:
             writer.writerow(["path"] + [f"{c}{i}" for i in range(1, k + 1) for c in ("label", "prob")]
                             + [f"{c}{i}" for i in range(1, explain + 1)
                                for c in ("descriptor", "similarity")])
-        for positions, vectors in _stream(args, backbone, images, report):
-            probabilities = classifier.predict_proba(vectors)
+        for positions, logits, vectors in _scored(args, backbone, classifier, images, report):
+            probabilities = softmax(logits.astype(np.float64), axis=1)
             top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
             reasons = classifier.explain(vectors, explain) if explain else [None] * len(positions)
             for position, row, order, reason in zip(positions, probabilities, top, reasons):
@@ -629,9 +614,9 @@ def _evaluate(args) -> int:
     index = {c: i for i, c in enumerate(classnames)}
     explain, names = _explain_count(args, classifier), images.names()
     y_true, scores, explanations = [], [], []
-    for positions, vectors in _stream(args, backbone, images, report):
+    for positions, logits, vectors in _scored(args, backbone, classifier, images, report):
         y_true.extend(index[images.labels[p]] for p in positions)
-        scores.append(classifier.decision_function(vectors))
+        scores.append(logits)
         if explain:
             explanations.extend(
                 {"path": names[p], "label": images.labels[p], "predicted": str(e.label),

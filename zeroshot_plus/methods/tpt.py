@@ -164,6 +164,8 @@ class TPTClassifier(Predictor):
         ``report.failures``; with "raise" the first one raises InputError.
         """
         check_is_fitted(self)
+        if not hasattr(self, "_learner"):  # loaded from a file: fit learns nothing from data
+            self.fit()
         if on_error not in ("raise", "skip"):
             raise InputError(f"on_error must be 'raise' or 'skip', got '{on_error}'.")
         image_set = read_image_source(X)
