@@ -22,11 +22,13 @@ sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
-def run_measured(argv: list[str]) -> tuple[float, float, str]:
-    """Run ``argv``; return (wall seconds, peak RSS in MiB, its stdout). Exits on failure."""
+def run_measured(argv: list[str]) -> tuple[float, float, str, str]:
+    """Run ``argv``; return (wall seconds, peak RSS in MiB, its stdout, its stderr). Exits on
+    failure."""
     result = subprocess.run([sys.executable, "-c", _LAUNCHER, *argv],
                             capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"command failed ({result.returncode}): {' '.join(argv)}\n{result.stderr}")
-    wall, peak = result.stderr.strip().splitlines()[-1].split()
-    return float(wall), float(peak) / 1024, result.stdout
+    *lines, measured = result.stderr.strip().splitlines()
+    wall, peak = measured.split()
+    return float(wall), float(peak) / 1024, result.stdout, "\n".join(lines)

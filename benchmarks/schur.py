@@ -118,7 +118,7 @@ def measure(variant: str, args) -> dict:
     command = [sys.executable, __file__, "--child", variant, "--n", str(args.n),
                "--features", str(args.features), "--prompts", str(args.prompts),
                "--reference-rows", str(args.reference_rows)]
-    wall, peak, stdout = run_measured(command)
+    wall, peak, stdout, _ = run_measured(command)
     report = json.loads(stdout.strip().splitlines()[-1])
     report.update(wall=wall, peak_mib=peak)
     return report

@@ -119,8 +119,10 @@ def test_second_run_encodes_nothing(backbone, image_folder, tmp_path):
     cache = tmp_path / "cache"
     first, report1 = _run(backbone, image_folder, cache)
     assert (report1.n_encoded, report1.n_cached) == (20, 0)
+    assert report1.encoder_seconds > 0
     second, report2 = _run(backbone, image_folder, cache)
     assert (report2.n_encoded, report2.n_cached) == (0, 20)
+    assert report2.encoder_seconds == 0  # no forward pass at all
     np.testing.assert_array_equal(second, first)
     np.testing.assert_allclose(first, backbone.encode_images(image_folder), atol=1e-6)
 

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -38,10 +39,11 @@ _HF_HOST = "huggingface.co"
 @dataclass
 class EncodeReport:
     """What an image-encoding run did: how many images came from the store, how many were
-    encoded, and which could not be read."""
+    encoded and the seconds spent in the encoder's forward passes, and which could not be read."""
 
     n_cached: int = 0
     n_encoded: int = 0
+    encoder_seconds: float = 0.0
     failures: list[Failure] = field(default_factory=list)
 
 
@@ -326,7 +328,10 @@ class Backbone:
                 self._fail(image_set, item.position, item.error, on_error, report)
         vectors: dict[int, np.ndarray] = {}
         if fresh:
-            encoded = self.encode_pixels(torch.stack([it.pixels for it in batch if it.pixels is not None]))
+            pixels = torch.stack([it.pixels for it in batch if it.pixels is not None])
+            start = time.perf_counter()
+            encoded = self.encode_pixels(pixels)
+            report.encoder_seconds += time.perf_counter() - start
             if store is not None:
                 store.put([keys[p] for p in fresh], encoded)
             vectors.update(zip(fresh, encoded))

@@ -395,8 +395,10 @@ _TPT_BATCH = 4  # images tuned together in one batched pass
 
 
 def _finish(report: EncodeReport, total: int) -> int:
-    log.info("%d images: %d encoded, %d read from the store, %d skipped",
-             total, report.n_encoded, report.n_cached, len(report.failures))
+    forward = (f" ({report.encoder_seconds:.2f} s in the image encoder's forward passes)"
+               if report.encoder_seconds else "")
+    log.info("%d images: %d encoded%s, %d read from the store, %d skipped",
+             total, report.n_encoded, forward, report.n_cached, len(report.failures))
     if report.failures:
         print(f"zeroshot-plus: skipped {len(report.failures)} unreadable image(s):", file=sys.stderr)
         for failure in report.failures:
