@@ -245,5 +245,19 @@ def test_save_requires_fit_and_load_rejects_other_files(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"junk")
     with pytest.raises(InputError, match="junk.npz"):
         ZeroShotClassifier.load(tmp_path / "junk.npz")
-    with pytest.raises(InputError, match="missing.npz"):
+    with pytest.raises(InputError, match="predictor file '.*missing.npz' does not exist"):
         ZeroShotClassifier.load(tmp_path / "missing.npz")
+
+
+def test_load_names_every_kind_of_wrong_file_in_one_sentence(tmp_path):
+    saved = tmp_path / "saved.npz"
+    ZeroShotClassifier(text_weights=np.eye(2)).fit().save(saved)
+    (tmp_path / "empty.npz").write_bytes(b"")
+    (tmp_path / "truncated.npz").write_bytes(saved.read_bytes()[:200])
+    np.save(tmp_path / "array.npy", np.ones(3))
+    np.savez(tmp_path / "list-meta.npz", __meta__=np.array("[1, 2]"))
+    np.savez(tmp_path / "bad-json.npz", __meta__=np.array("{not json"))
+    for name in ("empty.npz", "truncated.npz", "array.npy", "list-meta.npz", "bad-json.npz"):
+        with pytest.raises(InputError, match=f"'.*{name}' is not a predictor file written by save"):
+            ZeroShotClassifier.load(tmp_path / name)
+    assert isinstance(ZeroShotClassifier.load(saved), ZeroShotClassifier)

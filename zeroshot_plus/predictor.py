@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import ClassVar
 
@@ -123,14 +124,22 @@ def saved_backbone(path: str | os.PathLike) -> dict | None:
 
 
 def _read_saved(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    if not path.is_file():
+        raise InputError(f"predictor file '{path}' does not exist.")
+    not_saved = (f"'{path}' is not a predictor file written by save() (an .npz archive with "
+                 f"its metadata)")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):  # a single .npy array
+            raise ValueError(path)
+        with data:
             meta = json.loads(str(data["__meta__"]))
             arrays = {k: data[k] for k in data.files if k != "__meta__"}
-    except (OSError, ValueError, KeyError) as exc:
-        raise InputError(f"'{path}' is not a saved zeroshot_plus predictor ({exc}).") from None
-    if meta.get("format") != _FORMAT or meta.get("class") not in Predictor.registry:
-        raise InputError(f"'{path}' is not a saved zeroshot_plus predictor.")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        raise InputError(f"{not_saved}.") from None
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT \
+            or meta.get("class") not in Predictor.registry:
+        raise InputError(f"{not_saved}.")
     return meta, arrays
 
 
