@@ -123,6 +123,7 @@ def test_deepcopy_shares_the_backbone(backbone):
 @pytest.mark.parametrize("kwargs, message", [
     ({"precision": "fp8"}, "fp8"),
     ({"device": "gpu0"}, "gpu0"),
+    ({"device": "cuda:99"}, "device 'cuda:99' is not available: torch sees"),
     ({"batch_size": 0}, "batch size"),
 ])
 def test_bad_options(tiny_config, kwargs, message):

@@ -85,6 +85,11 @@ class Backbone:
             self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         except RuntimeError:
             raise InputError(f"unknown device '{device}'; use 'cpu', 'cuda' or 'cuda:N'.") from None
+        if self.device.type == "cuda" and (self.device.index or 0) >= torch.cuda.device_count():
+            found = torch.cuda.device_count()
+            choices = "'cpu'" + (f" or 'cuda:0' to 'cuda:{found - 1}'" if found else "")
+            raise InputError(f"device '{device}' is not available: torch sees {found} CUDA "
+                             f"GPU(s) here; use {choices}.")
         self.precision = precision or ("fp32" if self.device.type == "cpu" else "fp16")
         if self.precision not in PRECISIONS:
             raise InputError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}.")
@@ -210,9 +215,12 @@ class Backbone:
                     name, pretrained=weights, device=self.device,
                     cache_dir=self.download_dir)
         except Exception as exc:  # open_clip raises RuntimeError, KeyError, OSError, ...
-            what = f"checkpoint '{self.checkpoint}'" if self.checkpoint else f"weights '{weights}'"
-            raise ModelLoadError(f"could not load {what} for model '{self.model_name}': "
-                                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            what = (f"checkpoint '{self.checkpoint}'" if self.checkpoint
+                    else "random weights" if weights is None else f"weights '{weights}'")
+            hint = " (is it a weights file for this model?)" if self.checkpoint else ""
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ModelLoadError(f"could not load {what} for model '{self.model_name}'{hint}: "
+                                 f"{detail}") from None
         model.eval().requires_grad_(False)
         self._model, self._preprocess, self._open_clip_name = model, preprocess, name
 
