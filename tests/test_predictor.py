@@ -261,3 +261,26 @@ def test_load_names_every_kind_of_wrong_file_in_one_sentence(tmp_path):
         with pytest.raises(InputError, match=f"'.*{name}' is not a predictor file written by save"):
             ZeroShotClassifier.load(tmp_path / name)
     assert isinstance(ZeroShotClassifier.load(saved), ZeroShotClassifier)
+
+
+def test_images_given_to_an_embedding_classifier_point_to_the_embedder(tmp_path):
+    from zeroshot_plus import GDAClassifier
+
+    path = tmp_path / "cat.png"
+    synthetic_image(0).save(path)
+    fitted = ZeroShotClassifier(text_weights=np.eye(3)).fit()
+    for images in (str(tmp_path), path, [str(path)], [synthetic_image(1)]):
+        with pytest.raises(InputError, match=r"takes image embeddings \(N, D\), not images.*"
+                                             r"ImageEmbedder"):
+            fitted.predict(images)
+    with pytest.raises(InputError, match="GDAClassifier takes image embeddings"):
+        GDAClassifier().fit([str(path)], ["cat"])
+
+
+def test_bad_embeddings_are_one_sentence():
+    fitted = ZeroShotClassifier(text_weights=np.eye(3)).fit()
+    for X, message in ((np.full((2, 3), np.nan), "NaN"), (np.zeros(3), "Expected 2D array"),
+                       (np.ones((2, 4)), "4 features")):
+        with pytest.raises(InputError, match=message) as info:
+            fitted.predict(X)
+        assert "\n" not in str(info.value) and str(info.value).startswith("ZeroShotClassifier")

@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+from PIL import Image
 from scipy.special import softmax
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .backbone import Backbone
 from .errors import InputError
+from .images import ImageSet
 from .prompts import class_prompts, load_templates, parse_classnames
 from .text_head import class_weights, l2_normalise, unit_rows
 
@@ -35,10 +37,32 @@ class Predictor(ClassifierMixin, BaseEstimator):
         super().__init_subclass__(**kwargs)
         Predictor.registry[cls.__name__] = cls
 
-    def _validate_embeddings(self, X, *, reset: bool) -> np.ndarray:
-        """float32 (N, D) with unit rows; NaN, inf, zero rows and a wrong D are errors."""
-        X = validate_data(self, X, reset=reset, dtype=np.float32)
-        return unit_rows(X, type(self).__name__)
+    def _validate_embeddings(self, X, y="no_validation", *, reset: bool):
+        """X as float32 (N, D) with unit rows, or (X, y) checked together when y is passed
+        (scikit-learn's convention: a y of None is refused, not ignored).
+        Images, NaN, inf, zero rows, a wrong D or mismatched lengths are one-sentence errors."""
+        name = type(self).__name__
+        if _holds_images(X):
+            raise InputError(f"{name} takes image embeddings (N, D), not images: encode them "
+                             f"first with Backbone.encode_images, or put an ImageEmbedder in "
+                             f"front, make_pipeline(ImageEmbedder(backbone), {name}(...)).")
+        if isinstance(y, str) and y == "no_validation":
+            return unit_rows(self._checked(
+                lambda: validate_data(self, X, reset=reset, dtype=np.float32)), name)
+        X, y = self._checked(lambda: validate_data(self, X, y, reset=reset, dtype=np.float32))
+        return unit_rows(X, name), y
+
+    def _checked(self, validate):
+        """Run a scikit-learn validation; its ValueError becomes one InputError sentence."""
+        try:
+            return validate()
+        except InputError:
+            raise
+        except ValueError as exc:
+            lines = str(exc).splitlines()
+            advice = [line for line in lines[1:] if line.startswith("Reshape your data")]
+            message = " ".join([lines[0].rstrip(":") + ("." if advice else ""), *advice])
+            raise InputError(f"{type(self).__name__}: {message}") from None
 
     def decision_function(self, X) -> np.ndarray:
         raise NotImplementedError
@@ -116,6 +140,13 @@ class Predictor(ClassifierMixin, BaseEstimator):
             if key.startswith("fitted:"):
                 setattr(predictor, key[7:], value)
         return predictor
+
+
+def _holds_images(X) -> bool:
+    """Whether X is an image source (a path, a PIL image, a list of them) rather than numbers."""
+    if isinstance(X, (list, tuple)) and X:
+        X = X[0]
+    return isinstance(X, (str, os.PathLike, Image.Image, ImageSet))
 
 
 def saved_backbone(path: str | os.PathLike) -> dict | None:

@@ -28,11 +28,10 @@ from scipy.linalg import blas, cho_factor, cho_solve
 from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
 from ..errors import InputError
 from ..predictor import Predictor, resolve_text_weights
-from ..text_head import unit_rows
 
 LOGIT_SCALE = 100.0
 ALPHA_GRID = (1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)
@@ -119,9 +118,8 @@ class GDAClassifier(Predictor):
         self._check_params()
         name = type(self).__name__
         text, classes = self._text_side()
-        X, y = self._checked(lambda: validate_data(self, X, y, dtype=np.float32))
+        X, y = self._validate_embeddings(X, y, reset=True)
         self._checked(lambda: check_classification_targets(y))
-        X = unit_rows(X, name)
         if text is None:
             classes, codes = np.unique(y, return_inverse=True)
         else:
@@ -187,7 +185,7 @@ class GDAClassifier(Predictor):
 
     def _validation_set(self, X_val, y_val, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         name = type(self).__name__
-        X_val = self._embeddings(X_val, reset=False)
+        X_val = self._validate_embeddings(X_val, reset=False)
         codes = _encode(np.asarray(y_val).ravel(), classes, f"{name}: validation label")
         if len(codes) != len(X_val):
             raise InputError(f"{name}: X_val has {len(X_val)} rows but y_val has "
@@ -229,7 +227,7 @@ class GDAClassifier(Predictor):
     def decision_function(self, X) -> np.ndarray:
         """(N, C) float64 logits: 100·xᵀT + α(xᵀW + b); without a text side xᵀW + b."""
         check_is_fitted(self)
-        X = self._embeddings(X, reset=False).astype(np.float64)
+        X = self._validate_embeddings(X, reset=False).astype(np.float64)
         logits = X @ self.weights_.T
         logits += self.bias_
         if self.text_weights_ is not None:
@@ -244,22 +242,6 @@ class GDAClassifier(Predictor):
             return None, None
         return resolve_text_weights(type(self).__name__, self.text_weights, self.backbone,
                                     self.classnames, self.templates, self.cache)
-
-    def _embeddings(self, X, *, reset: bool) -> np.ndarray:
-        X = self._checked(lambda: validate_data(self, X, reset=reset, dtype=np.float32))
-        return unit_rows(X, type(self).__name__)
-
-    def _checked(self, validate):
-        """Run a scikit-learn validation; its ValueError becomes one InputError sentence."""
-        try:
-            return validate()
-        except InputError:
-            raise
-        except ValueError as exc:
-            lines = str(exc).splitlines()
-            advice = [line for line in lines[1:] if line.startswith("Reshape your data")]
-            message = " ".join([lines[0].rstrip(":") + ("." if advice else ""), *advice])
-            raise InputError(f"{type(self).__name__}: {message}") from None
 
     def _check_params(self) -> None:
         name = type(self).__name__
