@@ -37,7 +37,6 @@ from .predictor import Predictor, saved_backbone
 from .prompts import load_templates, parse_classnames
 from .synonyms import load_synonyms
 from .support import augmented_support, sample_shots
-from tqdm.auto import tqdm
 
 log = logging.getLogger("zeroshot_plus")
 
@@ -391,9 +390,6 @@ def _scored(args, backbone: Backbone, classifier: Predictor, images: ImageSet,
         yield positions, classifier.decision_function(vectors), vectors
 
 
-_TPT_BATCH = 4  # images tuned together in one batched pass
-
-
 def _finish(report: EncodeReport, total: int) -> int:
     forward = (f" ({report.encoder_seconds:.2f} s in the image encoder's forward passes)"
                if report.encoder_seconds else "")
@@ -487,6 +483,9 @@ def _explain_count(args, classifier: Predictor) -> int:
     if args.explain < 1:
         raise InputError(f"--explain must be at least 1, got {args.explain}.")
     return args.explain
+
+
+_TPT_BATCH = 4  # images tuned together in one batched pass
 
 
 def _fit_tpt(args, backbone: Backbone, classnames: list[str]) -> TPTClassifier:
