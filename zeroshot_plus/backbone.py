@@ -39,7 +39,7 @@ _HF_HOST = "huggingface.co"
 @dataclass
 class EncodeReport:
     """What an image-encoding run did: how many images came from the store, how many were
-    encoded and the seconds spent in the encoder's forward passes, and which could not be read."""
+    encoded (and the seconds their forward passes took), and which could not be read."""
 
     n_cached: int = 0
     n_encoded: int = 0

@@ -891,23 +891,23 @@ def _match(args) -> int:
     return 0
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+
+
 def _keep_freed_memory() -> None:
     """Let glibc's allocator keep freed memory for reuse in this process.
 
     By default, blocks above the mmap threshold (128 KiB, rising to at most 32 MiB) are mapped
-    fresh from the system for every request and unmapped when freed. The encoder's activations (10-40 MiB per layer and batch) would be
-    faulted in page by page on every batch: measured with ViT-B-32 on a CPU, that made the
-    memory-bound steps (GELU, copies) about three times slower inside ``predict`` than in a
-    warm loop. The command owns its process, so it trades a flat, higher RSS for that time.
-    Other C libraries have no ``mallopt``; nothing is changed there.
+    fresh from the system for every request and unmapped when freed. The encoder's activations
+    (10-40 MiB per layer and batch) would be faulted in page by page on every batch: measured
+    with ViT-B-32 on a CPU, that made the memory-bound steps (GELU, copies) about three times
+    slower inside ``predict`` than in a warm loop. The command owns its process, so it trades a
+    flat, higher RSS for that time. Other C libraries have no ``mallopt``; nothing changes there.
     """
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is not None:
         mallopt(_M_MMAP_THRESHOLD, 1 << 30)
         mallopt(_M_TRIM_THRESHOLD, 1 << 30)
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 
 
 def run() -> None:
