@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from zeroshot_plus import Backbone, ComCLIPMatcher
-from zeroshot_plus.parsing import parse_caption, read_comvg_triplets, triplet_accuracy
+from zeroshot_plus.text.parsing import parse_caption, read_comvg_triplets, triplet_accuracy
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 ADJECTIVES = ("small", "red", "old", "white", "large", "dark")

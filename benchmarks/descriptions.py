@@ -60,8 +60,8 @@ import torch
 import torch.nn.functional as F
 
 from zeroshot_plus import Backbone, DescriptionClassifier, ZeroShotClassifier
-from zeroshot_plus.descriptors import descriptor_prompts, match_descriptors
-from zeroshot_plus.metrics import top_k_accuracy
+from zeroshot_plus.text.descriptors import descriptor_prompts, match_descriptors
+from zeroshot_plus.evaluation.metrics import top_k_accuracy
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 IMAGENET_DESCRIPTORS = DATA / "descriptors" / "descriptors_imagenet.json"

@@ -96,7 +96,7 @@ def normalised_tokens(caption: str) -> str:
 
 
 def mining(args) -> None:
-    from zeroshot_plus.frequency import build_index
+    from zeroshot_plus.text.frequency import build_index
 
     rng = np.random.default_rng(0)
     words = vocabulary(20_000, rng)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-import zeroshot_plus.backbone as backbone_module
+import zeroshot_plus.encoders.backbone as backbone_module
 from zeroshot_plus import Backbone, InputError, ModelLoadError
 
 from conftest import synthetic_image
@@ -230,7 +230,7 @@ def test_unreachable_weights_fail_fast_with_advice(monkeypatch, tmp_path):
 
 def test_truncated_text_tower_equals_full_77_token_features(backbone):
     """Under the causal mask, running the text tower only up to the longest prompt is exact."""
-    from zeroshot_plus.backbone import encode_text_truncated
+    from zeroshot_plus.encoders.backbone import encode_text_truncated
 
     texts = ["a", "a photo of a dog.", "a very long prompt " * 6, "itap of a cat."]
     tokens = backbone.tokenizer(texts)

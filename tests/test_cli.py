@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import zeroshot_plus.backbone as backbone_module
+import zeroshot_plus.encoders.backbone as backbone_module
 from zeroshot_plus.cli import build_parser, main
 
 REPO_DIR = Path(__file__).resolve().parents[1]

@@ -15,8 +15,8 @@ from PIL import Image
 from zeroshot_plus import ComCLIPMatcher, InputError
 from zeroshot_plus.cli import main
 from zeroshot_plus.methods.comclip import comvg_accuracy, winoground_scores
-from zeroshot_plus.metrics import recall_at_k
-from zeroshot_plus.parsing import (LLMParser, Parse, lemma, parse_caption, read_comvg_triplets,
+from zeroshot_plus.evaluation.metrics import recall_at_k
+from zeroshot_plus.text.parsing import (LLMParser, Parse, lemma, parse_caption, read_comvg_triplets,
                                    triplet_accuracy)
 
 CAPTIONS = ["a man is sitting at a table", "a red dog chases a ball", "young person sit on a boat"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from zeroshot_plus import GDAClassifier, InputError, Predictor, ZeroShotClassifier
-from zeroshot_plus.descriptors import descriptor_prompts, match_descriptors
+from zeroshot_plus.text.descriptors import descriptor_prompts, match_descriptors
 from zeroshot_plus.methods.descriptions import DescriptionClassifier
 
 DESCRIPTORS = {

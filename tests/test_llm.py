@@ -17,7 +17,7 @@ import pytest
 
 from zeroshot_plus import InputError
 from zeroshot_plus.cli import main
-from zeroshot_plus.llm import LLMError, build_messages, generate
+from zeroshot_plus.text.llm import LLMError, build_messages, generate
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 FAST = dict(timeout=0.3, backoff=0.001, max_wait=2.0, progress=False)
@@ -260,7 +260,7 @@ def test_cli_describe_writes_the_file_and_resumes_after_a_kill(llm, tmp_path):
 
 
 def test_answers_are_validated_and_cleaned():
-    from zeroshot_plus.llm import _Retry, parse_items
+    from zeroshot_plus.text.llm import _Retry, parse_items
 
     text = '```json\n{"synonyms": ["Tinca tinca", " doctor fish ", "tinca tinca"]}\n```'
     assert parse_items(text, "synonyms") == ["Tinca tinca", "doctor fish"]

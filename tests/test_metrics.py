@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from zeroshot_plus.metrics import (classification_summary, confusion_matrix,
+from zeroshot_plus.evaluation.metrics import (classification_summary, confusion_matrix,
                                    expected_calibration_error, per_class_accuracy, top_k_accuracy)
 
 SCORES = np.array([

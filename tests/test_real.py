@@ -11,11 +11,11 @@ import pytest
 
 from zeroshot_plus import (GDAClassifier, InputError, RealLinearClassifier, RealPromptClassifier,
                            ZeroShotClassifier)
-from zeroshot_plus import frequency
+from zeroshot_plus.text import frequency
 from zeroshot_plus.cli import main
-from zeroshot_plus.frequency import CaptionIndex, build_index, most_common_name
-from zeroshot_plus.predictor import Predictor
-from zeroshot_plus.synonyms import load_synonyms
+from zeroshot_plus.text.frequency import CaptionIndex, build_index, most_common_name
+from zeroshot_plus.methods.base import Predictor
+from zeroshot_plus.text.synonyms import load_synonyms
 
 NAMES = ["cat", "dog", "jay"]
 TEMPLATES = ["a photo of a {}.", "a drawing of a {}."]

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from zeroshot_plus import Backbone, EncodeReport
-from zeroshot_plus.store import EmbeddingStore
+from zeroshot_plus.data.store import EmbeddingStore
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 

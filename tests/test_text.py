@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from zeroshot_plus import InputError
-from zeroshot_plus.prompts import (available_template_sets, class_prompts, load_templates,
+from zeroshot_plus.text.templates import (available_template_sets, class_prompts, load_templates,
                                    parse_classnames, validate_classnames)
-from zeroshot_plus.text_head import class_weights, l2_normalise, segment_mean
+from zeroshot_plus.text.heads import class_weights, l2_normalise, segment_mean
 
 # ---------------------------------------------------------------------- class names
 

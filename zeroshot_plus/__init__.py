@@ -1,9 +1,9 @@
 """zeroshot_plus: adapt frozen CLIP models to your task without training them."""
 
-from .backbone import Backbone, EncodeReport
-from .embedder import ImageEmbedder
+from .encoders.backbone import Backbone, EncodeReport
+from .encoders.embedder import ImageEmbedder
 from .errors import InputError, ModelLoadError
-from .images import ImageSet, read_image_source
+from .data.images import ImageSet, read_image_source
 from .methods.comclip import ComCLIPMatcher
 from .methods.descriptions import DescriptionClassifier
 from .methods.gda import GDAClassifier
@@ -11,8 +11,8 @@ from .methods.real import RealLinearClassifier, RealPromptClassifier
 from .methods.schur import SCEResult, SchurEditor, sce_score
 from .methods.tpt import TPTClassifier
 from .methods.zeroshot import ZeroShotClassifier
-from .predictor import Predictor
-from .support import AugmentedSupport, augmented_support, sample_shots
+from .methods.base import Predictor
+from .data.support import AugmentedSupport, augmented_support, sample_shots
 
 __all__ = [
     "Backbone", "EncodeReport", "GDAClassifier", "ImageEmbedder", "ImageSet", "InputError",

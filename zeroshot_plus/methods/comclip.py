@@ -34,11 +34,11 @@ import torch
 from PIL import Image, ImageDraw
 from sklearn.base import BaseEstimator
 
-from ..backbone import Backbone
+from ..encoders.backbone import Backbone
 from ..errors import InputError
-from ..images import ImageInput, image_name, item_key, open_image, read_image_source
-from ..parsing import Parse, make_parser
-from ..store import EmbeddingStore
+from ..data.images import ImageInput, image_name, item_key, open_image, read_image_source
+from ..text.parsing import Parse, make_parser
+from ..data.store import EmbeddingStore
 
 log = logging.getLogger(__name__)
 

@@ -26,11 +26,11 @@ from typing import NamedTuple
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
-from ..descriptors import check_prompt_style, descriptor_prompts, match_descriptors, wordify
+from ..text.descriptors import check_prompt_style, descriptor_prompts, match_descriptors, wordify
 from ..errors import InputError
-from ..predictor import Predictor
-from ..prompts import parse_classnames
-from ..text_head import l2_normalise
+from .base import Predictor
+from ..text.templates import parse_classnames
+from ..text.heads import l2_normalise
 
 _ROWS = 1024  # image rows per block in explain()
 

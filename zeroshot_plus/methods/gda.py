@@ -31,7 +31,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from ..errors import InputError
-from ..predictor import Predictor, resolve_text_weights
+from .base import Predictor, resolve_text_weights
 
 LOGIT_SCALE = 100.0
 ALPHA_GRID = (1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)

@@ -30,11 +30,11 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from ..errors import InputError
-from ..frequency import CaptionIndex
-from ..predictor import Predictor
-from ..prompts import class_prompts, load_templates
-from ..synonyms import SynonymTable, load_synonyms
-from ..text_head import class_weights, l2_normalise, segment_mean
+from ..text.frequency import CaptionIndex
+from .base import Predictor
+from ..text.templates import class_prompts, load_templates
+from ..text.synonyms import SynonymTable, load_synonyms
+from ..text.heads import class_weights, l2_normalise, segment_mean
 from .zeroshot import ZeroShotClassifier
 
 

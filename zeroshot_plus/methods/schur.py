@@ -49,7 +49,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ..errors import InputError
-from ..text_head import unit_rows
+from ..text.heads import unit_rows
 
 KERNELS = ("cosine", "gaussian")
 ENTROPIES = ("reference", "normalized")

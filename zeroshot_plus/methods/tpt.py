@@ -43,12 +43,12 @@ from PIL import Image
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from ..backbone import Backbone, EncodeReport
+from ..encoders.backbone import Backbone, EncodeReport
 from ..errors import InputError
-from ..images import (Failure, ImageInput, ImageSet, IMAGE_EXTENSIONS, decoded_batches, image_name,
+from ..data.images import (Failure, ImageInput, ImageSet, IMAGE_EXTENSIONS, decoded_batches, image_name,
                       open_image, pil_key, read_image_source, seeded_torch_rng)
-from ..predictor import Predictor
-from ..prompts import parse_classnames
+from .base import Predictor
+from ..text.templates import parse_classnames
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
-from ..predictor import Predictor, resolve_text_weights
+from .base import Predictor, resolve_text_weights
 
 
 class ZeroShotClassifier(Predictor):

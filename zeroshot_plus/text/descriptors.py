@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .errors import InputError
+from ..errors import InputError
 
 PROMPT_STYLES = ("menon", "corrected", "plain", "sentences")
 _BARE_PREFIXES = ("has", "often", "typically", "may", "can")

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 if TYPE_CHECKING:
-    from .backbone import Backbone
+    from ..encoders.backbone import Backbone
 
 
 _UNIT_TOLERANCE = 4 * np.finfo(np.float32).eps

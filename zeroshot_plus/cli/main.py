@@ -17,26 +17,26 @@ from typing import Iterator, Sequence
 import numpy as np
 from scipy.special import softmax
 
-from .backbone import PRECISIONS, Backbone, EncodeReport
-from .descriptors import PROMPT_STYLES
-from .errors import InputError
-from .frequency import CAPTION_COLUMN, STRATEGIES, build_index, mine_frequencies
-from .images import ImageSet, read_image_source
-from .llm import KINDS, generate
-from .metrics import classification_summary, recall_at_k
-from .methods.comclip import (COMPONENTS, MASK_MODES, WEIGHTINGS, ComCLIPMatcher,
+from ..encoders.backbone import PRECISIONS, Backbone, EncodeReport
+from ..text.descriptors import PROMPT_STYLES
+from ..errors import InputError
+from ..text.frequency import CAPTION_COLUMN, STRATEGIES, build_index, mine_frequencies
+from ..data.images import ImageSet, read_image_source
+from ..text.llm import KINDS, generate
+from ..evaluation.metrics import classification_summary, recall_at_k
+from ..methods.comclip import (COMPONENTS, MASK_MODES, WEIGHTINGS, ComCLIPMatcher,
                               draw_explanation, read_pairs)
-from .methods.descriptions import DescriptionClassifier
-from .methods.gda import GDAClassifier
-from .methods.schur import (ENTROPIES, KERNELS, SchurEditor, save_spectrum_plot,
+from ..methods.descriptions import DescriptionClassifier
+from ..methods.gda import GDAClassifier
+from ..methods.schur import (ENTROPIES, KERNELS, SchurEditor, save_spectrum_plot,
                              sce_score)
-from .methods.real import RealPromptClassifier
-from .methods.tpt import TPTClassifier
-from .methods.zeroshot import ZeroShotClassifier
-from .predictor import Predictor, saved_backbone
-from .prompts import load_templates, parse_classnames
-from .synonyms import load_synonyms
-from .support import augmented_support, sample_shots
+from ..methods.real import RealPromptClassifier
+from ..methods.tpt import TPTClassifier
+from ..methods.zeroshot import ZeroShotClassifier
+from ..methods.base import Predictor, saved_backbone
+from ..text.templates import load_templates, parse_classnames
+from ..text.synonyms import load_synonyms
+from ..data.support import augmented_support, sample_shots
 
 log = logging.getLogger("zeroshot_plus")
 
@@ -853,7 +853,7 @@ def _match(args) -> int:
         raise InputError(f"--explain-dir '{args.explain_dir}' is not an existing folder.")
     images, captions = read_pairs(args.pairs)
     if args.parser == "llm":
-        from .parsing import LLMParser
+        from ..text.parsing import LLMParser
         parser = LLMParser()
     else:
         parser = "rules"
@@ -927,6 +927,3 @@ def run() -> None:
             pass
     os._exit(code)
 
-
-if __name__ == "__main__":
-    run()

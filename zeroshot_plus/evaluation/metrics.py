@@ -29,7 +29,7 @@ def recall_at_k(scores: np.ndarray, relevant: np.ndarray, k: int = 1) -> float:
     if relevant.ndim == 1:
         relevant = np.arange(scores.shape[1])[None, :] == relevant[:, None]
     if scores.ndim != 2 or relevant.shape != scores.shape or k < 1:
-        from .errors import InputError
+        from ..errors import InputError
         raise InputError(f"recall@k needs (Q, C) scores, relevance of the same shape (or (Q,) "
                          f"indices) and k >= 1; got {scores.shape}, {relevant.shape}, k={k}.")
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]

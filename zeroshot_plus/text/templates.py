@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
-from .errors import InputError
+from ..errors import InputError
 
 OPEN_CLIP_TEMPLATE_SETS = ("openai_imagenet", "simple_imagenet")
 

@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .errors import InputError, ModelLoadError
-from .images import (DecodedItem, Failure, ImageInput, ImageSet, content_keys, decoded_batches,
+from ..errors import InputError, ModelLoadError
+from ..data.images import (DecodedItem, Failure, ImageInput, ImageSet, content_keys, decoded_batches,
                      image_name, read_image_source)
-from .store import EmbeddingStore
+from ..data.store import EmbeddingStore
 
 log = logging.getLogger(__name__)
 

@@ -36,8 +36,8 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from .descriptors import wordify
-from .errors import InputError
-from .prompts import validate_classnames
+from ..errors import InputError
+from .templates import validate_classnames
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .backbone import Backbone
-from .errors import InputError
+from ..encoders.backbone import Backbone
+from ..errors import InputError
 from .images import (ImageInput, ImageSet, content_keys, open_image, read_image_source,
                      seeded_torch_rng)
 from .store import EmbeddingStore

@@ -14,11 +14,11 @@ from scipy.special import softmax
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .backbone import Backbone
-from .errors import InputError
-from .images import ImageSet
-from .prompts import class_prompts, load_templates, parse_classnames
-from .text_head import class_weights, l2_normalise, unit_rows
+from ..encoders.backbone import Backbone
+from ..errors import InputError
+from ..data.images import ImageSet
+from ..text.templates import class_prompts, load_templates, parse_classnames
+from ..text.heads import class_weights, l2_normalise, unit_rows
 
 _FORMAT = "zeroshot_plus.predictor/1"
 

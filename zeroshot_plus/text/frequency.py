@@ -32,7 +32,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .errors import InputError
+from ..errors import InputError
 from .synonyms import SynonymTable
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .errors import InputError
-from .prompts import parse_classnames, validate_classnames
+from ..errors import InputError
+from .templates import parse_classnames, validate_classnames
 
 
 @dataclass

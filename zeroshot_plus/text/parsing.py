@@ -20,7 +20,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
-from .errors import InputError
+from ..errors import InputError
 
 DETERMINERS = frozenset(
     "a an the this that these those some any his her its their my your our one two three four "

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import InputError
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Image sources and decoding, tables, the embedding store, support sets."""

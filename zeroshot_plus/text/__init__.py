@@ -1,0 +1,1 @@
+"""Templates, class names, descriptors, synonyms, text heads, the LLM client, caption parsing."""
