@@ -20,7 +20,7 @@ from zeroshot_plus.cli import main
 from zeroshot_plus.text.llm import LLMError, build_messages, generate
 
 REPO_DIR = Path(__file__).resolve().parents[1]
-FAST = dict(timeout=0.3, backoff=0.001, max_wait=2.0, progress=False)
+FAST = dict(timeout=0.3, progress=False)
 
 
 class FakeLLM:
@@ -260,11 +260,11 @@ def test_cli_describe_writes_the_file_and_resumes_after_a_kill(llm, tmp_path):
 
 
 def test_answers_are_validated_and_cleaned():
-    from zeroshot_plus.text.llm import _Retry, parse_items
+    from zeroshot_plus.text.llm import BadAnswer, parse_items
 
     text = '```json\n{"synonyms": ["Tinca tinca", " doctor fish ", "tinca tinca"]}\n```'
     assert parse_items(text, "synonyms") == ["Tinca tinca", "doctor fish"]
     for bad in (None, "", "[1]", '{"synonyms": []}', '{"synonyms": "tench"}',
                 '{"descriptors": ["a"]}', '{"synonyms": ["ok", " "]}'):
-        with pytest.raises(_Retry):
+        with pytest.raises(BadAnswer):
             parse_items(bad, "synonyms")

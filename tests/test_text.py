@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from zeroshot_plus import InputError
-from zeroshot_plus.text.templates import (available_template_sets, class_prompts, load_templates,
-                                   parse_classnames, validate_classnames)
+from zeroshot_plus.text.classnames import parse_classnames, validate_classnames
+from zeroshot_plus.text.templates import available_template_sets, class_prompts, load_templates
 from zeroshot_plus.text.heads import class_weights, l2_normalise, segment_mean
 
 # ---------------------------------------------------------------------- class names

@@ -34,7 +34,8 @@ from ..methods.real import RealPromptClassifier
 from ..methods.tpt import TPTClassifier
 from ..methods.zeroshot import ZeroShotClassifier
 from ..methods.base import Predictor, saved_backbone
-from ..text.templates import load_templates, parse_classnames
+from ..text.classnames import parse_classnames
+from ..text.templates import load_templates
 from ..text.synonyms import load_synonyms
 from ..data.support import augmented_support, sample_shots
 

@@ -26,10 +26,10 @@ from typing import NamedTuple
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
-from ..text.descriptors import check_prompt_style, descriptor_prompts, match_descriptors, wordify
+from ..text.classnames import display_name, parse_classnames
+from ..text.descriptors import check_prompt_style, descriptor_prompts, match_descriptors
 from ..errors import InputError
 from .base import Predictor
-from ..text.templates import parse_classnames
 from ..text.heads import l2_normalise
 
 _ROWS = 1024  # image rows per block in explain()
@@ -64,7 +64,7 @@ class DescriptionClassifier(Predictor):
     cache : embedding store directory for the prompt embeddings.
 
     A class with no descriptors (an empty list, or missing with ``allow_missing``) is scored
-    by its bare name ``wordify(name) + suffix``, the reference's "CLIP-standard" prompt. (The
+    by its bare name ``display_name(name) + suffix``, the reference's "CLIP-standard" prompt. (The
     reference itself gives an empty list the single descriptor "", i.e. the prompt
     "k, which has "; pass [""] to get that.)
 
@@ -108,8 +108,8 @@ class DescriptionClassifier(Predictor):
                 prompts.append(descriptor_prompts(classname, items, self.prompt_style, self.suffix))
                 shown.append(items)
             else:  # no descriptors: the class name alone
-                prompts.append([wordify(classname) + self.suffix])
-                shown.append([wordify(classname)])
+                prompts.append([display_name(classname) + self.suffix])
+                shown.append([display_name(classname)])
         self.counts_ = np.array([len(p) for p in prompts], dtype=np.int64)
         self.offsets_ = np.concatenate([[0], np.cumsum(self.counts_)[:-1]]).astype(np.int64)
         self.prompts_ = np.array([p for group in prompts for p in group])

@@ -21,24 +21,18 @@ Prompt styles, for class name k ('_' read as a space), descriptor d and a ``suff
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from ..errors import InputError
+from .classnames import closest_name, display_name, match_key
 
 PROMPT_STYLES = ("menon", "corrected", "plain", "sentences")
 _BARE_PREFIXES = ("has", "often", "typically", "may", "can")
 _SHOWN = 10  # names listed in an error message
-
-
-def wordify(name: str) -> str:
-    """A class name as it appears in a prompt: '_' read as a space."""
-    return name.replace("_", " ")
 
 
 def descriptor_phrase(descriptor: str, rule: str = "menon") -> str:
@@ -65,7 +59,7 @@ def descriptor_prompts(classname: str, descriptors: Sequence[str], style: str = 
                        suffix: str = "") -> list[str]:
     """The prompts of one class, one per descriptor, in the given prompt style."""
     check_prompt_style(style)
-    name = wordify(classname)
+    name = display_name(classname)
     if style == "sentences":
         return list(descriptors)
     if style == "plain":
@@ -159,19 +153,19 @@ def match_descriptors(descriptors: str | os.PathLike | Mapping[str, Sequence[str
         table = validate_descriptors(descriptors, source)
     if classnames is None:
         return DescriptorMatch(source, list(table), list(table.values()))
-    by_norm: dict[str, str] = {}
+    by_key: dict[str, str] = {}
     for key in table:
-        by_norm.setdefault(_normal(key), key)
+        by_key.setdefault(match_key(key), key)
     keys, renamed, missing = [], {}, []
     for name in classnames:
-        key = name if name in table else by_norm.get(_normal(name))
+        key = name if name in table else by_key.get(match_key(name))
         if key is None:
             missing.append(name)
         elif key != name:
             renamed[name] = key
         keys.append(key)
     if missing and not allow_missing:
-        hints = [_with_hint(name, by_norm) for name in missing[:_SHOWN]]
+        hints = [_with_hint(name, table) for name in missing[:_SHOWN]]
         more = f" and {len(missing) - _SHOWN} more" if len(missing) > _SHOWN else ""
         raise InputError(f"the {source} has no entry for {len(missing)} of the "
                          f"{len(classnames)} classes: {', '.join(hints)}{more}.")
@@ -181,10 +175,6 @@ def match_descriptors(descriptors: str | os.PathLike | Mapping[str, Sequence[str
                            renamed, [k for k in table if k not in used], missing)
 
 
-def _normal(name: str) -> str:
-    return re.sub(r"\s+", " ", name.replace("_", " ")).strip().lower()
-
-
-def _with_hint(name: str, by_norm: Mapping[str, str]) -> str:
-    close = difflib.get_close_matches(_normal(name), list(by_norm), n=1, cutoff=0.6)
-    return f"'{name}' (did you mean '{by_norm[close[0]]}'?)" if close else f"'{name}'"
+def _with_hint(name: str, keys: Iterable[str]) -> str:
+    close = closest_name(name, keys)
+    return f"'{name}' (did you mean '{close}'?)" if close else f"'{name}'"

@@ -1,19 +1,25 @@
-"""Descriptors, synonyms and CuPL-style sentences written by an LLM, cached on disk.
+"""The LLM client, and the descriptors, synonyms and CuPL-style sentences it writes.
 
 Any OpenAI-compatible chat-completions endpoint works (OpenAI, vLLM, Ollama, llama.cpp,
 ...): the base URL, model and key come from arguments or from the environment
 (OPENAI_BASE_URL, ZEROSHOT_PLUS_LLM_MODEL, OPENAI_API_KEY). Nothing here runs unless asked:
 the classifiers only read files.
 
-Per class, one chat request asks for a JSON object ``{"<kind>": ["...", ...]}``
-(``response_format={"type": "json_object"}`` and the schema spelt out in the prompt). An
-answer that is not such an object holding a non-empty list of non-empty strings is asked
-again. Timeouts, connection errors, 408/409/429 and 5xx are retried with exponential
-back-off (or after the server's Retry-After), up to ``max_attempts`` requests per class.
-Requests run on ``concurrency`` threads. Every valid answer is written at once to its own
-JSON file in the cache (temporary file + rename, so a file is whole or absent), keyed by
-(model, kind, class, prompt version and prompt options): a run that is interrupted resumes
-where it stopped, and nothing already answered is asked twice.
+``ChatClient`` is the one way the library asks an LLM (``generate`` here, ``LLMParser`` in
+``parsing``): one JSON-mode chat request at a time, its answer text handed to a caller's
+``parse`` hook. Timeouts, connection errors, 408/409/429 and 5xx are retried by the openai
+client itself (exponential back-off from 0.5 s up to 8 s, or the server's Retry-After up to
+two minutes); an answer the hook rejects with ``BadAnswer`` is asked again; both count
+towards ``max_attempts`` requests. Failures become one-sentence errors: ``AttemptsExhausted``
+when the attempts are spent, ``LLMError`` at once for a refused key or a rejected request.
+
+Per class, ``generate`` asks for a JSON object ``{"<kind>": ["...", ...]}`` (the schema spelt
+out in the prompt); an answer that is not such an object holding a non-empty list of
+non-empty strings is asked again. Requests run on ``concurrency`` threads. Every valid answer
+is written at once to its own JSON file in the cache (``LLMCache``: temporary file, fsync,
+rename, so a file is whole or absent), keyed by (model, kind, class, prompt version and
+prompt options): a run that is interrupted resumes where it stopped, and nothing already
+answered is asked twice.
 """
 
 from __future__ import annotations
@@ -22,22 +28,18 @@ import hashlib
 import json
 import logging
 import os
-import random
 import re
 import tempfile
 import threading
-import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 from tqdm.auto import tqdm
 
-from .descriptors import wordify
 from ..errors import InputError
-from .templates import validate_classnames
+from .classnames import display_name, validate_classnames
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ KINDS = ("descriptors", "synonyms", "sentences")
 PROMPT_VERSION = 1
 DEFAULT_ITEMS = {"descriptors": 8, "synonyms": 5, "sentences": 10}
 _RETRY_STATUS = (408, 409, 429)
+T = TypeVar("T")
 
 _SYSTEM = ("You help build image classifiers by writing short texts about visual categories. "
            "Reply with one JSON object and nothing else.")
@@ -71,12 +74,12 @@ class LLMError(InputError):
     """The LLM endpoint refused the requests, or kept answering badly."""
 
 
-class _Retry(Exception):
-    """A failed attempt worth repeating, after ``wait`` seconds when the server said so."""
+class AttemptsExhausted(LLMError):
+    """No valid answer within the allowed requests; the message says what failed last."""
 
-    def __init__(self, message: str, wait: float | None = None):
-        super().__init__(message)
-        self.wait = wait
+
+class BadAnswer(ValueError):
+    """An answer that does not fit the asked-for JSON schema: the question is asked again."""
 
 
 @dataclass(frozen=True)
@@ -113,39 +116,6 @@ def default_cache_dir() -> Path:
     return Path(root) / "zeroshot_plus" / "llm"
 
 
-def build_messages(classname: str, kind: str = "descriptors", n_items: int | None = None,
-                   context: str | None = None) -> list[dict]:
-    """The chat messages asking for one class's items (the prompt is versioned)."""
-    if kind not in KINDS:
-        raise InputError(f"unknown kind '{kind}'; use one of {', '.join(KINDS)}.")
-    name = wordify(classname)
-    n = n_items or DEFAULT_ITEMS[kind]
-    about = f'Category: "{name}"' + (f" ({context})" if context else "") + "."
-    schema = f'Reply with JSON of the form {{"{kind}": ["...", "..."]}}.'
-    return [{"role": "system", "content": _SYSTEM},
-            {"role": "user", "content": f"{about}\n{_ASK[kind].format(n=n, name=name)}\n{schema}"}]
-
-
-def parse_items(content: str | None, kind: str) -> list[str]:
-    """``{"<kind>": [str, ...]}`` -> the stripped, de-duplicated strings; _Retry if invalid."""
-    if not content:
-        raise _Retry("the answer was empty")
-    text = re.sub(r"^```(?:json)?\s*|\s*```$", "", content.strip())
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise _Retry(f"the answer was not JSON ({exc.msg})") from None
-    items = data.get(kind) if isinstance(data, dict) else None
-    if not isinstance(items, list) or not items:
-        raise _Retry(f'the answer had no non-empty list under "{kind}"')
-    if not all(isinstance(item, str) and item.strip() for item in items):
-        raise _Retry(f'the "{kind}" list held something other than non-empty strings')
-    unique: dict[str, str] = {}
-    for item in items:
-        unique.setdefault(item.strip().lower(), item.strip())
-    return list(unique.values())
-
-
 class LLMCache:
     """One JSON file per request key under ``directory``; each written atomically."""
 
@@ -179,32 +149,150 @@ class LLMCache:
         try:
             with os.fdopen(handle, "w", encoding="utf-8") as out:
                 json.dump({"key": key, "items": items}, out, ensure_ascii=False, indent=1)
+                out.flush()
+                os.fsync(out.fileno())
             os.replace(temporary, path)
         finally:
             Path(temporary).unlink(missing_ok=True)
+
+
+class ChatClient:
+    """JSON-mode chat requests to one endpoint, each answer checked by the caller's hook.
+
+    max_attempts : requests per question, transport retries and re-asked answers together.
+    timeout : seconds per request.
+    The client is thread-safe: one instance serves every worker thread.
+    """
+
+    def __init__(self, endpoint: Endpoint, *, max_attempts: int, timeout: float):
+        import openai  # optional dependency, imported only when an LLM is really asked
+
+        self.endpoint = endpoint
+        self.max_attempts = max_attempts
+        self._openai = openai
+        self._client = openai.OpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key,
+                                     timeout=timeout, max_retries=max_attempts - 1)
+
+    def ask(self, messages: list[dict], parse: Callable[[str | None], T], *,
+            temperature: float = 0.0, stop: threading.Event | None = None) -> T:
+        """``parse(answer text)`` of the first answer that ``parse`` accepts.
+
+        Raises AttemptsExhausted once ``max_attempts`` requests are spent (or ``stop`` is set
+        before a re-ask), LLMError at once for a refused key or a rejected request.
+        """
+        left = self.max_attempts
+        while True:
+            if stop is not None and stop.is_set():
+                raise AttemptsExhausted("the run was stopped")
+            response = self._send(messages, temperature, retries=left - 1)
+            left -= response.retries_taken + 1
+            try:
+                return parse(self._content(response))
+            except BadAnswer as exc:
+                if left <= 0:
+                    raise AttemptsExhausted(str(exc)) from None
+                log.info("%s; asking again (%d attempts left)", exc, left)
+
+    def _send(self, messages: list[dict], temperature: float, retries: int):
+        """One request, retried by openai up to ``retries`` times -> its raw response."""
+        openai = self._openai
+        try:
+            return self._client.with_options(max_retries=retries).chat.completions \
+                .with_raw_response.create(model=self.endpoint.model, messages=messages,
+                                          temperature=temperature,
+                                          response_format={"type": "json_object"})
+        except openai.APITimeoutError:
+            raise AttemptsExhausted("the request timed out") from None
+        except openai.APIConnectionError as exc:
+            raise AttemptsExhausted(f"could not connect ({exc})") from None
+        except openai.APIStatusError as exc:
+            status = exc.status_code
+            if status in _RETRY_STATUS or status >= 500:
+                raise AttemptsExhausted(f"HTTP {status}") from None
+            if status in (401, 403):
+                raise LLMError(f"the LLM endpoint refused the API key (HTTP {status}); check "
+                               f"--api-key or OPENAI_API_KEY.") from None
+            raise LLMError(f"the LLM endpoint rejected the request for model "
+                           f"'{self.endpoint.model}' (HTTP {status}: {_message(exc)}).") from None
+
+    def _content(self, response) -> str | None:
+        """The answer text of a raw response; BadAnswer if it is not a chat completion."""
+        try:
+            completion = response.parse()
+        except (self._openai.APIResponseValidationError, ValueError):  # a body that is not JSON
+            raise BadAnswer("the response was not a valid chat completion") from None
+        choices = getattr(completion, "choices", None)
+        if not choices:
+            raise BadAnswer("the answer had no choices")
+        return getattr(getattr(choices[0], "message", None), "content", None)
+
+
+def json_answer(content: str | None):
+    """The JSON value of an answer (inside a ```json fence or bare); BadAnswer if none."""
+    if not content:
+        raise BadAnswer("the answer was empty")
+    text = re.sub(r"^```(?:json)?\s*|\s*```$", "", content.strip())
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadAnswer(f"the answer was not JSON ({exc.msg})") from None
+
+
+def _message(exc) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        error = body.get("error")
+        body = error.get("message") if isinstance(error, dict) else body.get("message", error)
+    return str(body or exc.message)[:200]
+
+
+# ---------------------------------------------------------------------- descriptors, synonyms, sentences
+
+def build_messages(classname: str, kind: str = "descriptors", n_items: int | None = None,
+                   context: str | None = None) -> list[dict]:
+    """The chat messages asking for one class's items (the prompt is versioned)."""
+    if kind not in KINDS:
+        raise InputError(f"unknown kind '{kind}'; use one of {', '.join(KINDS)}.")
+    name = display_name(classname)
+    n = n_items or DEFAULT_ITEMS[kind]
+    about = f'Category: "{name}"' + (f" ({context})" if context else "") + "."
+    schema = f'Reply with JSON of the form {{"{kind}": ["...", "..."]}}.'
+    return [{"role": "system", "content": _SYSTEM},
+            {"role": "user", "content": f"{about}\n{_ASK[kind].format(n=n, name=name)}\n{schema}"}]
+
+
+def parse_items(content: str | None, kind: str) -> list[str]:
+    """``{"<kind>": [str, ...]}`` -> the stripped, de-duplicated strings; BadAnswer if invalid."""
+    data = json_answer(content)
+    items = data.get(kind) if isinstance(data, dict) else None
+    if not isinstance(items, list) or not items:
+        raise BadAnswer(f'the answer had no non-empty list under "{kind}"')
+    if not all(isinstance(item, str) and item.strip() for item in items):
+        raise BadAnswer(f'the "{kind}" list held something other than non-empty strings')
+    unique: dict[str, str] = {}
+    for item in items:
+        unique.setdefault(item.strip().lower(), item.strip())
+    return list(unique.values())
 
 
 def generate(classnames: Sequence[str], kind: str = "descriptors", *,
              base_url: str | None = None, model: str | None = None, api_key: str | None = None,
              cache_dir: str | os.PathLike | None = None, n_items: int | None = None,
              context: str | None = None, temperature: float = 0.0, concurrency: int = 4,
-             max_attempts: int = 6, timeout: float = 60.0, backoff: float = 1.0,
-             max_wait: float = 60.0, progress: bool = True) -> dict[str, list[str]]:
+             max_attempts: int = 6, timeout: float = 60.0,
+             progress: bool = True) -> dict[str, list[str]]:
     """``{class: [item, ...]}`` for every class, in class order, asking only for uncached ones.
 
     kind : "descriptors" (DCLIP), "synonyms" (REAL candidates) or "sentences" (CuPL).
     n_items : items to ask for per class (default: 8, 5, 10 by kind).
     context : words that disambiguate the classes, e.g. "a type of bird".
     concurrency : requests in flight at once.
-    max_attempts : requests per class before giving up on it.
-    timeout : seconds per request; backoff : first retry delay in seconds, doubled per
-        attempt (with jitter) unless the server sends Retry-After; max_wait caps any delay.
+    max_attempts : requests per class before giving up on it (``ChatClient``).
+    timeout : seconds per request.
 
     Classes that still fail after max_attempts raise LLMError once every other class is done
     (and cached); a rejected key, unknown model or bad request raises LLMError at once.
     """
-    import openai  # optional dependency, imported only when an LLM is really asked
-
     names = validate_classnames(classnames)
     if kind not in KINDS:
         raise InputError(f"unknown kind '{kind}'; use one of {', '.join(KINDS)}.")
@@ -220,17 +308,16 @@ def generate(classnames: Sequence[str], kind: str = "descriptors", *,
     todo = [name for name in names if results[name] is None]
     log.info("%s for %d classes: %d cached, %d to ask %s", kind, len(names),
              len(names) - len(todo), len(todo), endpoint.model)
-    client = openai.OpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key,
-                           max_retries=0, timeout=timeout)
-    policy = _Policy(max_attempts, backoff, max_wait, threading.Event())
+    client = ChatClient(endpoint, max_attempts=max_attempts, timeout=timeout)
+    stop = threading.Event()
     failures: dict[str, str] = {}
 
     def ask(name: str) -> None:
-        messages = build_messages(name, kind, n_items, context)
         try:
-            items = policy.run(lambda: _request(client, openai, endpoint.model, messages,
-                                                kind, temperature), name)
-        except _Retry as exc:
+            items = client.ask(build_messages(name, kind, n_items, context),
+                               lambda content: parse_items(content, kind),
+                               temperature=temperature, stop=stop)
+        except AttemptsExhausted as exc:
             failures[name] = str(exc)
             return
         cache.put(keys[name], items)
@@ -247,7 +334,7 @@ def generate(classnames: Sequence[str], kind: str = "descriptors", *,
             for future in done:
                 future.result()  # a fatal LLMError surfaces here
         finally:
-            policy.stop.set()
+            stop.set()
             pool.shutdown(wait=True, cancel_futures=True)
     if failures:
         shown = "; ".join(f"'{n}': {e}" for n, e in list(failures.items())[:5])
@@ -256,81 +343,3 @@ def generate(classnames: Sequence[str], kind: str = "descriptors", *,
                        f"{max_attempts} attempts each ({shown}{more}); the other classes are "
                        f"cached in '{cache.directory}', so running again asks only for these.")
     return {name: results[name] for name in names}
-
-
-@dataclass
-class _Policy:
-    """Bounded attempts with exponential back-off; ``stop`` ends waits once the run aborts."""
-
-    max_attempts: int
-    backoff: float
-    max_wait: float
-    stop: threading.Event
-
-    def run(self, attempt, name: str):
-        for number in range(1, self.max_attempts + 1):
-            if self.stop.is_set():
-                raise _Retry("the run was stopped")
-            try:
-                return attempt()
-            except _Retry as exc:
-                if number == self.max_attempts:
-                    raise
-                delay = exc.wait if exc.wait is not None else (
-                    self.backoff * 2 ** (number - 1) * random.uniform(0.5, 1.0))
-                delay = min(delay, self.max_wait)
-                log.info("class '%s', attempt %d: %s; retrying in %.2f s", name, number, exc, delay)
-                self.stop.wait(delay)
-
-
-def _request(client, openai, model: str, messages: list[dict], kind: str,
-             temperature: float) -> list[str]:
-    """One chat request -> validated items; _Retry for what is worth repeating."""
-    try:
-        response = client.chat.completions.create(
-            model=model, messages=messages, temperature=temperature,
-            response_format={"type": "json_object"})
-    except openai.APITimeoutError:
-        raise _Retry("the request timed out") from None
-    except openai.APIConnectionError as exc:
-        raise _Retry(f"could not connect ({exc})") from None
-    except openai.APIStatusError as exc:
-        status = exc.status_code
-        if status in _RETRY_STATUS or status >= 500:
-            raise _Retry(f"HTTP {status}", _retry_after(exc.response.headers)) from None
-        if status in (401, 403):
-            raise LLMError(f"the LLM endpoint refused the API key (HTTP {status}); check "
-                           f"--api-key or OPENAI_API_KEY.") from None
-        raise LLMError(f"the LLM endpoint rejected the request for model '{model}' "
-                       f"(HTTP {status}: {_message(exc)}).") from None
-    except (openai.APIResponseValidationError, ValueError):  # a body that is not JSON
-        raise _Retry("the response was not a valid chat completion") from None
-    choices = getattr(response, "choices", None)
-    if not choices:
-        raise _Retry("the answer had no choices")
-    return parse_items(getattr(getattr(choices[0], "message", None), "content", None), kind)
-
-
-def _retry_after(headers) -> float | None:
-    """Seconds the server asks to wait: retry-after-ms, or Retry-After (seconds or a date)."""
-    value = headers.get("retry-after-ms")
-    try:
-        if value is not None:
-            return max(float(value) / 1000.0, 0.0)
-        value = headers.get("retry-after")
-        if value is None:
-            return None
-        return max(float(value), 0.0)
-    except ValueError:
-        try:
-            return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
-        except (TypeError, ValueError):
-            return None
-
-
-def _message(exc) -> str:
-    body = exc.body
-    if isinstance(body, dict):
-        error = body.get("error")
-        body = error.get("message") if isinstance(error, dict) else body.get("message", error)
-    return str(body or exc.message)[:200]

@@ -5,7 +5,7 @@ prepositions, auxiliaries, conjunctions), a list of common verbs and suffix rule
 "-s", "-ed") tag the words; maximal runs of other words are noun phrases (the last word is
 the head, the words before it its attributes); a verb and/or preposition between two noun
 phrases makes a relation. ``LLMParser`` asks an OpenAI-compatible endpoint instead (through
-``zeroshot_plus.llm``'s endpoint, retry policy and on-disk cache). Both return a ``Parse``,
+``zeroshot_plus.text.llm``'s client and on-disk cache). Both return a ``Parse``,
 which reads and writes the reference's JSON schema::
 
     {"objects": {name: {"attributes": [...]}}, "connections": [{"subject", "verb", "object"}]}
@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -301,82 +300,53 @@ class LLMParser:
     """Parse captions with an OpenAI-compatible chat endpoint (the reference's one-shot
     prompt, temperature 0); every answer is cached on disk, so nothing is asked twice.
 
-    base_url / model / api_key : as ``zeroshot_plus.llm.resolve_endpoint``.
+    base_url / model / api_key : as ``zeroshot_plus.text.llm.resolve_endpoint``.
     cache_dir : answer cache (default ``~/.cache/zeroshot_plus/llm``).
+    max_attempts, timeout : requests per caption and seconds per request (``ChatClient``).
     fallback : on an endpoint that keeps failing, return the rule-based parse (True), or
         raise LLMError (False).
     """
 
     def __init__(self, base_url: str | None = None, model: str | None = None,
                  api_key: str | None = None, cache_dir: str | os.PathLike | None = None,
-                 max_attempts: int = 4, timeout: float = 60.0, backoff: float = 1.0,
-                 fallback: bool = True):
-        from .llm import LLMCache, _Policy, default_cache_dir, resolve_endpoint
+                 max_attempts: int = 4, timeout: float = 60.0, fallback: bool = True):
+        from .llm import ChatClient, LLMCache, default_cache_dir, resolve_endpoint
 
         self.endpoint = resolve_endpoint(base_url, model, api_key)
         self.cache = LLMCache(cache_dir if cache_dir is not None else default_cache_dir())
-        self.policy = _Policy(max_attempts, backoff, 60.0, threading.Event())
-        self.timeout = timeout
+        self.client = ChatClient(self.endpoint, max_attempts=max_attempts, timeout=timeout)
         self.fallback = fallback
-        self._client = None
 
     def key(self, caption: str) -> dict:
         return {"model": self.endpoint.model, "kind": "parses", "class": caption,
                 "prompt_version": PARSE_PROMPT_VERSION}
 
     def __call__(self, caption: str) -> Parse:
-        from .llm import LLMError, _Retry
+        from .llm import LLMError
 
         key = self.key(caption)
         cached = self.cache.get(key)
         if cached is not None:
             return Parse.from_dict(caption, json.loads(cached[0]))
+        messages = [{"role": "system", "content": _PARSE_SYSTEM},
+                    {"role": "user", "content": f"{_PARSE_EXAMPLE}\nCaption: \"{caption}\""}]
         try:
-            data = self.policy.run(lambda: self._ask(caption), caption)
-        except (_Retry, LLMError):
+            data = self.client.ask(messages, _parse_answer)
+        except LLMError:
             if not self.fallback:
                 raise LLMError(f"the LLM gave no valid parse of '{caption}'.") from None
             return parse_caption(caption)
         self.cache.put(key, [json.dumps(data)])
         return Parse.from_dict(caption, data)
 
-    def _ask(self, caption: str) -> dict:
-        import openai
 
-        if self._client is None:
-            self._client = openai.OpenAI(base_url=self.endpoint.base_url,
-                                         api_key=self.endpoint.api_key, max_retries=0,
-                                         timeout=self.timeout)
-        messages = [{"role": "system", "content": _PARSE_SYSTEM},
-                    {"role": "user", "content": f"{_PARSE_EXAMPLE}\nCaption: \"{caption}\""}]
-        return _request_parse(self._client, openai, self.endpoint.model, messages)
+def _parse_answer(content: str | None) -> dict:
+    """An answer -> a parse dict with an "objects" map; BadAnswer otherwise."""
+    from .llm import BadAnswer, json_answer
 
-
-def _request_parse(client, openai, model: str, messages: list[dict]) -> dict:
-    """One chat request -> a parse dict; _Retry for what is worth repeating (as llm.py)."""
-    from .llm import _RETRY_STATUS, LLMError, _message, _Retry, _retry_after
-
-    try:
-        response = client.chat.completions.create(
-            model=model, messages=messages, temperature=0.0,
-            response_format={"type": "json_object"})
-    except (openai.APITimeoutError, openai.APIConnectionError):
-        raise _Retry("the request failed to connect or timed out") from None
-    except openai.APIStatusError as exc:
-        if exc.status_code in _RETRY_STATUS or exc.status_code >= 500:
-            raise _Retry(f"HTTP {exc.status_code}", _retry_after(exc.response.headers)) from None
-        raise LLMError(f"the LLM endpoint rejected the parse request for model '{model}' "
-                       f"(HTTP {exc.status_code}: {_message(exc)}).") from None
-    except (openai.APIResponseValidationError, ValueError):
-        raise _Retry("the response was not a valid chat completion") from None
-    choices = getattr(response, "choices", None)
-    content = getattr(getattr(choices[0], "message", None), "content", None) if choices else None
-    try:
-        data = json.loads(re.sub(r"^```(?:json)?\s*|\s*```$", "", (content or "").strip()))
-    except json.JSONDecodeError:
-        raise _Retry("the answer was not JSON") from None
+    data = json_answer(content)
     if not isinstance(data, dict) or not isinstance(data.get("objects"), dict):
-        raise _Retry('the answer had no "objects" map')
+        raise BadAnswer('the answer had no "objects" map')
     return data
 
 

@@ -14,7 +14,6 @@ Two sources are read:
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..errors import InputError
-from .templates import parse_classnames, validate_classnames
+from .classnames import closest_name, match_key, parse_classnames, validate_classnames
 
 
 @dataclass
@@ -143,28 +142,24 @@ def _from_map(data: Mapping, names: list[str] | None, source: str) -> SynonymTab
     return SynonymTable(names, chosen, alternates, [None] * len(names), source)
 
 
-def _key(name: str) -> str:
-    return " ".join(name.replace("_", " ").split()).casefold()
-
-
 def _match(data: Mapping, names: list[str], source: str) -> dict[str, str]:
     """class name -> key of ``data``: the exact key, else the one equal up to case and '_'."""
     loose: dict[str, list[str]] = {}
     for key in data:
-        loose.setdefault(_key(str(key)), []).append(key)
+        loose.setdefault(match_key(str(key)), []).append(key)
     lookup, missing = {}, []
     for name in names:
         if name in data:
             lookup[name] = name
-        elif len(loose.get(_key(name), [])) == 1:
-            lookup[name] = loose[_key(name)][0]
+        elif len(loose.get(match_key(name), [])) == 1:
+            lookup[name] = loose[match_key(name)][0]
         else:
             missing.append(name)
     if missing:
         unused = [str(k) for k in data if k not in set(lookup.values())]
-        hint = difflib.get_close_matches(missing[0], unused, n=1)
+        hint = closest_name(missing[0], unused)
         raise InputError(
             f"the {source} has no entry for {len(missing)} class(es): "
             f"{', '.join(repr(m) for m in missing[:5])}{' ...' if len(missing) > 5 else ''}"
-            + (f" (did you mean '{hint[0]}'?)" if hint else "") + ".")
+            + (f" (did you mean '{hint}'?)" if hint else "") + ".")
     return lookup

@@ -7,54 +7,17 @@ in ``zeroshot_plus.prompt_data/templates``), given as a path to a text file (one
 
 from __future__ import annotations
 
-import json
 import os
 from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
 from ..errors import InputError
+from .classnames import display_name
+# methods/tpt.py still imports parse_classnames from here; it moves to .classnames with it
+from .classnames import parse_classnames  # noqa: F401
 
 OPEN_CLIP_TEMPLATE_SETS = ("openai_imagenet", "simple_imagenet")
-
-
-def parse_classnames(spec: str | os.PathLike | Sequence[str]) -> list[str]:
-    """Class names from a file (one per line, or a JSON list), a comma list, or a sequence."""
-    if isinstance(spec, (str, os.PathLike)) and Path(spec).is_file():
-        path = Path(spec)
-        text = path.read_text(encoding="utf-8-sig")
-        if path.suffix.lower() == ".json":
-            try:
-                names = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"class file '{path}' is not valid JSON: {exc.msg}.") from None
-            if not isinstance(names, list):
-                raise InputError(f"class file '{path}' must hold a JSON list of class names.")
-        else:
-            names = [line.strip() for line in text.splitlines()]
-            names = [n for n in names if n and not n.startswith("#")]
-        source = f"class file '{path}'"
-    elif isinstance(spec, str):
-        if os.sep in spec or spec.endswith((".txt", ".json")):
-            raise InputError(f"class file '{spec}' does not exist.")
-        names, source = [n.strip() for n in spec.split(",")], "class list"
-    else:
-        names, source = [str(n).strip() for n in spec], "class list"
-    return validate_classnames(names, source)
-
-
-def validate_classnames(names: Sequence[str], source: str = "class list") -> list[str]:
-    names = [str(n).strip() for n in names]
-    if not names or not any(names):
-        raise InputError(f"the {source} is empty.")
-    if "" in names:
-        raise InputError(f"the {source} has an empty class name at position {names.index('') + 1}.")
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise InputError(f"the {source} names class '{name}' more than once.")
-        seen.add(name)
-    return names
 
 
 def available_template_sets() -> list[str]:
@@ -100,4 +63,4 @@ def _validate_templates(templates: list[str], source: str) -> list[str]:
 
 def class_prompts(classnames: Sequence[str], templates: Sequence[str]) -> list[list[str]]:
     """Per class, every template filled with the class name ('_' read as a space)."""
-    return [[t.replace("{}", name.replace("_", " ")) for t in templates] for name in classnames]
+    return [[t.replace("{}", display_name(name)) for t in templates] for name in classnames]

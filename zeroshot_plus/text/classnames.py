@@ -1,0 +1,83 @@
+"""Class names: reading and checking a class list, the form prompts show, the form lookups
+compare, and the closest name offered when a lookup fails.
+
+Two forms of a name are derived here and nowhere else:
+
+- ``display_name``: the name as prompts show it, '_' read as a space ("great_white_shark"
+  -> "great white shark"); nothing else changes.
+- ``match_key``: the form in which a name matches a file's key, '_' read as a space, runs of
+  whitespace made one space, ends stripped, case folded ("Great_White  shark" ->
+  "great white shark").
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from ..errors import InputError
+
+
+def parse_classnames(spec: str | os.PathLike | Sequence[str]) -> list[str]:
+    """Class names from a file (one per line, or a JSON list), a comma list, or a sequence."""
+    if isinstance(spec, (str, os.PathLike)) and Path(spec).is_file():
+        path = Path(spec)
+        text = path.read_text(encoding="utf-8-sig")
+        if path.suffix.lower() == ".json":
+            try:
+                names = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"class file '{path}' is not valid JSON: {exc.msg}.") from None
+            if not isinstance(names, list):
+                raise InputError(f"class file '{path}' must hold a JSON list of class names.")
+        else:
+            names = [line.strip() for line in text.splitlines()]
+            names = [n for n in names if n and not n.startswith("#")]
+        source = f"class file '{path}'"
+    elif isinstance(spec, str):
+        if os.sep in spec or spec.endswith((".txt", ".json")):
+            raise InputError(f"class file '{spec}' does not exist.")
+        names, source = [n.strip() for n in spec.split(",")], "class list"
+    else:
+        names, source = [str(n).strip() for n in spec], "class list"
+    return validate_classnames(names, source)
+
+
+def validate_classnames(names: Sequence[str], source: str = "class list") -> list[str]:
+    """Stripped names; an empty list, an empty name or a repeated name is an InputError."""
+    names = [str(n).strip() for n in names]
+    if not names or not any(names):
+        raise InputError(f"the {source} is empty.")
+    if "" in names:
+        raise InputError(f"the {source} has an empty class name at position {names.index('') + 1}.")
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise InputError(f"the {source} names class '{name}' more than once.")
+        seen.add(name)
+    return names
+
+
+def display_name(name: str) -> str:
+    """A class name as it appears in a prompt: '_' read as a space."""
+    return name.replace("_", " ")
+
+
+def match_key(name: str) -> str:
+    """The lookup form of a name: '_' read as a space, whitespace collapsed, case folded."""
+    return " ".join(display_name(name).split()).casefold()
+
+
+def closest_name(name: str, candidates: Iterable[str]) -> str | None:
+    """The candidate whose match key is closest to ``name``'s (difflib ratio >= 0.6), or None.
+
+    Among candidates with the same match key the first one is returned.
+    """
+    by_key: dict[str, str] = {}
+    for candidate in candidates:
+        by_key.setdefault(match_key(candidate), candidate)
+    close = difflib.get_close_matches(match_key(name), list(by_key), n=1, cutoff=0.6)
+    return by_key[close[0]] if close else None
