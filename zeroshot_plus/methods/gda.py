@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import sparse
-from scipy.linalg import blas, cho_factor, cho_solve
+from scipy.linalg import cho_factor, cho_solve
 from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
@@ -32,6 +32,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ..errors import InputError
 from .base import Predictor, resolve_text_weights
+from .linalg import add_gram
 
 LOGIT_SCALE = 100.0
 ALPHA_GRID = (1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)
@@ -318,7 +319,7 @@ def _moments(X: np.ndarray, codes: np.ndarray, parts: np.ndarray, n_classes: int
         for rows in _blocks(len(cells)):
             size = rows.stop - rows.start
             centred = np.subtract(members[rows], anchors[cells[rows]], out=block[:size])
-            _add_gram(scatter[part], centred)                       # S_a += ZᵀZ
+            add_gram(scatter[part], centred)                        # S_a += ZᵀZ
             onehot = sparse.csr_array((np.ones(size), (cells[rows], np.arange(size))),
                                       shape=(len(anchors), size))
             shifted_sums += onehot @ centred
@@ -328,12 +329,6 @@ def _moments(X: np.ndarray, codes: np.ndarray, parts: np.ndarray, n_classes: int
         scatter[part] -= weighted.T @ weighted
     return _Moments(counts.reshape(n_parts, n_classes),
                     anchors.reshape(n_parts, n_classes, dim) + shift, scatter)
-
-
-def _add_gram(lower: np.ndarray, rows: np.ndarray) -> None:
-    """Lower triangle of ``lower`` (D, D) += rowsᵀ rows, in place (BLAS dsyrk on the
-    Fortran-order view: no temporary, half the flops of a GEMM)."""
-    blas.dsyrk(1.0, rows.T, beta=1.0, c=lower.T, trans=0, lower=0, overwrite_c=1)
 
 
 def _ks_precision(scatter: np.ndarray, n: int) -> np.ndarray:

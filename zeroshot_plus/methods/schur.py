@@ -50,6 +50,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ..errors import InputError
 from ..text.heads import unit_rows
+from .linalg import add_gram
 
 KERNELS = ("cosine", "gaussian")
 ENTROPIES = ("reference", "normalized")
@@ -106,11 +107,6 @@ def _blocks(feature: Callable, X: np.ndarray):
         yield feature(X[start:start + _BLOCK])
 
 
-def _add_gram(c: np.ndarray, a: np.ndarray, scale: float = 1.0) -> None:
-    """Lower triangle of c (p, p) += scale·aᵀa, in place (BLAS dsyrk on the Fortran views)."""
-    blas.dsyrk(scale, a.T, beta=1.0, c=c.T, trans=0, lower=0, overwrite_c=1)
-
-
 def _second_moment(feature: Callable, X: np.ndarray, center: bool,
                    out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """out (lower triangle; zeros when None) += φ(X)ᵀφ(X)/n, minus the mean's outer product
@@ -119,7 +115,7 @@ def _second_moment(feature: Callable, X: np.ndarray, center: bool,
     for phi in _blocks(feature, X):
         if out is None:
             out = np.zeros((phi.shape[1], phi.shape[1]))
-        _add_gram(out, phi, 1.0 / len(X))
+        add_gram(out, phi, 1.0 / len(X))
         total = total + phi.sum(axis=0)
     mean = total / len(X)
     if center:
@@ -356,7 +352,7 @@ def _primal(feature: Callable, texts: np.ndarray, images: np.ndarray, center: bo
     del inverse  # the factor is no longer needed: its memory takes C_{I←T}
     explained = c_tt
     explained.fill(0.0)
-    _add_gram(explained, root)
+    add_gram(explained, root)
     del root
     residual, _ = _second_moment(feature, images, center, out=-explained)  # C_{I|T}
     image_trace = float(np.trace(residual) + np.trace(explained))
