@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from scipy.special import softmax
+from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.utils.estimator_checks import check_estimator
@@ -499,3 +500,28 @@ def _template_file(tmp_path: Path) -> Path:
     path = tmp_path / "templates.txt"
     path.write_text("a photo of a {}.\n")
     return path
+
+
+def test_plain_gda_predicts_as_scikit_learns_shrunk_lda():
+    """Without a text side GDA is scikit-learn's LDA with a fixed shrinkage, on equal classes.
+
+    LinearDiscriminantAnalysis(solver="lsqr", shrinkage=s) pools the class covariances,
+    each shrunk as (1 − s)·S_c/n_c + s·tr(S_c/n_c)/D·I, with the priors n_c/N as weights:
+    Σ_s = (1 − s)·S/N + s·tr(S)/(N·D)·I. With s = D/(N − 1 + D), s/(1 − s) = D/(N − 1), so
+    Σ_s = (1 − s)/N · (S + tr(S)/(N − 1)·I) = k⁻¹·P⁻¹ with P the KS precision and
+    k = N/((1 − s)·D). LDA's discriminant is then k·(xᵀPμ_c − ½μ_cᵀPμ_c) + log π_c, and with
+    equal class counts π_c = 1/C: GDA's logits scaled by k about the same log(1/C) constant.
+    """
+    n_classes, shots, dim = 5, 40, 16
+    X, y, _ = clusters(n_classes, shots, dim, spread=2.0, seed=3)      # 78% accuracy
+    X_test, _, _ = clusters(n_classes, 400, dim, spread=2.0, seed=3)  # 2,000 points
+    n = len(X)
+    shrinkage = dim / (n - 1 + dim)
+    lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=shrinkage).fit(X.astype(np.float64), y)
+    gda = GDAClassifier().fit(X, y)
+    np.testing.assert_array_equal(gda.predict(X_test), lda.predict(X_test.astype(np.float64)))
+    scale = n / ((1 - shrinkage) * dim)
+    prior = np.log(1 / n_classes)
+    np.testing.assert_allclose(lda.decision_function(X_test.astype(np.float64)) - prior,
+                               scale * (gda.decision_function(X_test) - prior), rtol=1e-9,
+                               atol=1e-9)

@@ -1,15 +1,21 @@
-"""Metrics against small cases computed by hand."""
+"""Metrics against small cases computed by hand, and against scikit-learn's metrics."""
 
 from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
+from scipy.special import softmax
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
+from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+from sklearn.metrics import top_k_accuracy_score
 
 from zeroshot_plus.evaluation.metrics import (classification_summary, confusion_matrix,
-                                   expected_calibration_error, per_class_accuracy, top_k_accuracy)
+                                   expected_calibration_error, per_class_accuracy, recall_at_k,
+                                   top_k_accuracy)
 
 SCORES = np.array([
     [0.1, 0.5, 0.3, 0.1],   # ranking 1, 2, then 0/3 tied (0 first)
@@ -93,3 +99,42 @@ def test_classification_summary_by_hand():
     # confidences .5 (wrong), .7 (right), .4 (wrong), .5 (wrong); with 15 bins the .7 is alone
     # in its bin (gap .3) and every other bin holds only wrong predictions (gap = their confidence)
     assert summary["ece"] == pytest.approx((0.5 + 0.3 + 0.4 + 0.5) / 4)
+
+
+# ---------------------------------------------------------------------- against scikit-learn
+
+
+def _random_case(n=500, n_classes=7, seed=0):
+    """Continuous scores (no ties) and labels; the last class never occurs in y."""
+    rng = np.random.default_rng(seed)
+    scores = rng.standard_normal((n, n_classes))
+    y = rng.integers(0, n_classes - 1, size=n)
+    return y, scores
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_top_k_accuracy_and_recall_equal_scikit_learns_without_ties(k):
+    # scikit-learn breaks ties towards the later column, this library towards the earlier
+    # one (tested by hand above); without ties both are the same count
+    y, scores = _random_case()
+    expected = top_k_accuracy_score(y, scores, k=k, labels=np.arange(scores.shape[1]))
+    assert top_k_accuracy(y, scores, k) == pytest.approx(expected, abs=1e-15)
+    assert recall_at_k(scores, y, k) == pytest.approx(expected, abs=1e-15)
+
+
+def test_confusion_and_per_class_accuracy_equal_scikit_learns():
+    y, scores = _random_case()
+    y_pred = scores.argmax(axis=1)
+    n_classes = scores.shape[1]
+    np.testing.assert_array_equal(confusion_matrix(y, y_pred, n_classes),
+                                  sk_confusion_matrix(y, y_pred, labels=np.arange(n_classes)))
+    per_class = per_class_accuracy(y, y_pred, n_classes)
+    assert np.isnan(per_class[-1])  # the class that never occurs
+    # balanced accuracy is the mean recall over the classes present in y_true
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "y_pred contains classes not in y_true"
+        balanced = balanced_accuracy_score(y, y_pred)
+    assert np.nanmean(per_class) == pytest.approx(balanced, abs=1e-15)
+    summary = classification_summary(y, scores, softmax(scores, axis=1), np.arange(n_classes))
+    assert summary["mean_per_class_accuracy"] == pytest.approx(balanced, abs=1e-15)
+    assert summary["top1"] == pytest.approx(accuracy_score(y, y_pred), abs=1e-15)
