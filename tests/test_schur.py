@@ -9,10 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 from sklearn.base import clone
+from sklearn.covariance import empirical_covariance
+from sklearn.metrics.pairwise import rbf_kernel
+from sklearn.preprocessing import KernelCenterer
 
 from zeroshot_plus import InputError, SchurEditor, ZeroShotClassifier, sce_score
 from zeroshot_plus.cli import main
-from zeroshot_plus.methods.schur import (draw_frequencies, random_fourier_features,
+from zeroshot_plus.methods.schur import (_double_centre, _gaussian_gram, _second_moment,
+                                         draw_frequencies, random_fourier_features,
                                          spectrum_entropy)
 
 
@@ -163,6 +167,50 @@ def test_modes_rank_images_by_their_projection():
         column = result.mode_scores[:, mode]
         assert column[top[mode, 0]] == column.max()
         assert (np.diff(column[top[mode]]) <= 0).all()
+
+
+# ---------------------------------------------------------------------- against scikit-learn
+
+
+def test_exact_gaussian_gram_and_centring_equal_scikit_learns_kernels():
+    images, _ = _pairs()
+    sigma = 0.6
+    gram = _gaussian_gram(images.astype(np.float64), sigma)
+    expected = rbf_kernel(images.astype(np.float64), gamma=1 / (2 * sigma ** 2))
+    np.testing.assert_allclose(gram, expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(_double_centre(expected), KernelCenterer().fit_transform(expected),
+                               rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("center", [False, True])
+def test_covariances_equal_scikit_learns_empirical_covariance(center):
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((2500, 6)) + 0.5  # three row blocks; a mean to centre away
+    lower, mean = _second_moment(lambda rows: rows, X, center)
+    expected = empirical_covariance(X, assume_centered=not center)
+    np.testing.assert_allclose(np.tril(lower), np.tril(expected), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(mean, X.mean(axis=0), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("center", [False, True])
+def test_exact_kernel_spectra_from_scikit_learns_kernels(center):
+    # C_{I|T} = Φ_Iᵀ M Φ_I / n with M = nλ(K_TT + nλI)⁻¹ and C_{I←T} = Φ_Iᵀ(I − M)Φ_I / n, so
+    # their non-zero eigenvalues are those of A^{1/2} K_II A^{1/2} / n for A = M and I − M
+    images, texts = _pairs()
+    n, sigma, ridge = len(images), 0.6, 1e-3
+    kernels = [rbf_kernel(a.astype(np.float64), gamma=1 / (2 * sigma ** 2)) for a in (texts, images)]
+    if center:
+        kernels = [KernelCenterer().fit_transform(k) for k in kernels]
+    k_tt, k_ii = kernels
+    lam = ridge * np.trace(k_tt) / n
+    m = n * lam * np.linalg.inv(k_tt + n * lam * np.eye(n))
+    result = sce_score(images, texts, kernel="gaussian", n_features=None, sigma=sigma,
+                       ridge=ridge, center=center)
+    for a, spectrum in ((m, result.spectrum), (np.eye(n) - m, result.text_spectrum)):
+        values, vectors = np.linalg.eigh((a + a.T) / 2)
+        root = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+        expected = np.sort(np.linalg.eigvalsh(root @ k_ii @ root / n))[::-1]
+        np.testing.assert_allclose(spectrum, np.clip(expected, 0, None), rtol=0, atol=1e-10)
 
 
 # ---------------------------------------------------------------------- random features
