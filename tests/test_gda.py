@@ -517,7 +517,8 @@ def test_plain_gda_predicts_as_scikit_learns_shrunk_lda():
     X_test, _, _ = clusters(n_classes, 400, dim, spread=2.0, seed=3)  # 2,000 points
     n = len(X)
     shrinkage = dim / (n - 1 + dim)
-    lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=shrinkage).fit(X.astype(np.float64), y)
+    lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=shrinkage)
+    lda.fit(X.astype(np.float64), y)
     gda = GDAClassifier().fit(X, y)
     np.testing.assert_array_equal(gda.predict(X_test), lda.predict(X_test.astype(np.float64)))
     scale = n / ((1 - shrinkage) * dim)

@@ -268,3 +268,43 @@ def test_answers_are_validated_and_cleaned():
                 '{"descriptors": ["a"]}', '{"synonyms": ["ok", " "]}'):
         with pytest.raises(BadAnswer):
             parse_items(bad, "synonyms")
+
+
+def test_transport_retries_and_reasked_answers_share_the_attempts(llm, tmp_path):
+    # openai's own retry of the first 500, a re-ask of the malformed answer, then the last
+    # allowed request fails: three requests in all, and the last failure is named
+    llm.script["tench"] = ["500", "malformed", "500", "ok"]
+    with pytest.raises(LLMError, match="'tench': HTTP 500"):
+        _generate(llm, tmp_path, classes=["tench"], max_attempts=3)
+    assert llm.requests["tench"] == 3
+
+
+def test_answers_that_stay_malformed_are_reported_in_one_sentence(llm, tmp_path):
+    llm.script["tench"] = ["malformed"] * 5
+    with pytest.raises(LLMError) as info:
+        _generate(llm, tmp_path, classes=["tench"], max_attempts=2)
+    assert "'tench': the answer was not JSON" in str(info.value)
+    assert len(str(info.value).splitlines()) == 1
+    assert llm.requests["tench"] == 2
+
+
+def test_caption_parser_shares_the_client_retries_and_cache(tmp_path):
+    from zeroshot_plus.text.parsing import LLMParser
+
+    caption = "a dog chasing a ball"
+    server = FakeLLM([caption], kind="objects")
+    server.items = lambda name: {"dog": {"attributes": []}, "ball": {"attributes": []}}
+    try:
+        server.script[caption] = ["500", "malformed"]
+        parser = LLMParser(base_url=server.url, model="m", cache_dir=tmp_path, timeout=0.3)
+        for _ in range(2):
+            assert [e.name for e in parser(caption).entities] == ["dog", "ball"]
+        assert server.requests[caption] == 3
+        server.script[caption] = ["500"] * 5
+        strict = LLMParser(base_url=server.url, model="other", cache_dir=tmp_path,
+                           max_attempts=2, timeout=0.3, fallback=False)
+        with pytest.raises(LLMError, match="no valid parse of 'a dog chasing a ball'"):
+            strict(caption)
+        assert server.requests[caption] == 5
+    finally:
+        server.close()

@@ -198,7 +198,8 @@ def test_exact_kernel_spectra_from_scikit_learns_kernels(center):
     # their non-zero eigenvalues are those of A^{1/2} K_II A^{1/2} / n for A = M and I − M
     images, texts = _pairs()
     n, sigma, ridge = len(images), 0.6, 1e-3
-    kernels = [rbf_kernel(a.astype(np.float64), gamma=1 / (2 * sigma ** 2)) for a in (texts, images)]
+    gamma = 1 / (2 * sigma ** 2)
+    kernels = [rbf_kernel(a.astype(np.float64), gamma=gamma) for a in (texts, images)]
     if center:
         kernels = [KernelCenterer().fit_transform(k) for k in kernels]
     k_tt, k_ii = kernels

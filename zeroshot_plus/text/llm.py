@@ -43,31 +43,11 @@ from .classnames import display_name, validate_classnames
 
 log = logging.getLogger(__name__)
 
-KINDS = ("descriptors", "synonyms", "sentences")
-PROMPT_VERSION = 1
-DEFAULT_ITEMS = {"descriptors": 8, "synonyms": 5, "sentences": 10}
-_RETRY_STATUS = (408, 409, 429)
+_RETRY_STATUS = (408, 409, 429)  # and 5xx: the statuses the openai client retries
 T = TypeVar("T")
 
-_SYSTEM = ("You help build image classifiers by writing short texts about visual categories. "
-           "Reply with one JSON object and nothing else.")
-_ASK = {
-    "descriptors": (
-        'List {n} short phrases, each naming one visual feature that helps recognise a {name} '
-        'in a photograph: its shape, parts, colours, textures, size, or usual surroundings. '
-        'Write each as a noun phrase of at most ten words and do not repeat the category name '
-        '(for a "fire engine", for instance: "a long red truck", "ladders on the roof", '
-        '"flashing lights on top").'),
-    "synonyms": (
-        'List up to {n} other names that people use for this category in photo captions and '
-        'on the web: common, regional or informal names, and the scientific or technical '
-        'name, the most common first. Give names only, without explanations, and leave out '
-        '"{name}" itself.'),
-    "sentences": (
-        'Write {n} different sentences, each describing what a {name} looks like in a '
-        'photograph, as someone explaining how to recognise one would. Each sentence names '
-        'the {name} and has at most 25 words.'),
-}
+
+# ---------------------------------------------------------------------- the client
 
 
 class LLMError(InputError):
@@ -246,7 +226,32 @@ def _message(exc) -> str:
     return str(body or exc.message)[:200]
 
 
-# ---------------------------------------------------------------------- descriptors, synonyms, sentences
+# ---------------------------------------------------------------------- the writers
+
+
+KINDS = ("descriptors", "synonyms", "sentences")
+PROMPT_VERSION = 1
+DEFAULT_ITEMS = {"descriptors": 8, "synonyms": 5, "sentences": 10}
+_SYSTEM = ("You help build image classifiers by writing short texts about visual categories. "
+           "Reply with one JSON object and nothing else.")
+_ASK = {
+    "descriptors": (
+        'List {n} short phrases, each naming one visual feature that helps recognise a {name} '
+        'in a photograph: its shape, parts, colours, textures, size, or usual surroundings. '
+        'Write each as a noun phrase of at most ten words and do not repeat the category name '
+        '(for a "fire engine", for instance: "a long red truck", "ladders on the roof", '
+        '"flashing lights on top").'),
+    "synonyms": (
+        'List up to {n} other names that people use for this category in photo captions and '
+        'on the web: common, regional or informal names, and the scientific or technical '
+        'name, the most common first. Give names only, without explanations, and leave out '
+        '"{name}" itself.'),
+    "sentences": (
+        'Write {n} different sentences, each describing what a {name} looks like in a '
+        'photograph, as someone explaining how to recognise one would. Each sentence names '
+        'the {name} and has at most 25 words.'),
+}
+
 
 def build_messages(classname: str, kind: str = "descriptors", n_items: int | None = None,
                    context: str | None = None) -> list[dict]:
