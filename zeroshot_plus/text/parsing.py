@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 from ..errors import InputError
+from .llm import (BadAnswer, ChatClient, LLMCache, LLMError, default_cache_dir, json_answer,
+                  resolve_endpoint)
 
 DETERMINERS = frozenset(
     "a an the this that these those some any his her its their my your our one two three four "
@@ -310,8 +312,6 @@ class LLMParser:
     def __init__(self, base_url: str | None = None, model: str | None = None,
                  api_key: str | None = None, cache_dir: str | os.PathLike | None = None,
                  max_attempts: int = 4, timeout: float = 60.0, fallback: bool = True):
-        from .llm import ChatClient, LLMCache, default_cache_dir, resolve_endpoint
-
         self.endpoint = resolve_endpoint(base_url, model, api_key)
         self.cache = LLMCache(cache_dir if cache_dir is not None else default_cache_dir())
         self.client = ChatClient(self.endpoint, max_attempts=max_attempts, timeout=timeout)
@@ -322,8 +322,6 @@ class LLMParser:
                 "prompt_version": PARSE_PROMPT_VERSION}
 
     def __call__(self, caption: str) -> Parse:
-        from .llm import LLMError
-
         key = self.key(caption)
         cached = self.cache.get(key)
         if cached is not None:
@@ -342,8 +340,6 @@ class LLMParser:
 
 def _parse_answer(content: str | None) -> dict:
     """An answer -> a parse dict with an "objects" map; BadAnswer otherwise."""
-    from .llm import BadAnswer, json_answer
-
     data = json_answer(content)
     if not isinstance(data, dict) or not isinstance(data.get("objects"), dict):
         raise BadAnswer('the answer had no "objects" map')
