@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from zeroshot_plus import InputError
-from zeroshot_plus.text.classnames import parse_classnames, validate_classnames
+from zeroshot_plus.text.classnames import (closest_name, display_name, match_key,
+                                           parse_classnames, validate_classnames)
 from zeroshot_plus.text.templates import available_template_sets, class_prompts, load_templates
 from zeroshot_plus.text.heads import class_weights, l2_normalise, segment_mean
 
@@ -72,6 +73,15 @@ def test_missing_class_file_is_named(tmp_path):
 
 def test_validate_classnames_strips():
     assert validate_classnames([" a", "b "]) == ["a", "b"]
+
+
+def test_display_name_match_key_and_closest_name():
+    assert display_name("great_white__shark") == "great white  shark"  # only '_' changes
+    assert match_key(" Great_White\t  SHARK ") == "great white shark"
+    assert match_key("Straße") == match_key("STRASSE")  # case folded, not just lowered
+    # compared by match key; of two keys with the same match key the first is returned
+    assert closest_name("goldfsh", ["tench", "Gold_Fish", "gold fish"]) == "Gold_Fish"
+    assert closest_name("zebra", ["tench", "goldfish"]) is None
 
 
 # ---------------------------------------------------------------------- templates
