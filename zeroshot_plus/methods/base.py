@@ -16,7 +16,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..encoders.backbone import Backbone
 from ..errors import InputError
-from ..data.images import ImageSet
+from ..data.sources import ImageSet
 from ..text.templates import class_prompts, load_templates, parse_classnames
 from ..text.heads import class_weights, l2_normalise, unit_rows
 
