@@ -93,3 +93,15 @@ def test_classification_summary_by_hand():
     # confidences .5 (wrong), .7 (right), .4 (wrong), .5 (wrong); with 15 bins the .7 is alone
     # in its bin (gap .3) and every other bin holds only wrong predictions (gap = their confidence)
     assert summary["ece"] == pytest.approx((0.5 + 0.3 + 0.4 + 0.5) / 4)
+
+
+def test_retrieval_recall_of_matching_pairs():
+    from zeroshot_plus import retrieval_recall
+
+    # images a, a, b with captions x, y, z: a matches x and y, b matches z
+    scores = np.array([[0.1, 0.9, 0.5],    # a: y first (right)
+                       [0.8, 0.1, 0.3]])   # b: x first (wrong), z second
+    recall = retrieval_recall(scores, ["a", "a", "b"], ["x", "y", "z"], ks=(1, 2))
+    assert recall["image_to_text"] == {1: 0.5, 2: 1.0}
+    # x: b first (wrong); y: a first (right); z: a first (wrong), b second
+    assert recall["text_to_image"] == pytest.approx({1: 1 / 3, 2: 1.0})

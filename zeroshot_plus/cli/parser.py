@@ -298,8 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _prompt_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", required=True, metavar="FILE.csv",
-                        help="CSV path,prompt: the prompt of each image (a header row is "
-                             "optional; relative paths are relative to the CSV)")
+                        help="CSV path,prompt (a header row is optional) or JSONL: the prompt "
+                             "of each image; relative paths are relative to the file")
 
 
 # option -> the methods that use it; any other method, or --classifier, refuses it

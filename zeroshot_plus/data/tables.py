@@ -2,8 +2,8 @@
 
 One reader serves image manifests (``path[,label]``), prompt files (``path,prompt``) and
 image-caption pairs (``image,caption``). A CSV header is recognised by its first cell,
-``path`` or ``image``; it may put the columns in any order. Without one, the columns come in
-the order the caller names them. A JSONL line is an object keyed by the column names (the
+``path`` or ``image``; the columns after it may come in any order, and others are ignored.
+Without a header, the columns come in the order the caller names them. A JSONL line is an object keyed by the column names (the
 path under ``path`` or ``image``). Relative paths are taken relative to the table's folder.
 """
 
