@@ -1,4 +1,8 @@
-"""`embed`, `predict`, `evaluate` and `fit`: images to embeddings, predictions and classifiers."""
+"""`embed`, `predict`, `evaluate` and `fit`: images to embeddings, predictions and classifiers.
+
+Each command checks the inputs that are cheap to check (output paths, image sources, class
+names) before it imports the library modules that load torch.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from .common import (check_output, encode, finish, load_backbone, log, output, r
 if TYPE_CHECKING:
     from ..encoders.backbone import Backbone, EncodeReport
     from ..methods.base import Predictor
+    from ..methods.descriptions import DescriptionClassifier
     from ..methods.gda import GDAClassifier
 
 
@@ -185,7 +190,8 @@ def _classifier(args: argparse.Namespace, backbone: Backbone,
     return ZeroShotClassifier(backbone, classnames, templates=args.templates, cache=args.cache).fit()
 
 
-def _fit_descriptions(args: argparse.Namespace, backbone: Backbone, classnames: list[str] | None):
+def _fit_descriptions(args: argparse.Namespace, backbone: Backbone,
+                      classnames: list[str] | None) -> DescriptionClassifier:
     from ..methods.descriptions import DescriptionClassifier
 
     classifier = DescriptionClassifier(backbone, classnames, args.descriptors,
@@ -215,10 +221,10 @@ def _fit_gda(args: argparse.Namespace, backbone: Backbone, support: str | ImageS
 
 def _explain_count(args: argparse.Namespace, classifier: Predictor) -> int:
     """Descriptors per image for --explain (0: not asked)."""
-    from ..methods.descriptions import DescriptionClassifier
-
     if args.explain is None:
         return 0
+    from ..methods.descriptions import DescriptionClassifier
+
     if not isinstance(classifier, DescriptionClassifier):  # a --classifier file
         raise InputError("--explain needs --method descriptions.")
     return args.explain

@@ -116,8 +116,8 @@ def _few_shot_options(parser: argparse.ArgumentParser, support: bool) -> None:
                             "chosen on --val, else by 5-fold cross-validation on the support")
     group.add_argument("--val", metavar="IMAGES", help="labelled images to choose alpha on")
     group.add_argument("--seed", type=int,
-                       help="seed of the shot sampling, the views and the folds, or of TPT's "
-                            "views (default: 0)")
+                       help="seed of the shot sampling, the views and the folds"
+                            + (", or of TPT's views" if support else "") + " (default: 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
