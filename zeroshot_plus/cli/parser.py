@@ -313,6 +313,7 @@ _METHOD_OPTIONS = {
     "--tpt-views": ("tpt",), "--tpt-steps": ("tpt",), "--augmix": ("tpt",),
     "--diffusion-views": ("tpt",),
 }
+_TEMPLATE_METHODS = ("zeroshot", "gda", "real")  # and `fit`, whose GDA has a zero-shot part
 # what each method cannot do without
 _NEEDS = {"gda": ("support", "--method gda needs --support DIR (labelled support images)."),
           "real": ("synonyms", "--method real needs --synonyms FILE (a REAL metrics file or a "
@@ -332,8 +333,9 @@ def resolve_options(args: argparse.Namespace) -> argparse.Namespace:
     for name, value in _DEFAULTS.items():
         if getattr(args, name, "") is None:
             setattr(args, name, value)
-    if getattr(args, "templates", "") is None and getattr(args, "method", None) != "tpt":
-        args.templates = "openai_imagenet"  # TPT's own default is one prompt
+    if (getattr(args, "templates", "") is None and not getattr(args, "classifier", None)
+            and getattr(args, "method", "zeroshot") in _TEMPLATE_METHODS):
+        args.templates = "openai_imagenet"  # TPT's own default is its one prompt
     if getattr(args, "alpha", "auto") != "auto":
         try:
             args.alpha = float(args.alpha)
