@@ -138,3 +138,15 @@ def test_embed_command_writes_what_load_embeddings_reads(labelled_folder, backbo
     loaded = load_embeddings(out, backbone)
     np.testing.assert_allclose(loaded.embeddings, backbone.encode_images(loaded.paths), atol=1e-6)
     assert loaded.labels.tolist() == [Path(p).parent.name for p in loaded.paths]
+
+
+def test_a_saved_classifier_is_written_atomically(tmp_path):
+    from zeroshot_plus import GDAClassifier
+
+    X = np.eye(4, dtype=np.float32)
+    classifier = GDAClassifier(alpha=1.0).fit(X, ["a", "a", "b", "b"])
+    with pytest.raises(InputError, match="output folder '.*missing' does not exist"):
+        classifier.save(tmp_path / "missing" / "gda.npz")
+    classifier.save(tmp_path / "gda.npz")
+    assert [p.name for p in tmp_path.iterdir()] == ["gda.npz"]
+    assert GDAClassifier.load(tmp_path / "gda.npz").classes_.tolist() == ["a", "b"]
