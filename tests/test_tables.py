@@ -150,3 +150,24 @@ def test_a_saved_classifier_is_written_atomically(tmp_path):
     classifier.save(tmp_path / "gda.npz")
     assert [p.name for p in tmp_path.iterdir()] == ["gda.npz"]
     assert GDAClassifier.load(tmp_path / "gda.npz").classes_.tolist() == ["a", "b"]
+
+
+def test_edit_reads_the_embeddings_file_before_building_a_model(tiny_config, tmp_path, capsys,
+                                                                 monkeypatch):
+    import zeroshot_plus.encoders.backbone as backbone_module
+
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("a.png,a dog\n")
+    argv = ["edit", "--prompts", str(prompts), "--out", str(tmp_path / "out.npz"),
+            "--model", tiny_config, "--pretrained", "none", "--no-progress"]
+    (tmp_path / "bad.npz").write_text("not an archive")
+    with monkeypatch.context() as patch:
+        patch.setattr(backbone_module.Backbone, "__init__",
+                      lambda *a, **k: pytest.fail("built a backbone"))
+        assert main([*argv, "--embeddings", str(tmp_path / "bad.npz")]) == 2
+        assert f"'{tmp_path / 'bad.npz'}' is not an embeddings file" in capsys.readouterr().err
+    save_embeddings(tmp_path / "e.npz", np.ones((1, 32), np.float32), [str(tmp_path / "a.png")],
+                    "another model")
+    assert main([*argv, "--embeddings", str(tmp_path / "e.npz")]) == 2
+    assert "was made with another model" in capsys.readouterr().err
+    assert not (tmp_path / "out.npz").exists()
