@@ -253,7 +253,7 @@ def few_shot_accuracy(backbone, classnames, templates, train, val, test, shots, 
                       cache, test_per_class=None) -> tuple[float, list[float]]:
     """Top-1 (%) of the zero-shot prior and of GDA at each shot count (mean over seeds)."""
     from zeroshot_plus import GDAClassifier, ZeroShotClassifier, augmented_support, sample_shots
-    from zeroshot_plus.data.images import read_image_source
+    from zeroshot_plus.data.sources import read_image_source
 
     test = sample_shots(test, test_per_class) if test_per_class else read_image_source(test)
     X_test = backbone.encode_images(test, cache=cache)
@@ -291,7 +291,7 @@ def cifar10(args) -> None:
 
 
 def paper_table(args) -> None:
-    from zeroshot_plus.data.images import read_image_source
+    from zeroshot_plus.data.sources import read_image_source
 
     backbone, root = backbone_from(args), Path(args.paper)
     print("| dataset | zero-shot | " + " | ".join(f"{k}" for k in SHOTS)

@@ -34,7 +34,8 @@ import torch
 
 from measure import run_measured
 from zeroshot_plus import Backbone
-from zeroshot_plus.data.images import open_image, read_image_source
+from zeroshot_plus.data.images import open_image
+from zeroshot_plus.data.sources import read_image_source
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "images" / "imagenet-samples"
 

@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from zeroshot_plus import Backbone, TPTClassifier, ZeroShotClassifier
-from zeroshot_plus.data.images import open_image, read_image_source
+from zeroshot_plus.data.images import open_image
+from zeroshot_plus.data.sources import read_image_source
 from zeroshot_plus.methods.tpt import AugmentedViews, confident_views, marginal_entropy
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "images" / "imagenet-samples"

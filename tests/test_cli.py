@@ -545,3 +545,105 @@ def test_only_unreadable_images(tmp_path, model_args, capsys):
                  *model_args]) == 2
     err = capsys.readouterr().err
     assert "a.png" in err and "no image could be read" in err
+
+
+# ---------------------------------------------------------------------- light start
+
+
+HEAVY = ("torch", "open_clip", "torchvision", "scipy", "sklearn")
+_PROBE = """
+import json, sys
+from zeroshot_plus.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exit:
+    code = exit.code
+print(json.dumps({"code": code, "heavy": [m for m in %r if m in sys.modules]}))
+""" % (HEAVY,)
+
+
+@pytest.mark.parametrize("argv, code", [
+    (["--help"], 0),
+    (["predict", "--help"], 0),
+    (["sce", "--help"], 0),
+    (["frequency", "--help"], 0),
+    (["predict"], 2),                                                   # argparse: no IMAGES
+    (["predict", "{folder}", "--method", "magic"], 2),                  # argparse: bad choice
+    (["predict", "{folder}", "--classes", "a,b", "--descriptors", "d.json"], 2),  # unused option
+    (["predict", "{folder}", "--method", "gda", "--classes", "a,b"], 2),  # gda without --support
+    (["embed", "{tmp}/no_such_folder", "--out", "{tmp}/e.npz"], 2),     # missing IMAGES
+    (["predict", "{folder}", "--classes", "a,b", "--out", "{tmp}/p.txt"], 2),  # output suffix
+])
+def test_parsing_help_and_argument_errors_load_no_heavy_module(argv, code, folder, tmp_path):
+    argv = [a.format(folder=folder, tmp=tmp_path) for a in argv]
+    result = subprocess.run([sys.executable, "-c", _PROBE, *argv], cwd=REPO_DIR,
+                            capture_output=True, text=True, timeout=120)
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome == {"code": code, "heavy": []}, result.stderr
+
+
+def test_package_imports_its_names_on_first_use():
+    probe = ("import sys, zeroshot_plus\n"
+             "light = not any(m in sys.modules for m in %r)\n"
+             "names = [getattr(zeroshot_plus, n) for n in zeroshot_plus.__all__]\n"
+             "from zeroshot_plus import Backbone, GDAClassifier, sce_score\n"
+             "print(light, set(zeroshot_plus.__all__) <= set(dir(zeroshot_plus)), "
+             "GDAClassifier.__name__)" % (HEAVY,))
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO_DIR, capture_output=True,
+                            text=True, timeout=120)
+    assert result.stdout.split() == ["True", "True", "GDAClassifier"], result.stderr
+    import zeroshot_plus
+
+    with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
+        zeroshot_plus.Nothing
+
+
+# ---------------------------------------------------------------------- options a method ignores
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--descriptors", "d.json"],
+     "--descriptors needs --method descriptions; --method zeroshot does not use it."),
+    (["--prompt-style", "plain"], "--prompt-style needs --method descriptions"),
+    (["--method", "tpt", "--explain"], "--explain needs --method descriptions"),
+    (["--method", "real", "--synonyms", "s.json", "--support", "dir"],
+     "--support needs --method gda; --method real does not use it."),
+    (["--shots", "2"], "--shots needs --method gda"),
+    (["--views", "3"], "--views needs --method gda"),
+    (["--alpha", "1"], "--alpha needs --method gda"),
+    (["--val", "dir"], "--val needs --method gda"),
+    (["--seed", "0"], "--seed needs --method gda or tpt; --method zeroshot does not use it."),
+    (["--tpt-views", "3"], "--tpt-views needs --method tpt"),
+    (["--method", "gda", "--support", "dir", "--tpt-steps", "2"],
+     "--tpt-steps needs --method tpt; --method gda does not use it."),
+    (["--augmix"], "--augmix needs --method tpt"),
+    (["--diffusion-views", "dir"], "--diffusion-views needs --method tpt"),
+    (["--synonyms", "s.json"], "--synonyms needs --method real or tpt"),
+    (["--method", "descriptions", "--descriptors", "d.json", "--templates", "photo"],
+     "--templates needs --method zeroshot, gda, real or tpt; --method descriptions does not "
+     "use it."),
+    (["--classifier", "c.npz", "--templates", "photo"],
+     "--templates cannot be used with --classifier: the classifier file brings its method and "
+     "its settings."),
+    (["--classifier", "c.npz", "--method", "zeroshot"], "--method cannot be used with --classifier"),
+    (["--classifier", "c.npz", "--views", "2"], "--views cannot be used with --classifier"),
+    (["--method", "gda", "--support", "dir", "--alpha", "best"],
+     "--alpha must be 'auto' or a number, got 'best'."),
+    (["--method", "descriptions", "--descriptors", "d.json", "--explain", "0"],
+     "--explain must be at least 1, got 0."),
+    (["--method", "real"], "--method real needs --synonyms FILE"),
+])
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_an_option_the_method_does_not_use_is_an_error(command, extra, message, folder,
+                                                       model_args, monkeypatch, capsys):
+    # refused before any model is built
+    monkeypatch.setattr(backbone_module.Backbone, "__init__",
+                        lambda *a, **k: pytest.fail("built a backbone"))
+    classes = [] if "--classifier" in extra else ["--classes", "cat,dog,fish"]
+    assert main([command, str(folder), *classes, *extra, *model_args]) == 2
+    assert message in _error_line(capsys)
+
+
+def test_predict_needs_classes(folder, model_args, capsys):
+    assert main(["predict", str(folder), *model_args]) == 2
+    assert "predict needs --classes (or --classifier FILE)." in _error_line(capsys)

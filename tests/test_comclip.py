@@ -337,3 +337,23 @@ def test_cli_match_bad_pairs_file_is_one_sentence(tiny_config, tmp_path, capsys)
     pairs.write_text("image,caption\nim0.png,\n")
     assert main(["match", str(pairs), "--model", tiny_config, "--pretrained", "none"]) == 2
     assert "data row 1 needs an image path and a caption" in capsys.readouterr().err
+
+
+def test_cli_retrieval_recall_is_the_library_protocol(backbone, images, tiny_config, tmp_path,
+                                                      capsys):
+    from zeroshot_plus import retrieval_recall
+
+    captions = ["a red dog chases a ball", "a man is sitting at a table", "a cat"]
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("".join(f"{i},{c}\n" for i, c in zip([images[0], images[0], images[1]],
+                                                          captions)))
+    assert main(["match", str(pairs), "--model", tiny_config, "--pretrained", "none",
+                 "--no-progress", "--out", str(tmp_path / "s.csv"), "--retrieval"]) == 0
+    printed = capsys.readouterr().err.splitlines()
+    for name, scorer in (("ComCLIP", ComCLIPMatcher(backbone).fit()),
+                         ("CLIP", ComCLIPMatcher(backbone, components=()))):
+        scores = scorer.decision_function([str(images[0]), str(images[1])], captions)
+        recall = retrieval_recall(scores, [images[0], images[0], images[1]], captions)
+        i2t, t2i = recall["image_to_text"], recall["text_to_image"]
+        assert (f"{name}: image-to-text R@1 {i2t[1]:.2%} R@5 {i2t[5]:.2%}  text-to-image "
+                f"R@1 {t2i[1]:.2%} R@5 {t2i[5]:.2%}") in printed

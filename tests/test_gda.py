@@ -526,3 +526,30 @@ def test_plain_gda_predicts_as_scikit_learns_shrunk_lda():
     np.testing.assert_allclose(lda.decision_function(X_test.astype(np.float64)) - prior,
                                scale * (gda.decision_function(X_test) - prior), rtol=1e-9,
                                atol=1e-9)
+
+
+def test_fit_gda_from_support_is_what_the_cli_fits(folders, tmp_path):
+    from zeroshot_plus import fit_gda_from_support
+
+    templates = _template_file(tmp_path)
+    out = tmp_path / "gda.npz"
+    assert main(["fit", str(folders / "support"), "--out", str(out), "--shots", "2", "--views",
+                 "2", "--seed", "1", "--alpha", "0.5", "--templates", str(templates),
+                 "--model", str(TINY), "--pretrained", "none", "--no-progress"]) == 0
+    backbone = Backbone(TINY, "none", progress=False)
+    fitted = fit_gda_from_support(backbone, folders / "support", shots=2, n_views=2, alpha=0.5,
+                                  random_state=1, templates=str(templates))
+    saved = GDAClassifier.load(out, backbone)
+    assert list(fitted.classes_) == list(saved.classes_) == ["blue", "green", "red"]
+    assert fitted.class_counts_.tolist() == [4, 4, 4] and fitted.alpha_ == 0.5
+    X = backbone.encode_images(folders / "test")
+    np.testing.assert_array_equal(fitted.decision_function(X), saved.decision_function(X))
+    # alpha chosen on labelled validation images; an unlabelled set is one sentence
+    on_val = fit_gda_from_support(backbone, folders / "support", ["red", "green", "blue"],
+                                  n_views=1, val=folders / "test", templates=str(templates))
+    assert on_val.alpha_ in on_val.alpha_grid and list(on_val.classes_) == ["red", "green", "blue"]
+    with pytest.raises(InputError, match="validation images '.*' carry no labels"):
+        fit_gda_from_support(backbone, folders / "support", n_views=1,
+                             val=sorted((folders / "test" / "red").iterdir()))
+    with pytest.raises(InputError, match="support images '.*' carry no labels"):
+        fit_gda_from_support(backbone, sorted((folders / "test" / "red").iterdir()))

@@ -289,7 +289,7 @@ def test_loose_files_are_unlabelled(tmp_path, make_image):
 
 def test_loose_files_beside_class_folders_are_ignored(labelled_folder, make_image, caplog):
     make_image(labelled_folder / "stray.png", 99)
-    with caplog.at_level("WARNING", logger="zeroshot_plus.data.images"):
+    with caplog.at_level("WARNING", logger="zeroshot_plus.data.sources"):
         image_set = read_image_source(labelled_folder)
     assert len(image_set) == 12 and labelled_folder / "stray.png" not in image_set.items
     assert "ignoring 1 images" in caplog.text

@@ -138,3 +138,15 @@ def test_confusion_and_per_class_accuracy_equal_scikit_learns():
     summary = classification_summary(y, scores, softmax(scores, axis=1), np.arange(n_classes))
     assert summary["mean_per_class_accuracy"] == pytest.approx(balanced, abs=1e-15)
     assert summary["top1"] == pytest.approx(accuracy_score(y, y_pred), abs=1e-15)
+
+
+def test_retrieval_recall_of_matching_pairs():
+    from zeroshot_plus import retrieval_recall
+
+    # images a, a, b with captions x, y, z: a matches x and y, b matches z
+    scores = np.array([[0.1, 0.9, 0.5],    # a: y first (right)
+                       [0.8, 0.1, 0.3]])   # b: x first (wrong), z second
+    recall = retrieval_recall(scores, ["a", "a", "b"], ["x", "y", "z"], ks=(1, 2))
+    assert recall["image_to_text"] == {1: 0.5, 2: 1.0}
+    # x: b first (wrong); y: a first (right); z: a first (wrong), b second
+    assert recall["text_to_image"] == pytest.approx({1: 1 / 3, 2: 1.0})

@@ -346,3 +346,33 @@ def test_shared_first_pass_gives_each_images_own_gradient(backbone):
     _, separate = clf._loss_and_grad(ctx, selected)  # three contexts, one graph each
     torch.testing.assert_close(clf._first_gradient(selected), separate,
                                atol=1e-4 * float(separate.abs().max()), rtol=1e-4)
+
+
+def test_tpt_preset_has_the_papers_settings(backbone, tmp_path):
+    from zeroshot_plus import tpt_preset
+
+    def settings(clf):
+        return clf.n_views, clf.steps, clf.selection_p, clf.ctx_init
+
+    assert settings(tpt_preset(backbone, ["cat", "dog"])) == (63, 1, 0.1, "a photo of a")
+    assert settings(tpt_preset(backbone, ["cat", "dog"], diffusion_views=tmp_path)) == (
+        64, 4, 0.3, "a photo of a")
+    own = tpt_preset(backbone, ["cat", "dog"], templates="photo", n_views=7, random_state=3)
+    assert settings(own) == (7, 1, 0.1, "a photo of a {}.") and own.random_state == 3
+    assert tpt_preset(backbone, ["cat"], templates=["a drawing of a {}."]).ctx_init == \
+        "a drawing of a {}."
+    with pytest.raises(InputError, match="tunes one prompt, but the templates "
+                                         "'simple_imagenet' hold 7"):
+        tpt_preset(backbone, ["cat", "dog"], templates="simple_imagenet")
+
+
+def test_cli_tpt_uses_an_explicit_template_set(tiny_config, tmp_path, make_image, capsys):
+    """--templates openai_imagenet was once taken for 'not given' by --method tpt."""
+    from zeroshot_plus.cli import main
+
+    make_image(tmp_path / "set" / "a.png", 0)
+    assert main(["predict", str(tmp_path / "set"), "--classes", "cat,dog", "--method", "tpt",
+                 "--templates", "openai_imagenet", "--model", tiny_config, "--pretrained",
+                 "none", "--no-progress"]) == 2
+    assert "tunes one prompt, but the templates 'openai_imagenet' hold 80" in \
+        capsys.readouterr().err

@@ -1,64 +1,28 @@
-"""Image sources and safe decoding.
+"""Safe decoding of images (their sources are ``sources``).
 
-A source is a folder in ImageFolder layout (sub-folders are labels), a CSV or JSONL manifest
-(``path[,label]``), one image file, or a list of paths or PIL images. Decoding turns any
-common PIL mode (greyscale, palette, RGBA, CMYK, 16-bit, float) into 8-bit RGB and applies the
-EXIF orientation. Batches are decoded and preprocessed by threads between forward passes (on a
-CPU) or ahead of them by worker processes (for an accelerator).
+Decoding turns any common PIL mode (greyscale, palette, RGBA, CMYK, 16-bit, float) into 8-bit
+RGB and applies the EXIF orientation. Batches are decoded and preprocessed by threads between
+forward passes (on a CPU) or ahead of them by worker processes (for an accelerator).
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
-import json
-import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, Union
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import InputError
-
-log = logging.getLogger(__name__)
-
-ImageInput = Union[str, os.PathLike, Image.Image]
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".gif",
-                    ".tif", ".tiff", ".webp")
-MANIFEST_EXTENSIONS = (".csv", ".jsonl")
-
-
-@dataclass
-class ImageSet:
-    """Images to encode, with their labels when the source carries them."""
-
-    items: list[ImageInput]
-    labels: list[str] | None = None
-    source: str = ""
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def names(self) -> list[str]:
-        """One printable name per image: its path, or ``<image i>`` for in-memory images."""
-        return [image_name(item, i) for i, item in enumerate(self.items)]
-
-
-@dataclass
-class Failure:
-    """An image that could not be read, and why."""
-
-    name: str
-    reason: str
+from .sources import ImageInput
 
 
 @dataclass
@@ -68,102 +32,6 @@ class DecodedItem:
     position: int
     pixels: torch.Tensor | None = None
     error: str | None = None
-
-
-def image_name(item: ImageInput, position: int) -> str:
-    return f"<image {position}>" if isinstance(item, Image.Image) else os.fspath(item)
-
-
-def _is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
-
-
-def read_image_source(source: str | os.PathLike | Sequence[ImageInput] | ImageSet) -> ImageSet:
-    """Resolve a folder, manifest, image file or list of images into an ImageSet."""
-    if isinstance(source, ImageSet):
-        return source
-    if isinstance(source, Image.Image):
-        return ImageSet([source], source="<PIL image>")
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.exists():
-            raise InputError(f"image source '{path}' does not exist.")
-        if path.is_dir():
-            return _read_folder(path)
-        if path.suffix.lower() in MANIFEST_EXTENSIONS:
-            return _read_manifest(path)
-        if _is_image_file(path):
-            return ImageSet([path], source=str(path))
-        raise InputError(
-            f"image source '{path}' is neither a folder, a .csv/.jsonl manifest nor an image "
-            f"file (known image extensions: {', '.join(IMAGE_EXTENSIONS)}).")
-    items = list(source)
-    if not items:
-        raise InputError("the list of images is empty.")
-    for i, item in enumerate(items):
-        if not isinstance(item, (str, os.PathLike, Image.Image)):
-            raise InputError(f"image {i} is a {type(item).__name__}; expected a path or a PIL image.")
-    return ImageSet(items, source="<list>")
-
-
-def _read_folder(root: Path) -> ImageSet:
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    labelled = [(d.name, f) for d in class_dirs for f in sorted(d.rglob("*")) if _is_image_file(f)]
-    loose = sorted(f for f in root.iterdir() if f.is_file() and _is_image_file(f))
-    if labelled:
-        if loose:
-            log.warning("%s: ignoring %d images outside the class sub-folders", root, len(loose))
-        labels, items = zip(*labelled)
-        return ImageSet(list(items), list(labels), source=str(root))
-    if loose:
-        return ImageSet(list(loose), source=str(root))
-    raise InputError(f"folder '{root}' contains no images "
-                     f"(looked for {', '.join(IMAGE_EXTENSIONS)} files, also in sub-folders).")
-
-
-def _read_manifest(path: Path) -> ImageSet:
-    """Read ``path[,label]`` rows; relative paths are taken relative to the manifest."""
-    rows: list[tuple[str, str | None]] = []
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read manifest '{path}': {exc}.") from None
-    if path.suffix.lower() == ".jsonl":
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                rows.append((str(record["path"]), None if record.get("label") is None
-                             else str(record["label"])))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise InputError(f"manifest '{path}' line {lineno} is not a JSON object with "
-                                 f"a \"path\" field.") from None
-    else:
-        table = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
-        if table and table[0][0].strip().lower() == "path":
-            header = [c.strip().lower() for c in table[0]]
-            label_col = header.index("label") if "label" in header else None
-            table = table[1:]
-        else:
-            label_col = 1 if any(len(r) > 1 for r in table) else None
-        for r in table:
-            label = r[label_col].strip() if label_col is not None and len(r) > label_col else None
-            rows.append((r[0].strip(), label or None))
-    if not rows:
-        raise InputError(f"manifest '{path}' lists no images.")
-    has_label = [label is not None for _, label in rows]
-    if any(has_label) and not all(has_label):
-        missing = has_label.index(False) + 1
-        raise InputError(f"manifest '{path}': some rows have a label and some do not "
-                         f"(data row {missing} has none).")
-    items = [Path(p) if os.path.isabs(p) else path.parent / p for p, _ in rows]
-    labels = [label for _, label in rows] if all(has_label) else None
-    return ImageSet(items, labels, source=str(path))
-
-
-# --------------------------------------------------------------------------------------
-# Decoding
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

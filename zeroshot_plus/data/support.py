@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 
 from ..encoders.backbone import Backbone
 from ..errors import InputError
-from .images import (ImageInput, ImageSet, content_keys, open_image, read_image_source,
-                     seeded_torch_rng)
+from .images import content_keys, open_image, seeded_torch_rng
+from .sources import ImageInput, ImageSet, read_image_source
 from .store import EmbeddingStore
 
 log = logging.getLogger(__name__)

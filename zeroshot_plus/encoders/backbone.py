@@ -24,14 +24,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..choices import PRECISIONS
 from ..errors import InputError, ModelLoadError
-from ..data.images import (DecodedItem, Failure, ImageInput, ImageSet, content_keys, decoded_batches,
-                     image_name, read_image_source)
+from ..data.images import DecodedItem, content_keys, decoded_batches
+from ..data.sources import Failure, ImageInput, ImageSet, image_name, read_image_source
 from ..data.store import EmbeddingStore
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "bf16")
 _RANDOM_SEED = 0
 _HF_HOST = "huggingface.co"
 

@@ -16,7 +16,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..encoders.backbone import Backbone
 from ..errors import InputError
-from ..data.images import ImageSet
+from ..data.files import atomic_output
+from ..data.sources import ImageSet
 from ..text.classnames import parse_classnames
 from ..text.templates import class_prompts, load_templates
 from ..text.heads import class_weights, l2_normalise, unit_rows
@@ -107,7 +108,7 @@ class Predictor(ClassifierMixin, BaseEstimator):
         except TypeError as exc:
             raise InputError(f"cannot save {type(self).__name__}: a parameter is not "
                              f"JSON-serialisable ({exc}).") from None
-        with open(path, "wb") as handle:
+        with atomic_output(path, binary=True) as handle:
             np.savez(handle, __meta__=np.array(blob), **arrays)
 
     @classmethod

@@ -34,17 +34,16 @@ import torch
 from PIL import Image, ImageDraw
 from sklearn.base import BaseEstimator
 
+from ..choices import COMPONENTS, MASK_MODES, WEIGHTINGS
 from ..encoders.backbone import Backbone
 from ..errors import InputError
-from ..data.images import ImageInput, image_name, item_key, open_image, read_image_source
+from ..data.images import item_key, open_image
+from ..data.sources import ImageInput, image_name, read_image_source
+from ..data.tables import read_table
 from ..text.parsing import Parse, make_parser
 from ..data.store import EmbeddingStore
 
 log = logging.getLogger(__name__)
-
-COMPONENTS = ("entities", "relations")
-WEIGHTINGS = ("sum", "softmax")
-MASK_MODES = ("blackout", "crop")
 
 Box = tuple[int, int, int, int]
 Region = tuple[Box, ...]   # a union of boxes, in pixels of the original image
@@ -481,31 +480,7 @@ def comvg_accuracy(positive: np.ndarray, negative: np.ndarray) -> float:
 
 
 def read_pairs(path: str | os.PathLike) -> tuple[list[str], list[str]]:
-    """A CSV of ``image,caption`` rows (a header row naming them is optional; relative image
-    paths are relative to the CSV) -> (image paths, captions)."""
-    import csv
-    from pathlib import Path
-
-    path = Path(path)
-    try:
-        rows = [r for r in csv.reader(path.read_text(encoding="utf-8-sig").splitlines())
-                if r and any(c.strip() for c in r)]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read pairs file '{path}': {exc}.") from None
-    columns = (0, 1)
-    if rows and rows[0][0].strip().lower() in ("image", "path"):
-        header = [c.strip().lower() for c in rows.pop(0)]
-        if "caption" not in header:
-            raise InputError(f"pairs file '{path}' has a header without a 'caption' column.")
-        columns = (0, header.index("caption"))
-    images, captions = [], []
-    for number, row in enumerate(rows, 1):
-        if len(row) <= max(columns) or not row[columns[1]].strip() or not row[columns[0]].strip():
-            raise InputError(f"pairs file '{path}' data row {number} needs an image path and a "
-                             f"caption.")
-        image = Path(row[columns[0]].strip())
-        images.append(str(image if image.is_absolute() else path.parent / image))
-        captions.append(row[columns[1]].strip())
-    if not images:
-        raise InputError(f"pairs file '{path}' lists no image-caption pairs.")
-    return images, captions
+    """A table of ``image,caption`` rows (CSV with an optional header, or JSONL; relative
+    image paths are relative to the table) -> (image paths, captions)."""
+    rows = read_table(path, ("caption",), what="pairs file", required=("caption",))
+    return [str(row.path) for row in rows], [caption for _, (caption,) in rows]

@@ -409,3 +409,42 @@ def _encode(y: np.ndarray, classes: np.ndarray, what: str) -> np.ndarray:
                          f"are not among the classes of the text side ({known}"
                          f"{', ...' if len(classes) > 5 else ''}).")
     return codes
+
+
+def fit_gda_from_support(backbone, support, classnames=None, *, shots: int | None = None,
+                         n_views: int = 10, alpha="auto", val=None, random_state: int = 0,
+                         templates="openai_imagenet", cache=None) -> GDAClassifier:
+    """Fit GDA on a labelled support set of images, as ``zeroshot-plus fit`` does.
+
+    support : labelled images (class sub-folders, a manifest with labels, or an ImageSet).
+    classnames : the classes (default: the labels of ``support``, sorted); a class without
+        support images is predicted from its text.
+    shots : images per class drawn with ``random_state`` (default: all of them).
+    n_views : augmented views per support image (``augmented_support``).
+    alpha : a number, or "auto": chosen on ``val`` (labelled images), else by cross-validation
+        over the support images.
+    random_state : seed of the shot sampling, the views and the folds.
+    templates, cache : the text side's templates and the embedding store of every encoding.
+    """
+    from ..data.sources import read_image_source
+    from ..data.support import augmented_support, sample_shots
+
+    images = read_image_source(support)
+    if images.labels is None:
+        raise InputError(f"support images '{images.source}' carry no labels: use a folder with "
+                         f"one sub-folder per class, or a manifest with a label column.")
+    if classnames is None:
+        classnames = sorted(set(images.labels))
+    if shots is not None:
+        images = sample_shots(images, shots, random_state)
+    views = augmented_support(backbone, images, n_views=n_views, random_state=random_state,
+                              cache=cache)
+    X_val = y_val = None
+    if val is not None:
+        val = read_image_source(val)
+        if val.labels is None:
+            raise InputError(f"validation images '{val.source}' carry no labels.")
+        X_val, y_val = backbone.encode_images(val, cache=cache), val.labels
+    classifier = GDAClassifier(backbone, classnames, templates=templates, alpha=alpha,
+                               random_state=random_state, cache=cache)
+    return classifier.fit(views.X, views.y, X_val=X_val, y_val=y_val, groups=views.groups)

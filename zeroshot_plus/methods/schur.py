@@ -48,12 +48,11 @@ from scipy.sparse.linalg import LinearOperator, eigsh
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from ..choices import ENTROPIES, KERNELS
 from ..errors import InputError
 from ..text.heads import unit_rows
 from .linalg import add_gram
 
-KERNELS = ("cosine", "gaussian")
-ENTROPIES = ("reference", "normalized")
 FORMS = ("auto", "primal", "dual")
 _DEGENERATE_DOF = 0.9  # warn when the text features span this share of the n sample directions
 _BLOCK = 1024  # rows of features made at a time while summing the covariances

@@ -45,10 +45,11 @@ from tqdm.auto import tqdm
 
 from ..encoders.backbone import Backbone, EncodeReport
 from ..errors import InputError
-from ..data.images import (Failure, ImageInput, ImageSet, IMAGE_EXTENSIONS, decoded_batches, image_name,
-                      open_image, pil_key, read_image_source, seeded_torch_rng)
+from ..data.images import decoded_batches, open_image, pil_key, seeded_torch_rng
+from ..data.sources import (Failure, ImageInput, ImageSet, IMAGE_EXTENSIONS, image_name,
+                            read_image_source)
 from .base import Predictor
-from ..text.templates import parse_classnames
+from ..text.classnames import parse_classnames
 
 log = logging.getLogger(__name__)
 
@@ -527,3 +528,27 @@ class AugmentedViews:
         with seeded_torch_rng(self.seed(image)):
             views.extend(self.augment(image) for _ in range(self.n_views))
         return torch.stack(views)
+
+
+def tpt_preset(backbone: Backbone | None = None, classnames=None, *, templates=None,
+               diffusion_views: DiffusionViews | None = None, **params) -> TPTClassifier:
+    """An unfitted TPTClassifier with the papers' settings.
+
+    TPT: 63 views, 1 step, the 10% most confident views kept; with ``diffusion_views``,
+    DiffTPT: 64 views, 4 steps, 30%. The context starts from "a photo of a", or from the one
+    template of ``templates`` (a set name, a file or a list holding exactly one template).
+    ``params``: any other TPTClassifier parameter, or one of these settings overridden.
+    """
+    from ..text.templates import load_templates
+
+    diffusion = diffusion_views is not None
+    settings = {"n_views": 64 if diffusion else 63, "steps": 4 if diffusion else 1,
+                "selection_p": 0.3 if diffusion else 0.1, "ctx_init": "a photo of a"}
+    if templates is not None:
+        loaded = load_templates(templates)
+        if len(loaded) != 1:
+            raise InputError(f"TPT tunes one prompt, but the templates '{templates}' hold "
+                             f"{len(loaded)}; give one template (e.g. photo).")
+        settings["ctx_init"] = loaded[0]
+    return TPTClassifier(backbone, classnames, diffusion_views=diffusion_views,
+                         **{**settings, **params})

@@ -14,8 +14,6 @@ from typing import Sequence
 
 from ..errors import InputError
 from .classnames import display_name
-# methods/tpt.py still imports parse_classnames from here; it moves to .classnames with it
-from .classnames import parse_classnames  # noqa: F401
 
 OPEN_CLIP_TEMPLATE_SETS = ("openai_imagenet", "simple_imagenet")
 

@@ -1,0 +1,153 @@
+"""`sce`, `edit` and `match`: what prompts explain in images, and image-caption matching."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..data.sources import ImageSet
+from ..data.tables import image_prompts
+from ..errors import InputError
+from .common import (check_output, encode, finish, load_backbone, output, read_images,
+                     warnings_to_stderr)
+
+if TYPE_CHECKING:
+    from ..encoders.backbone import Backbone
+
+
+def sce(args: argparse.Namespace) -> int:
+    check_output("--plot", args.plot, ".png")
+    check_output("--out", args.out, ".json")
+    images = read_images(args.images)
+    prompts = image_prompts(args.prompts, images.names(), what="--prompts")
+    from ..methods.schur import save_spectrum_plot, sce_score
+
+    backbone = load_backbone(args)
+    kept, vectors, status = _encode(args, backbone, images)
+    if not len(kept):
+        return status
+    prompts = [prompts[i] for i in kept]
+    texts = _encode_prompts(args, backbone, prompts)
+    with warnings_to_stderr():
+        result = sce_score(vectors, texts, kernel=args.kernel, sigma=args.sigma,
+                           order=args.order, n_features=args.features or None, ridge=args.ridge,
+                           random_state=args.seed, entropy=args.entropy, center=args.center)
+    features = (f"{result.n_features} random features, sigma {args.sigma:g}, seed {args.seed}"
+                if args.kernel == "gaussian" and args.features else
+                f"exact kernel, sigma {args.sigma:g}" if args.kernel == "gaussian" else
+                f"{result.n_features} dimensions")
+    print(f"SCE: {result.score:.4f}  text-explained: {result.text_score:.4f}  "
+          f"({result.n_samples} images, {len(set(prompts))} distinct prompts; "
+          f"{args.kernel} kernel, {features}; {result.form} form; "
+          f"explained share of the trace {result.explained_trace / result.image_trace:.1%})")
+    if args.plot:
+        with output(args.plot, binary=True) as handle:
+            save_spectrum_plot(result, handle)
+    if args.out:
+        report = {k: v.tolist() if isinstance(v, np.ndarray) else v
+                  for k, v in vars(result).items() if k != "mode_scores"}
+        names = images.names()
+        report.update(model=backbone.describe(), images=[names[i] for i in kept])
+        with output(args.out) as handle:
+            json.dump(report, handle, indent=2)
+    return status
+
+
+def edit(args: argparse.Namespace) -> int:
+    check_output("--out", args.out, ".npz")
+    if bool(args.images) == bool(args.embeddings):
+        raise InputError("edit needs either IMAGES or --embeddings FILE.npz (one of the two).")
+    from ..data.embeddings import load_embeddings, save_embeddings
+
+    if args.embeddings:
+        loaded = load_embeddings(args.embeddings)
+        names, vectors, labels = loaded.paths, loaded.embeddings, loaded.labels
+    else:
+        images = read_images(args.images)
+        names = images.names()
+    prompts = image_prompts(args.prompts, names, what="--prompts")
+    from ..methods.schur import SchurEditor
+
+    backbone, status = load_backbone(args), 0
+    if args.embeddings and loaded.fingerprint != backbone.fingerprint:
+        raise InputError(f"--embeddings '{args.embeddings}' was made with another model than "
+                         f"{backbone!r}; give the model options used by `embed`.")
+    if not args.embeddings:
+        kept, vectors, status = _encode(args, backbone, images)
+        if not len(kept):
+            return status
+        names, prompts = [names[i] for i in kept], [prompts[i] for i in kept]
+        labels = None if images.labels is None else [images.labels[i] for i in kept]
+    texts = _encode_prompts(args, backbone, prompts)
+    editor = SchurEditor(backbone, ridge=args.ridge, cache=args.cache)
+    edited = editor.fit_transform(texts, vectors, prompts=args.remove)
+    save_embeddings(args.out, edited, names, backbone.fingerprint, labels)
+    print(f"wrote {len(edited)} edited embeddings (removed "
+          f"{repr(args.remove) if args.remove else 'each image' + chr(39) + 's prompt'}) to "
+          f"{args.out}", file=sys.stderr)
+    return status
+
+
+def match(args: argparse.Namespace) -> int:
+    check_output("--out", args.out, ".csv", ".jsonl")
+    if args.explain_dir is not None and not Path(args.explain_dir).is_dir():
+        raise InputError(f"--explain-dir '{args.explain_dir}' is not an existing folder.")
+    from ..evaluation.protocols import distinct, retrieval_recall
+    from ..methods.comclip import ComCLIPMatcher, draw_explanation, read_pairs
+
+    images, captions = read_pairs(args.pairs)
+    if args.parser == "llm":
+        from ..text.parsing import LLMParser
+        parser = LLMParser()
+    else:
+        parser = "rules"
+    components = tuple(c.strip() for c in args.components.split(",") if c.strip())
+    matcher = ComCLIPMatcher(load_backbone(args), parser=parser, components=components,
+                             weighting=args.weighting, mask_mode=args.mask_mode,
+                             cache=args.cache).fit()
+    explanations = matcher.explain(images, captions, pairs=[(i, i) for i in range(len(images))])
+    jsonl = args.out is not None and args.out.lower().endswith(".jsonl")
+    with output(args.out) as handle:
+        writer = None if jsonl else csv.writer(handle)
+        if writer is not None:
+            writer.writerow(["image", "caption", "score", "clip_score"])
+        for explanation in explanations:
+            if jsonl:
+                handle.write(json.dumps(explanation.to_dict()) + "\n")
+            else:
+                writer.writerow([explanation.image, explanation.caption,
+                                 round(explanation.score, 6), round(explanation.clip_score, 6)])
+    if args.explain_dir is not None:
+        for row, (image, explanation) in enumerate(zip(images, explanations), 1):
+            draw_explanation(image, explanation, Path(args.explain_dir) / f"pair{row}.png")
+    if args.retrieval:
+        plain = ComCLIPMatcher(matcher.backbone, components=(), cache=args.cache)
+        for name, scorer in (("ComCLIP", matcher), ("CLIP", plain)):
+            scores = scorer.decision_function(list(distinct(images)), list(distinct(captions)))
+            recall = retrieval_recall(scores, images, captions, ks=(1, 5))
+            i2t, t2i = recall["image_to_text"], recall["text_to_image"]
+            print(f"{name}: image-to-text R@1 {i2t[1]:.2%} R@5 {i2t[5]:.2%}  text-to-image "
+                  f"R@1 {t2i[1]:.2%} R@5 {t2i[5]:.2%}", file=sys.stderr)
+    return 0
+
+
+def _encode(args: argparse.Namespace, backbone: Backbone, images: ImageSet
+            ) -> tuple[np.ndarray, np.ndarray, int]:
+    """(positions of the readable images, their embeddings (N, D), the exit status)."""
+    from ..encoders.backbone import EncodeReport
+
+    report = EncodeReport()
+    kept, vectors = encode(args, backbone, images, report)
+    return kept, vectors, finish(report, len(images))
+
+
+def _encode_prompts(args: argparse.Namespace, backbone: Backbone, prompts: list[str]) -> np.ndarray:
+    """(N, D) text embeddings, each distinct prompt encoded once."""
+    unique, index = np.unique(prompts, return_inverse=True)
+    return backbone.encode_texts(list(unique), cache=args.cache)[index]

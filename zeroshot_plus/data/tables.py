@@ -1,0 +1,106 @@
+"""Tables whose first column is an image path: CSV (a header row is optional) or JSONL.
+
+One reader serves image manifests (``path[,label]``), prompt files (``path,prompt``) and
+image-caption pairs (``image,caption``). A CSV header is recognised by its first cell,
+``path`` or ``image``; the columns after it may come in any order, and others are ignored.
+Without a header, the columns come in the order the caller names them. A JSONL line is an object keyed by the column names (the
+path under ``path`` or ``image``). Relative paths are taken relative to the table's folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Iterator, NamedTuple, Sequence
+
+from ..errors import InputError
+
+PATH_COLUMNS = ("path", "image")
+
+
+class Row(NamedTuple):
+    """One data row: the image path and the value of each further column (None when empty)."""
+
+    path: Path                       # a relative path is joined to the table's folder
+    values: tuple[str | None, ...]
+
+
+def read_table(path: str | os.PathLike, columns: Sequence[str], *, what: str,
+               required: Sequence[str] = ()) -> list[Row]:
+    """Read the rows of a CSV or JSONL table whose first column is an image path.
+
+    columns : the names of the columns after the path, in their header-less CSV order.
+    what : how errors name the table, e.g. "manifest" or "--prompts".
+    required : columns every row must fill; the others may be empty (None).
+
+    Raises InputError, one sentence naming the file (and the row), when the file cannot be
+    read, a header lacks a required column, a row lacks a value, or no row is left.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {what} '{path}': {exc}.") from None
+    rows = []
+    for where, cells in (_jsonl_rows(text, path, columns, what)
+                         if path.suffix.lower() == ".jsonl"
+                         else _csv_rows(text, path, columns, what, required)):
+        image = (cells[0] or "").strip()
+        values = tuple((v or "").strip() or None for v in cells[1:])
+        missing = [c for c, v in zip(columns, values) if c in required and v is None]
+        if not image or missing:
+            needs = " and a ".join(["an image path", *missing])
+            raise InputError(f"{what} '{path}' {where} needs {needs}.")
+        rows.append(Row(Path(image) if os.path.isabs(image) else path.parent / image, values))
+    if not rows:
+        raise InputError(f"{what} '{path}' lists no images.")
+    return rows
+
+
+def _csv_rows(text: str, path: Path, columns: Sequence[str], what: str,
+              required: Sequence[str]) -> Iterator[tuple[str, list[str | None]]]:
+    table = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
+    positions: list[int | None] = list(range(len(columns) + 1))
+    if table and table[0][0].strip().lower() in PATH_COLUMNS:
+        header = [c.strip().lower() for c in table.pop(0)]
+        for column in required:
+            if column not in header:
+                raise InputError(f"{what} '{path}' has a header without a '{column}' column.")
+        positions = [0] + [header.index(c) if c in header else None for c in columns]
+    for number, row in enumerate(table, 1):
+        yield f"data row {number}", [row[p] if p is not None and p < len(row) else None
+                                     for p in positions]
+
+
+def _jsonl_rows(text: str, path: Path, columns: Sequence[str], what: str
+                ) -> Iterator[tuple[str, list[str | None]]]:
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            image = next(record[k] for k in PATH_COLUMNS if k in record)
+        except (json.JSONDecodeError, StopIteration, TypeError):
+            raise InputError(f"{what} '{path}' line {number} is not a JSON object with a "
+                             f"\"path\" field.") from None
+        yield f"line {number}", [str(image)] + [None if record.get(c) is None else str(record[c])
+                                                for c in columns]
+
+
+def image_prompts(table: str | os.PathLike, images: Sequence[str | os.PathLike], *,
+                  what: str = "prompts file") -> list[str]:
+    """The prompt of each image, from a ``path,prompt`` table (paths compared resolved).
+
+    Raises InputError naming the table and the first image it gives no prompt.
+    """
+    prompts = {path.resolve(): prompt
+               for path, (prompt,) in read_table(table, ("prompt",), what=what,
+                                                 required=("prompt",))}
+    missing = [image for image in images if Path(image).resolve() not in prompts]
+    if missing:
+        raise InputError(f"{len(missing)} image(s) have no prompt in {what} '{table}', "
+                         f"e.g. '{os.fspath(missing[0])}'.")
+    return [prompts[Path(image).resolve()] for image in images]
