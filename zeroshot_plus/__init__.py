@@ -1,6 +1,7 @@
 """zeroshot_plus: adapt frozen CLIP models to your task without training them."""
 
-from .encoders.backbone import Backbone, EncodeReport
+from .encoders.backbone import Backbone
+from .encoders.pipeline import EncodeReport
 from .encoders.embedder import ImageEmbedder
 from .errors import InputError, ModelLoadError
 from .data.images import ImageSet, read_image_source
