@@ -32,7 +32,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Container, Mapping, Sequence
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 from sklearn.base import BaseEstimator
 

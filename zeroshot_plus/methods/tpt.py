@@ -7,7 +7,7 @@ Test-time Prompt Tuning" (ICCV 2023). For each test image x, with the context ct
 
     1. views v_0 = preprocess(x), v_1..v_V = RandomResizedCrop + flip (+ AugMix) of raw x
        (DiffTPT: + the generated images of x, resized and centre-cropped)
-    2. f_i = image features of v_i                      encoded once, without gradients
+    2. f_i = image features of v_i                      encoded once, by the image pipeline
     3. z_i = s · f_i · T(ctx_0)ᵀ,  H_i = −Σ_c p_ic log p_ic     per-view logits and entropy
     4. S = the ⌊ρ·V'⌋ views of lowest entropy                    confidence selection
        (DiffTPT: first keep the ⌊ρ_cos·(V'−1)⌋ views whose logits are most cosine-similar
@@ -82,8 +82,9 @@ class TPTClassifier(Predictor):
     text_batch : prompts (image, class pairs) per text-tower pass; more go in chunks.
     random_state : seed; with the image content it fixes the views of each image.
     diffusion_views : DiffTPT's generated variations per image: a folder of files
-        ``{stem}_{i}.{ext}`` for an image file ``{stem}.*``, or a callable image -> images.
-        None: plain TPT.
+        ``{stem}_{i}.{ext}`` for an image file ``{stem}.*``, or a callable image -> images
+        (called where the images are decoded: threads, or worker processes with
+        ``backbone.num_workers`` > 0). None: plain TPT.
     cosine_p : DiffTPT: fraction of the non-original views kept by the logit-cosine filter.
 
     DiffTPT's own setting is ``n_views=64, selection_p=0.3, steps=4`` with ``diffusion_views``.
@@ -181,15 +182,15 @@ class TPTClassifier(Predictor):
                 for image in encoded:
                     if window and image.position // size != window[0][0] // size:
                         yield self._predict_window(window)
-                        bar.update(min(len(image_set), (window[0][0] // size + 1) * size) - bar.n)
+                        bar.update(len(window))
                         window = []
                     window.append((image.position, torch.from_numpy(image.embeddings).to(device)))
             if window:
                 yield self._predict_window(window)
-            bar.update(len(image_set) - bar.n)
 
     def _predict_window(self, window: list[tuple[int, torch.Tensor]]
                         ) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, logits) of the images of one window, from their view features (V', D)."""
         positions = np.array([position for position, _ in window], dtype=np.int64)
         return positions, self._tune_and_predict([f for _, f in window]).cpu().numpy()
 
