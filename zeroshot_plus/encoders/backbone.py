@@ -140,19 +140,14 @@ class Backbone:
     def tokenizer(self):
         """open_clip's tokenizer for the model; made on first use (image-only runs never need it)."""
         if self._tokenizer is None:
-            import open_clip
-
             self.model  # registers a config file's architecture, or fails with one sentence
-            self._tokenizer = open_clip.get_tokenizer(self._open_clip_name)
+            self._tokenizer = models.load_tokenizer(self._open_clip_name)
         return self._tokenizer
 
     @property
     def image_size(self) -> int:
         """Side of the square the preprocessing crops to."""
-        import open_clip
-
-        size = open_clip.get_model_preprocess_cfg(self.model)["size"]
-        return int(size if isinstance(size, int) else min(size))
+        return models.image_size(self.model)
 
     @property
     def embed_dim(self) -> int:

@@ -3,6 +3,7 @@
 ``load_model`` builds an open_clip model with its evaluation transform, failing with one
 sentence (never a download's stack trace) when the weights can be neither found nor fetched.
 ``fingerprint`` names (model, weights, preprocessing, precision) without loading anything.
+The encoder side asks this module, and no other, about open_clip's models and tokenizers.
 """
 
 from __future__ import annotations
@@ -79,6 +80,28 @@ def load_model(model: str, *, config_file: Path | None = None, checkpoint: Path 
                              f"{detail}") from None
     built.eval().requires_grad_(False)
     return built, preprocess, name
+
+
+def load_tokenizer(open_clip_name: str) -> Callable:
+    """open_clip's tokenizer for a model built by ``load_model``."""
+    import open_clip
+
+    return open_clip.get_tokenizer(open_clip_name)
+
+
+def is_clip_tokenizer(tokenizer: Callable) -> bool:
+    """Whether a tokenizer is CLIP's byte-pair one, whose end-of-text token has the largest id."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return isinstance(tokenizer, SimpleTokenizer)
+
+
+def image_size(model: torch.nn.Module) -> int:
+    """Side of the square the model's preprocessing crops to."""
+    import open_clip
+
+    size = open_clip.get_model_preprocess_cfg(model)["size"]
+    return int(size if isinstance(size, int) else min(size))
 
 
 def _file_digest(path: Path) -> str:

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ..data.store import EmbeddingStore
 from ..errors import InputError
+from .models import is_clip_tokenizer
 
 if TYPE_CHECKING:
     from .backbone import Backbone
@@ -50,6 +51,13 @@ def text_tower(model: torch.nn.Module) -> TextTower | None:
         return None
     return TextTower(tower.token_embedding, tower.positional_embedding, tower.transformer,
                      tower.ln_final, getattr(tower, "text_projection", None), tower.attn_mask)
+
+
+def prompt_tower(backbone: Backbone) -> TextTower | None:
+    """The text tower a prompt learner can run from token embeddings: the standard CLIP
+    tower with open_clip's CLIP tokenizer (its end-of-text token has the largest id)."""
+    tower = text_tower(backbone.model)
+    return tower if is_clip_tokenizer(backbone.tokenizer) else None
 
 
 def token_lengths(tokens: torch.Tensor) -> torch.Tensor:

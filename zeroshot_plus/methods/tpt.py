@@ -46,7 +46,7 @@ from ..data.images import IMAGE_EXTENSIONS, ImageInput, ImageSet, pil_key, read_
 from ..encoders.backbone import Backbone
 from ..encoders.pipeline import (EncodeReport, Picture, View, ViewMaker, encode_views,
                                  seeded_torch_rng)
-from ..encoders.text_tower import TextTower, encode_embedded, text_tower
+from ..encoders.text_tower import TextTower, encode_embedded, prompt_tower
 from ..errors import InputError
 from .base import Predictor
 from ..text.templates import parse_classnames
@@ -330,12 +330,10 @@ def glob_escape(text: str) -> str:
 # ---------------------------------------------------------------------- the prompt learner
 
 
-def _standard_text_tower(backbone: Backbone) -> TextTower:
-    """The standard CLIP text tower of the backbone, or InputError naming the model."""
-    from open_clip.tokenizer import SimpleTokenizer
-
-    tower = text_tower(backbone.model)
-    if tower is None or not isinstance(backbone.tokenizer, SimpleTokenizer):
+def _prompt_tower(backbone: Backbone) -> TextTower:
+    """The backbone's text tower for the prompt learner, or InputError naming the model."""
+    tower = prompt_tower(backbone)
+    if tower is None:
         model = backbone.model
         raise InputError(
             f"TPT needs open_clip's standard CLIP text transformer (causal mask, end-of-text "
@@ -357,7 +355,7 @@ class PromptLearner:
     def __init__(self, backbone: Backbone, classnames: Sequence[str], ctx_init: str | None,
                  n_ctx: int, random_state: int):
         self.backbone = backbone
-        self.tower = _standard_text_tower(backbone)
+        self.tower = _prompt_tower(backbone)
         self.device = backbone.device
         tokenizer = backbone.tokenizer
         if ctx_init is None:
