@@ -230,8 +230,8 @@ class ComCLIPMatcher(BaseEstimator):
 
         # Round 1: each distinct image (by content), with its candidate regions if searched.
         contents = dict(zip(used_images, content_keys([items[i] for i in used_images])))
-        first: dict[str, int] = {}
-        picture = {i: first.setdefault(contents[i] or f"unkeyed-{i}", i) for i in used_images}
+        first: dict[str | None, int] = {}  # None: unreadable, which round 1 reports
+        picture = {i: first.setdefault(contents[i], i) for i in used_images}
         pictures = sorted(set(picture.values()))
         searched = {picture[i] for i in to_search}
         encoder = _SubImageEncoder(self.backbone, self.mask_mode, self.cache, contents)
@@ -465,7 +465,7 @@ class _SubImageEncoder:
         return np.stack([self.vector(i, r) for r in regions])
 
     def _key(self, i: int, region: Region) -> str:
-        return region_key(self.contents[i] or f"unkeyed-{i}", self.mask_mode, region)
+        return region_key(self.contents[i], self.mask_mode, region)
 
 
 def region_key(content: str, mask_mode: str, region: Region) -> str:
