@@ -68,7 +68,7 @@ def reference_loop(backbone: Backbone, clf: TPTClassifier, images: list) -> np.n
     ctx = torch.nn.Parameter(learner.ctx_init.clone())
     logits = []
     for image in images:
-        pixels = views(image)
+        pixels = views.render(image)
         with torch.no_grad():  # reset
             ctx.copy_(learner.ctx_init)
         optimiser = torch.optim.AdamW([ctx], lr=clf.lr)
@@ -111,7 +111,7 @@ def speed(args) -> None:
         rows.append((n_classes, t_ref, t_ours, agree, float(np.abs(ours - reference).max())))
         print(f"  {n_classes} classes done", flush=True)
     views = AugmentedViews(backbone, 63, False, 0)  # timed last, on a warm model
-    _, *t_views = timed(lambda: [backbone.encode_pixels(views(image)) for image in images])
+    _, *t_views = timed(lambda: [backbone.encode_pixels(views.render(image)) for image in images])
     n = len(images)
     print()
     print("| classes | reference loop: wall / CPU s per image | ours: wall / CPU s per image "

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-import zeroshot_plus.encoders.backbone as backbone_module
+import zeroshot_plus.encoders.models as models_module
 from zeroshot_plus import Backbone, InputError, ModelLoadError
 
 from conftest import synthetic_image
@@ -201,7 +201,7 @@ def test_unknown_model_name():
 
 
 def test_unknown_pretrained_tag(monkeypatch, tmp_path):
-    monkeypatch.setattr(backbone_module, "_reachable", lambda host, timeout=3.0: False)
+    monkeypatch.setattr(models_module, "_reachable", lambda host, timeout=3.0: False)
     bb = Backbone("ViT-B-32", "no-such-tag", download_dir=str(tmp_path), progress=False)
     with pytest.raises(ModelLoadError, match="no-such-tag") as info:
         bb.model
@@ -215,7 +215,7 @@ def test_unreachable_weights_fail_fast_with_advice(monkeypatch, tmp_path):
         asked.append(host)
         return False
 
-    monkeypatch.setattr(backbone_module, "_reachable", unreachable)
+    monkeypatch.setattr(models_module, "_reachable", unreachable)
     bb = Backbone("ViT-B-32", "openai", download_dir=str(tmp_path), progress=False)
     start = time.monotonic()
     with pytest.raises(ModelLoadError) as info:
@@ -230,7 +230,7 @@ def test_unreachable_weights_fail_fast_with_advice(monkeypatch, tmp_path):
 
 def test_truncated_text_tower_equals_full_77_token_features(backbone):
     """Under the causal mask, running the text tower only up to the longest prompt is exact."""
-    from zeroshot_plus.encoders.backbone import encode_text_truncated
+    from zeroshot_plus.encoders.text_tower import encode_text_truncated
 
     texts = ["a", "a photo of a dog.", "a very long prompt " * 6, "itap of a cat."]
     tokens = backbone.tokenizer(texts)

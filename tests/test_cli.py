@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import zeroshot_plus.encoders.backbone as backbone_module
+import zeroshot_plus.encoders.models as models_module
 from zeroshot_plus.cli import build_parser, main
 
 REPO_DIR = Path(__file__).resolve().parents[1]
@@ -182,8 +183,8 @@ def test_template_without_placeholder(folder, model_args, tmp_path, capsys):
 
 
 def test_unreachable_weights(folder, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(backbone_module, "_reachable", lambda host, timeout=3.0: False)
-    monkeypatch.setattr(backbone_module, "_weights_cached", lambda cfg, download_dir: False)
+    monkeypatch.setattr(models_module, "_reachable", lambda host, timeout=3.0: False)
+    monkeypatch.setattr(models_module, "_weights_cached", lambda cfg, download_dir: False)
     start = time.monotonic()
     rc = main(["predict", str(folder), "--classes", "cat,dog", "--model", "ViT-B-32",
                "--pretrained", "openai", "--no-progress"])

@@ -169,7 +169,7 @@ def test_difftpt_selection_on_synthetic_views():
 
 def test_tuning_lowers_the_entropy_of_the_selected_views(backbone):
     clf = _classifier(backbone, n_views=15, selection_p=0.2)
-    features = [clf._encode_views(clf_views, None)
+    features = [torch.from_numpy(clf.backbone.encode_pixels(clf_views))
                 for clf_views in [_views(clf, image) for image in _images(3)]]
     selected = [f[clf._select(clf._learner.logit_scale * f @ clf._init_weights.T)] for f in features]
     assert all(len(s) == 3 for s in selected)  # int(0.2 * 16)
@@ -188,7 +188,7 @@ def test_tuning_lowers_the_entropy_of_the_selected_views(backbone):
 
 def _views(clf, image):
     from zeroshot_plus.methods.tpt import AugmentedViews
-    return AugmentedViews(clf.backbone, clf.n_views, clf.augmix, clf.random_state)(image)
+    return AugmentedViews(clf.backbone, clf.n_views, clf.augmix, clf.random_state).render(image)
 
 
 def test_tuning_changes_the_prediction_scores(backbone):
@@ -251,7 +251,7 @@ def test_difftpt_views_from_a_folder_or_a_callable(backbone, tmp_path, make_imag
 
     params = dict(n_views=8, selection_p=0.3, steps=2, cosine_p=0.8)
     from_folder = _classifier(backbone, diffusion_views=generated, **params)
-    assert len(from_folder._generated_views(paths[1])) == 5
+    assert len(tpt_module.generated_images(from_folder.diffusion_views, paths[1], None)) == 5
     by_folder = from_folder.decision_function(paths)
     by_callable = _classifier(backbone, diffusion_views=variations, **params).decision_function(paths)
     np.testing.assert_allclose(by_folder, by_callable, atol=1e-5)
@@ -340,7 +340,7 @@ def test_saved_classifier_predicts_the_same_in_python_and_on_the_command_line(
 
 def test_shared_first_pass_gives_each_images_own_gradient(backbone):
     clf = _classifier(backbone, n_views=7, text_batch=3)
-    features = [clf._encode_views(_views(clf, image), None) for image in _images(3)]
+    features = [torch.from_numpy(clf.backbone.encode_pixels(_views(clf, image))) for image in _images(3)]
     selected = [f[clf._select(clf._learner.logit_scale * f @ clf._init_weights.T)] for f in features]
     ctx = clf._learner.ctx_init.expand(3, -1, -1).clone()
     _, separate = clf._loss_and_grad(ctx, selected)  # three contexts, one graph each

@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import import_module
 
 _MODULES = {
-    "Backbone": "encoders.backbone", "EncodeReport": "encoders.backbone",
+    "Backbone": "encoders.backbone", "EncodeReport": "encoders.pipeline",
     "ImageEmbedder": "encoders.embedder",
     "InputError": "errors", "ModelLoadError": "errors",
     "ImageSet": "data.sources", "read_image_source": "data.sources",

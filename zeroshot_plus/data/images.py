@@ -1,8 +1,8 @@
 """Safe decoding of images (their sources are ``sources``).
 
-Decoding turns any common PIL mode (greyscale, palette, RGBA, CMYK, 16-bit, float) into 8-bit
-RGB and applies the EXIF orientation. Batches are decoded and preprocessed by threads between
-forward passes (on a CPU) or ahead of them by worker processes (for an accelerator).
+The image pipeline (``encoders.pipeline``) decides when and where images are decoded; this
+module only turns one image into pixels. Decoding turns any common PIL mode (greyscale,
+palette, RGBA, CMYK, 16-bit, float) into 8-bit RGB and applies the EXIF orientation.
 """
 
 from __future__ import annotations
@@ -10,28 +10,15 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import InputError
 from .sources import ImageInput
-
-
-@dataclass
-class DecodedItem:
-    """What a worker returns for one image: its pixels, or an error, or neither (skipped)."""
-
-    position: int
-    pixels: torch.Tensor | None = None
-    error: str | None = None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -84,12 +71,20 @@ def pil_key(image: Image.Image) -> str:
     return digest.hexdigest()
 
 
+def read_image(item: ImageInput, draft_size: int | None = None) -> Image.Image:
+    """One image from a path or PIL image as upright RGB (``decode_image``); a file that
+    cannot be read raises what PIL or the file system raise."""
+    if isinstance(item, Image.Image):
+        return to_rgb(ImageOps.exif_transpose(item))
+    return decode_image(Path(item).read_bytes(), draft_size)
+
+
 def open_image(item: ImageInput) -> Image.Image:
     """Load one image from a path or PIL image as RGB; raises InputError naming the file."""
     if isinstance(item, Image.Image):
-        return to_rgb(ImageOps.exif_transpose(item))
+        return read_image(item)
     try:
-        return decode_image(Path(item).read_bytes())
+        return read_image(item)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         raise InputError(f"cannot read image '{os.fspath(item)}': {describe_error(exc)}") from None
 
@@ -117,79 +112,3 @@ def content_keys(items: Sequence[ImageInput], num_threads: int = 4) -> list[str 
     """Content keys of many images, hashed by a few threads (hashlib releases the GIL)."""
     with ThreadPoolExecutor(num_threads) as pool:
         return list(pool.map(item_key, items, chunksize=64))
-
-
-class _DecodeDataset(torch.utils.data.Dataset):
-    """Decodes and preprocesses the images that are not skipped (already stored)."""
-
-    def __init__(self, items: Sequence[ImageInput], transform: Callable | None,
-                 skip: frozenset[int], draft_size: int | None):
-        self.items = items
-        self.transform = transform
-        self.skip = skip
-        self.draft_size = draft_size
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, position: int) -> DecodedItem:
-        if position in self.skip:
-            return DecodedItem(position)
-        item = self.items[position]
-        try:
-            if isinstance(item, Image.Image):
-                image = to_rgb(ImageOps.exif_transpose(item))
-            else:
-                image = decode_image(Path(item).read_bytes(), self.draft_size)
-            return DecodedItem(position, self.transform(image))
-        except Exception as exc:  # noqa: BLE001 - any failure is reported per image
-            return DecodedItem(position, error=describe_error(exc))
-
-
-_TORCH_RNG = threading.Lock()
-
-
-@contextmanager
-def seeded_torch_rng(seed: int) -> Iterator[None]:
-    """Run torchvision's random transforms, which draw from torch's global generator, under
-    ``seed``: one thread at a time (decoding threads share that generator), and with the
-    caller's generator state restored afterwards."""
-    with _TORCH_RNG, torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
-def _lower_priority(_worker_id: int) -> None:
-    """Decoding processes yield the CPU to the encoder when they share it."""
-    if hasattr(os, "nice"):
-        os.nice(10)
-
-
-def _keep_list(batch: list[DecodedItem]) -> list[DecodedItem]:
-    return batch
-
-
-def decoded_batches(items: Sequence[ImageInput], transform: Callable | None, *,
-                    batch_size: int, num_workers: int, skip: frozenset[int] = frozenset(),
-                    draft_size: int | None = None) -> Iterator[list[DecodedItem]]:
-    """Yield lists of DecodedItem in input order.
-
-    With ``num_workers`` > 0, that many processes decode ahead while the caller encodes (the
-    choice for an accelerator). With 0, each batch is decoded when it is asked for, by one thread
-    per core (PIL and torch release the GIL): on a CPU the encoder already keeps every core
-    busy, and a process decoding alongside it slows it by more than the decoding costs.
-    Positions in ``skip`` come back without pixels and are not read at all.
-    """
-    dataset = _DecodeDataset(items, transform, skip, draft_size)
-    if num_workers == 0:
-        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-            for start in range(0, len(items), batch_size):
-                positions = range(start, min(start + batch_size, len(items)))
-                yield list(pool.map(dataset.__getitem__, positions))
-        return
-    workers = num_workers if len(items) - len(skip) > batch_size else 0
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-        collate_fn=_keep_list, prefetch_factor=4 if workers else None,
-        worker_init_fn=_lower_priority)
-    yield from loader

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
-from typing import Callable, NamedTuple, Sequence
+from functools import cached_property
+from typing import Callable, Container, NamedTuple, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..encoders.backbone import Backbone
+from ..encoders.pipeline import EncodeReport, Picture, View, ViewMaker, encode_views, seeded_torch_rng
 from ..errors import InputError
-from .images import content_keys, open_image, seeded_torch_rng
 from .sources import ImageInput, ImageSet, read_image_source
-from .store import EmbeddingStore
 
 log = logging.getLogger(__name__)
 
@@ -83,47 +83,49 @@ def augmented_support(backbone: Backbone,
         raise InputError(f"n_views must be an integer >= 1, got {n_views!r}.")
     if not isinstance(random_state, (int, np.integer)):
         raise InputError(f"random_state must be an integer seed, got {random_state!r}.")
-    image_keys = content_keys(image_set.items)
-    for position, key in enumerate(image_keys):
-        if key is None:
-            open_image(image_set.items[position])  # raises InputError naming the file
-    view_keys = [f"{key}/rrc{scale[0]:g}-{scale[1]:g}/seed{random_state}/view{view}"
-                 for key in image_keys for view in range(n_views)]
-    store = EmbeddingStore(cache, backbone.fingerprint, "views") if cache is not None else None
-    missing = [row for row, key in enumerate(view_keys) if store is None or key not in store]
-    wanted = set(missing)
-
-    rows, parts = [], []
-    if missing:
-        augment = _view_transform(backbone, scale)
-        pending: list[int] = []
-        pixels: list[torch.Tensor] = []
-        todo = sorted({row // n_views for row in missing})
-        for position in tqdm(todo, desc="encoding support views", unit="img",
-                             disable=not backbone.progress):
-            image = open_image(image_set.items[position])
-            for view in range(n_views):
-                row = position * n_views + view
-                if row in wanted:
-                    pixels.append(_view(augment, image, view_keys[row]))
-                    pending.append(row)
-            if len(pending) >= backbone.batch_size or position == todo[-1]:
-                vectors = backbone.encode_pixels(torch.stack(pixels))
-                if store is not None:
-                    store.put([view_keys[r] for r in pending], vectors)
-                rows.append(np.array(pending))
-                parts.append(vectors)
-                pending, pixels = [], []
-    stored = [row for row in range(len(view_keys)) if row not in wanted]
-    if stored:
-        rows.append(np.array(stored))
-        parts.append(store.get([view_keys[r] for r in stored]))
-    order = np.argsort(np.concatenate(rows), kind="stable")
-    X = np.concatenate(parts)[order].astype(np.float32, copy=False)
-    log.info("support: %d images x %d views (%d encoded, %d from the store)",
-             len(image_set), n_views, len(missing), len(stored))
+    views = SupportViews(backbone, n_views, scale, random_state)
+    report = EncodeReport()
+    # Whole images per forward pass, about batch_size views in each.
+    encoded = [image.embeddings for batch in encode_views(
+                   backbone, image_set, views, cache=cache, report=report,
+                   batch_size=math.ceil(backbone.batch_size / n_views),
+                   desc="encoding support views")
+               for image in batch]
+    X = np.concatenate(encoded).astype(np.float32, copy=False)
+    log.info("support: %d images x %d views (%d images encoded, %d from the store)",
+             len(image_set), n_views, report.n_encoded, report.n_cached)
     return AugmentedSupport(X, np.repeat(np.array(labels), n_views),
                             np.repeat(np.arange(len(image_set)), n_views))
+
+
+class SupportViews(ViewMaker):
+    """``n_views`` random-resized-crop + flip views of each image, stored as "views".
+
+    A view is a pure function of (image content, scale, seed, view index): its randomness is
+    seeded from its store key, so a stored view is never drawn or encoded again.
+    """
+
+    kind = "views"
+    keyed = True
+
+    def __init__(self, backbone: Backbone, n_views: int, scale: tuple[float, float],
+                 random_state: int):
+        self.backbone, self.n_views = backbone, n_views
+        self.scale, self.random_state = scale, random_state
+
+    @cached_property
+    def augment(self) -> Callable:
+        return _view_transform(self.backbone, self.scale)
+
+    def keys(self, position: int, content: str | None) -> list[str] | None:
+        if content is None:
+            return None
+        return [f"{content}/rrc{self.scale[0]:g}-{self.scale[1]:g}/seed{self.random_state}/view{view}"
+                for view in range(self.n_views)]
+
+    def __call__(self, picture: Picture, known: Container[str]) -> list[View]:
+        return [View(key, None if key in known else _view(self.augment, picture.image, key))
+                for key in self.keys(picture.position, picture.content)]
 
 
 def _view_transform(backbone: Backbone, scale: tuple[float, float]) -> Callable:

@@ -16,9 +16,11 @@ For an image I and a caption s parsed into entities e (with attributes) and rela
        or w = softmax(s / τ) ("softmax")
     5. v = f(I) + Σ_i w_i v_i,  score(I, s) = cos(v, g(s))
 
-With no sub-image the score is plain CLIP's cos(f(I), g(s)). All sub-images of all pairs
-are encoded once each, batched, and kept in the embedding store (keyed by image content,
-mask mode and region) when ``cache`` is given; all texts go through one text batch.
+With no sub-image the score is plain CLIP's cos(f(I), g(s)). The image pipeline encodes the
+sub-images in two rounds: each distinct image with, where an entity needs grounding, its
+candidate regions; then the regions of the pairs not yet encoded. Each sub-image is encoded
+once, and kept in the embedding store (keyed by image content, mask mode and region) when
+``cache`` is given; all texts go through one text batch.
 """
 
 from __future__ import annotations
@@ -27,21 +29,20 @@ import hashlib
 import logging
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Mapping, Sequence
+from typing import Container, Mapping, Sequence
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 from sklearn.base import BaseEstimator
 
 from ..choices import COMPONENTS, MASK_MODES, WEIGHTINGS
-from ..encoders.backbone import Backbone
-from ..errors import InputError
-from ..data.images import item_key, open_image
+from ..data.images import content_keys, open_image
 from ..data.sources import ImageInput, image_name, read_image_source
 from ..data.tables import read_table
+from ..encoders.backbone import Backbone
+from ..encoders.pipeline import Picture, View, ViewMaker, encode_views
+from ..errors import InputError
 from ..text.parsing import Parse, make_parser
-from ..data.store import EmbeddingStore
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +205,6 @@ class ComCLIPMatcher(BaseEstimator):
             raise InputError(f"boxes must hold one entry (or None) per image: {len(boxes)} "
                              f"for {len(items)} images.")
         used_images = sorted(set(pairs[:, 0].tolist()))
-        pictures = {i: open_image(items[i]) for i in used_images}
         names = {i: image_name(items[i], i) for i in used_images}
         parses = {j: self._parse(captions[j]) for j in sorted(set(pairs[:, 1].tolist()))}
 
@@ -217,30 +217,38 @@ class ComCLIPMatcher(BaseEstimator):
         text_index = {t: k for k, t in enumerate(texts)}
         text_vectors = self.backbone.encode_texts(texts, cache=self.cache, progress=False)
 
-        encoder = _RegionEncoder(self.backbone, self.mask_mode, self.cache, pictures, items)
-        full = {i: ((0, 0, *pictures[i].size),) for i in used_images}
-        for i in used_images:
-            encoder.request(i, full[i])
-
-        # Entities to ground: (image, words) -> region, source.
-        user = {i: _user_boxes(boxes[i] if boxes is not None else None, pictures[i], names[i])
-                for i in used_images}
-        grounded: dict[tuple[int, str], tuple[Region, str]] = {}
+        # Entities to ground: on a user box, or searched among the candidate regions.
+        given = {i: boxes[i] if boxes is not None else None for i in used_images}
         to_search: dict[int, set[str]] = {}
+        if self.components:
+            for i, j in pairs.tolist():
+                words = _box_words(given[i], names[i])
+                for entity in parses[j][0].entities:
+                    if entity.text not in words and entity.name not in words:
+                        to_search.setdefault(i, set()).add(entity.text)
+
+        # Round 1: each distinct image (by content), with its candidate regions if searched.
+        contents = dict(zip(used_images, content_keys([items[i] for i in used_images])))
+        first: dict[str | None, int] = {}  # None: unreadable, which round 1 reports
+        picture = {i: first.setdefault(contents[i], i) for i in used_images}
+        pictures = sorted(set(picture.values()))
+        searched = {picture[i] for i in to_search}
+        encoder = _SubImageEncoder(self.backbone, self.mask_mode, self.cache, contents)
+        sizes = encoder.run(items, pictures, _Candidates(
+            self.backbone, self.mask_mode, self.grid, [p in searched for p in pictures]))
+        size = {i: sizes[picture[i]] for i in used_images}
+        full = {i: ((0, 0, *size[i]),) for i in used_images}
+        user = {i: _user_boxes(given[i], size[i], names[i]) for i in used_images}
+        grounded: dict[tuple[int, str], tuple[Region, str]] = {}
         if self.components:
             for i, j in pairs.tolist():
                 for entity in parses[j][0].entities:
                     box = user[i].get(entity.text, user[i].get(entity.name))
                     if box is not None:
                         grounded[(i, entity.text)] = ((box,), "user")
-                    else:
-                        to_search.setdefault(i, set()).add(entity.text)
         for i, words in to_search.items():
-            proposals = _proposals(*pictures[i].size, self.grid)
-            for box in proposals:
-                encoder.request(i, (box,))
-            encoder.run()
-            vectors = encoder.vectors(i, [(box,) for box in proposals])   # (P, D), row 0: full
+            proposals = _proposals(*size[i], self.grid)
+            vectors = encoder.vectors(picture[i], [(box,) for box in proposals])  # row 0: full
             words = sorted(words)
             similarity = vectors @ text_vectors[[text_index[w] for w in words]].T  # (P, E)
             best = 1 + similarity[1:].argmax(axis=0) if len(proposals) > 1 else np.zeros(len(words), int)
@@ -263,15 +271,21 @@ class ComCLIPMatcher(BaseEstimator):
                     union = full[i] if full[i] in (a, b) else tuple(dict.fromkeys(a + b))
                     plan.append(("relation", r.predicate, union,
                                  "full image" if union == full[i] else "union"))
-            for _, _, region, _ in plan:
-                encoder.request(i, region)
             plans.append(plan)
-        encoder.run()
+        # Round 2: the regions of the pairs that round 1 did not encode.
+        wanted: dict[int, dict[Region, None]] = {}
+        for (i, _), plan in zip(pairs.tolist(), plans):
+            for _, _, region, _ in plan:
+                if not encoder.has(picture[i], region):
+                    wanted.setdefault(picture[i], {})[region] = None
+        again = sorted(wanted)
+        encoder.run(items, again, _Regions(self.backbone, self.mask_mode,
+                                           [list(wanted[p]) for p in again]))
 
         # Vectorised composition over pairs, sub-images padded to K.
         k_max = max((len(p) for p in plans), default=0)
         n_pairs, dim = len(pairs), text_vectors.shape[1]
-        global_v = np.stack([encoder.vector(i, full[i]) for i in pairs[:, 0].tolist()]) \
+        global_v = np.stack([encoder.vector(picture[i], full[i]) for i in pairs[:, 0].tolist()]) \
             if n_pairs else np.empty((0, dim), np.float32)
         caption_v = text_vectors[[text_index[captions[j]] for j in pairs[:, 1].tolist()]]
         sub_v = np.zeros((n_pairs, k_max, dim), np.float32)
@@ -279,7 +293,7 @@ class ComCLIPMatcher(BaseEstimator):
         mask = np.zeros((n_pairs, k_max), bool)
         for p, ((i, _), plan) in enumerate(zip(pairs.tolist(), plans)):
             for k, (_, text, region, _) in enumerate(plan):
-                sub_v[p, k] = encoder.vector(i, region)
+                sub_v[p, k] = encoder.vector(picture[i], region)
                 sub_t[p, k] = text_vectors[text_index[text]]
                 mask[p, k] = True
         similarity = np.einsum("pkd,pkd->pk", sub_v, sub_t)
@@ -333,14 +347,23 @@ def _proposals(width: int, height: int, grid: Sequence[int]) -> list[Box]:
     return list(dict.fromkeys(valid))
 
 
-def _user_boxes(given: Mapping[str, Sequence[float]] | None, picture: Image.Image,
-                name: str) -> dict[str, Box]:
-    """{words: box} clipped to the image; an empty box or one outside it is an InputError."""
+def _box_words(given: Mapping[str, Sequence[float]] | None, name: str) -> set[str]:
+    """The entity words that have a user box in image ``name``."""
     if not given:
-        return {}
+        return set()
     if not isinstance(given, Mapping):
         raise InputError(f"the boxes of image '{name}' must be a mapping {{entity: (x0, y0, x1, y1)}}.")
-    width, height = picture.size
+    return {str(words).strip().lower() for words in given}
+
+
+def _user_boxes(given: Mapping[str, Sequence[float]] | None, size: tuple[int, int],
+                name: str) -> dict[str, Box]:
+    """{words: box} clipped to the image of ``size``; an empty box or one outside it is an
+    InputError."""
+    if not given:
+        return {}
+    _box_words(given, name)
+    width, height = size
     out = {}
     for words, box in given.items():
         try:
@@ -360,52 +383,94 @@ def _user_boxes(given: Mapping[str, Sequence[float]] | None, picture: Image.Imag
     return out
 
 
-class _RegionEncoder:
-    """Sub-image embeddings per (image, region): requested, then encoded in batches once
-    each (images with the same content share them), read from / written to the store."""
+class _SubImages(ViewMaker):
+    """Sub-images of each image, stored as "comclip-regions" by (content, mask mode, region)."""
 
-    def __init__(self, backbone: Backbone, mask_mode: str, cache, pictures: dict[int, Image.Image],
-                 items: list[ImageInput]):
-        self.backbone, self.mask_mode, self.pictures = backbone, mask_mode, pictures
-        self.store = (EmbeddingStore(cache, backbone.fingerprint, "comclip-regions")
-                      if cache is not None else None)
-        self.content = {i: item_key(items[i]) or f"unkeyed-{i}" for i in pictures}
+    kind = "comclip-regions"
+    keyed = True
+
+    def __init__(self, backbone: Backbone, mask_mode: str):
+        self.backbone, self.mask_mode = backbone, mask_mode
+
+    def regions(self, position: int, size: tuple[int, int]) -> list[Region]:
+        raise NotImplementedError
+
+    def __call__(self, picture: Picture, known: Container[str]) -> list[View]:
+        views = []
+        for region in self.regions(picture.position, picture.image.size):
+            key = region_key(picture.content, self.mask_mode, region)
+            views.append(View(key, None if key in known else self.backbone.preprocess(
+                render(picture.image, region, self.mask_mode))))
+        return views
+
+
+class _Candidates(_SubImages):
+    """The full image; for the images in ``search`` also the candidate regions after it."""
+
+    def __init__(self, backbone: Backbone, mask_mode: str, grid: Sequence[int],
+                 search: Sequence[bool]):
+        super().__init__(backbone, mask_mode)
+        self.grid, self.search = grid, search
+
+    def regions(self, position: int, size: tuple[int, int]) -> list[Region]:
+        boxes = _proposals(*size, self.grid) if self.search[position] else [(0, 0, *size)]
+        return [(box,) for box in boxes]
+
+
+class _Regions(_SubImages):
+    """Given regions of each image; their keys are known before the image is read."""
+
+    def __init__(self, backbone: Backbone, mask_mode: str, regions: Sequence[list[Region]]):
+        super().__init__(backbone, mask_mode)
+        self.given = regions
+
+    def keys(self, position: int, content: str | None) -> list[str] | None:
+        if content is None:
+            return None
+        return [region_key(content, self.mask_mode, r) for r in self.given[position]]
+
+    def regions(self, position: int, size: tuple[int, int]) -> list[Region]:
+        return self.given[position]
+
+
+class _SubImageEncoder:
+    """Sub-image embeddings of the distinct images, by (image, region), gathered in rounds."""
+
+    def __init__(self, backbone: Backbone, mask_mode: str, cache, contents: dict[int, str | None]):
+        self.backbone, self.mask_mode, self.cache = backbone, mask_mode, cache
+        self.contents = contents
         self.done: dict[str, np.ndarray] = {}
-        self.pending: dict[str, tuple[int, Region]] = {}
 
-    def key(self, i: int, region: Region) -> str:
-        blob = f"{self.content[i]}|{self.mask_mode}|{region}".encode()
-        return hashlib.blake2b(blob, digest_size=16).hexdigest()
+    def run(self, items: list[ImageInput], pictures: list[int], views: _SubImages
+            ) -> dict[int, tuple[int, int] | None]:
+        """Encode the views of ``items[p]`` for p in ``pictures`` -> {p: its (width, height)}."""
+        sizes = {}
+        if not pictures:
+            return sizes
+        for batch in encode_views(self.backbone, [items[p] for p in pictures], views,
+                                  cache=self.cache, progress=False, batch_size=4):
+            for image in batch:
+                sizes[pictures[image.position]] = image.size
+                self.done.update(zip(image.keys, image.embeddings))
+        return sizes
 
-    def request(self, i: int, region: Region) -> None:
-        key = self.key(i, region)
-        if key not in self.done:
-            self.pending.setdefault(key, (i, region))
-
-    def run(self) -> None:
-        keys = list(self.pending)
-        if self.store is not None:
-            stored = [k for k in keys if k in self.store]
-            if stored:
-                self.done.update(zip(stored, self.store.get(stored)))
-            keys = [k for k in keys if k not in self.done]
-        size = self.backbone.batch_size
-        for start in range(0, len(keys), size):
-            chunk = keys[start:start + size]
-            pixels = torch.stack([self.backbone.preprocess(render(
-                self.pictures[self.pending[k][0]], self.pending[k][1], self.mask_mode))
-                for k in chunk])
-            vectors = self.backbone.encode_pixels(pixels)
-            if self.store is not None:
-                self.store.put(chunk, vectors)
-            self.done.update(zip(chunk, vectors))
-        self.pending.clear()
+    def has(self, i: int, region: Region) -> bool:
+        return self._key(i, region) in self.done
 
     def vector(self, i: int, region: Region) -> np.ndarray:
-        return self.done[self.key(i, region)]
+        return self.done[self._key(i, region)]
 
     def vectors(self, i: int, regions: Sequence[Region]) -> np.ndarray:
         return np.stack([self.vector(i, r) for r in regions])
+
+    def _key(self, i: int, region: Region) -> str:
+        return region_key(self.contents[i], self.mask_mode, region)
+
+
+def region_key(content: str, mask_mode: str, region: Region) -> str:
+    """Store key of a sub-image: its image's content, the mask mode and the region."""
+    blob = f"{content}|{mask_mode}|{region}".encode()
+    return hashlib.blake2b(blob, digest_size=16).hexdigest()
 
 
 def render(picture: Image.Image, region: Region, mask_mode: str = "blackout") -> Image.Image:

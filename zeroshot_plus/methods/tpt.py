@@ -7,7 +7,7 @@ Test-time Prompt Tuning" (ICCV 2023). For each test image x, with the context ct
 
     1. views v_0 = preprocess(x), v_1..v_V = RandomResizedCrop + flip (+ AugMix) of raw x
        (DiffTPT: + the generated images of x, resized and centre-cropped)
-    2. f_i = image features of v_i                      encoded once, without gradients
+    2. f_i = image features of v_i                      encoded once, by the image pipeline
     3. z_i = s · f_i · T(ctx_0)ᵀ,  H_i = −Σ_c p_ic log p_ic     per-view logits and entropy
     4. S = the ⌊ρ·V'⌋ views of lowest entropy                    confidence selection
        (DiffTPT: first keep the ⌊ρ_cos·(V'−1)⌋ views whose logits are most cosine-similar
@@ -32,9 +32,8 @@ import logging
 import math
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Container, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -43,13 +42,15 @@ from PIL import Image
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from ..encoders.backbone import Backbone, EncodeReport
+from ..data.images import pil_key
+from ..data.sources import IMAGE_EXTENSIONS, ImageInput, ImageSet, read_image_source
+from ..encoders.backbone import Backbone
+from ..encoders.pipeline import (EncodeReport, Picture, View, ViewMaker, encode_views,
+                                 seeded_torch_rng)
+from ..encoders.text_tower import TextTower, encode_embedded, prompt_tower
 from ..errors import InputError
-from ..data.images import decoded_batches, open_image, pil_key, seeded_torch_rng
-from ..data.sources import (Failure, ImageInput, ImageSet, IMAGE_EXTENSIONS, image_name,
-                            read_image_source)
 from .base import Predictor
-from ..text.classnames import parse_classnames
+from ..text.classnames import display_name, parse_classnames
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,9 @@ class TPTClassifier(Predictor):
     text_batch : prompts (image, class pairs) per text-tower pass; more go in chunks.
     random_state : seed; with the image content it fixes the views of each image.
     diffusion_views : DiffTPT's generated variations per image: a folder of files
-        ``{stem}_{i}.{ext}`` for an image file ``{stem}.*``, or a callable image -> images.
-        None: plain TPT.
+        ``{stem}_{i}.{ext}`` for an image file ``{stem}.*``, or a callable image -> images
+        (called where the images are decoded: threads, or worker processes with
+        ``backbone.num_workers`` > 0). None: plain TPT.
     cosine_p : DiffTPT: fraction of the non-original views kept by the logit-cosine filter.
 
     DiffTPT's own setting is ``n_views=64, selection_p=0.3, steps=4`` with ``diffusion_views``.
@@ -167,34 +169,31 @@ class TPTClassifier(Predictor):
         check_is_fitted(self)
         if not hasattr(self, "_learner"):  # loaded from a file: fit learns nothing from data
             self.fit()
-        if on_error not in ("raise", "skip"):
-            raise InputError(f"on_error must be 'raise' or 'skip', got '{on_error}'.")
         image_set = read_image_source(X)
-        report = report if report is not None else EncodeReport()
-        backbone = self.backbone
-        views = AugmentedViews(backbone, self.n_views, self.augmix, self.random_state)
-        show = backbone.progress if progress is None else progress
+        views = AugmentedViews(self.backbone, self.n_views, self.augmix, self.random_state,
+                               self.diffusion_views, image_set.items)
+        device, size = self._learner.device, self.batch_images
+        show = self.backbone.progress if progress is None else progress
+        # Images are tuned ``batch_images`` positions at a time; an unreadable one is left out.
+        window: list[tuple[int, torch.Tensor]] = []
         with tqdm(total=len(image_set), desc="test-time prompt tuning", unit="img",
-                  disable=not show or len(image_set) <= self.batch_images) as bar:
-            for batch in decoded_batches(image_set.items, views, batch_size=self.batch_images,
-                                         num_workers=backbone.num_workers):
-                good = []
-                for item in batch:
-                    if item.error is None:
-                        good.append(item)
-                        continue
-                    name = image_name(image_set.items[item.position], item.position)
-                    if on_error == "raise":
-                        raise InputError(f"cannot read image '{name}': {item.error}")
-                    log.warning("skipping %s: %s", name, item.error)
-                    report.failures.append(Failure(name, item.error))
-                if good:
-                    features = [self._encode_views(item.pixels, image_set.items[item.position])
-                                for item in good]
-                    report.n_encoded += len(good)
-                    positions = np.array([item.position for item in good], dtype=np.int64)
-                    yield positions, self._tune_and_predict(features).cpu().numpy()
-                bar.update(len(batch))
+                  disable=not show or len(image_set) <= size) as bar:
+            for encoded in encode_views(self.backbone, image_set, views, on_error=on_error,
+                                        report=report, batch_size=size, progress=False):
+                for image in encoded:
+                    if window and image.position // size != window[0][0] // size:
+                        yield self._predict_window(window)
+                        bar.update(len(window))
+                        window = []
+                    window.append((image.position, torch.from_numpy(image.embeddings).to(device)))
+            if window:
+                yield self._predict_window(window)
+
+    def _predict_window(self, window: list[tuple[int, torch.Tensor]]
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, logits) of the images of one window, from their view features (V', D)."""
+        positions = np.array([position for position, _ in window], dtype=np.int64)
+        return positions, self._tune_and_predict([f for _, f in window]).cpu().numpy()
 
     # ------------------------------------------------------------------ the algorithm
 
@@ -272,39 +271,6 @@ class TPTClassifier(Predictor):
             grad += torch.autograd.grad(chunk, ctx, grad_outputs=upstream[rows])[0]
         return loss.detach(), grad
 
-    # ------------------------------------------------------------------ views
-
-    def _encode_views(self, pixels: torch.Tensor, item: ImageInput) -> torch.Tensor:
-        """(V', D) unit features: original, augmented views, then DiffTPT's generated views."""
-        if self.diffusion_views is not None:
-            generated = self._generated_views(item)
-            if generated:
-                pixels = torch.cat([pixels, torch.stack([self.backbone.preprocess(g)
-                                                         for g in generated])])
-        size = self.backbone.batch_size
-        return torch.cat([torch.from_numpy(self.backbone.encode_pixels(pixels[i:i + size]))
-                          for i in range(0, len(pixels), size)]).to(self._learner.device)
-
-    def _generated_views(self, item: ImageInput) -> list[Image.Image]:
-        if callable(self.diffusion_views):
-            generated = list(self.diffusion_views(open_image(item)))
-            if not all(isinstance(g, Image.Image) for g in generated):
-                raise InputError("diffusion_views callable must return a list of PIL images.")
-            return [open_image(g) for g in generated]
-        if isinstance(item, Image.Image):
-            raise InputError("diffusion_views as a folder needs image files, not PIL images; "
-                             "pass a callable instead.")
-        stem = Path(item).stem
-        pattern = re.compile(rf"{re.escape(stem)}_(\d+)\.\w+$")
-        found = []
-        for path in Path(self.diffusion_views).glob(f"{glob_escape(stem)}_*"):
-            match = pattern.fullmatch(path.name)
-            if match and path.suffix.lower() in IMAGE_EXTENSIONS:
-                found.append((int(match.group(1)), path))
-        if not found:
-            log.warning("no generated views %s_<i>.* in %s for %s", stem, self.diffusion_views, item)
-        return [open_image(path) for _, path in sorted(found)]
-
 
 # ---------------------------------------------------------------------- the maths
 
@@ -365,37 +331,16 @@ def glob_escape(text: str) -> str:
 # ---------------------------------------------------------------------- the prompt learner
 
 
-@dataclass
-class _Tower:
-    """The parts of a standard CLIP text transformer."""
-
-    token_embedding: torch.nn.Module
-    positional_embedding: torch.Tensor
-    transformer: torch.nn.Module
-    ln_final: torch.nn.Module
-    text_projection: torch.Tensor | torch.nn.Module | None
-    attn_mask: torch.Tensor
-
-
-def _text_tower(backbone: Backbone) -> _Tower:
-    """The standard CLIP text tower of an open_clip model, or InputError naming the model."""
-    from open_clip.tokenizer import SimpleTokenizer
-
-    model = backbone.model
-    tower, pool = (model, getattr(model, "text_pool_type", None))
-    if hasattr(model, "text") and not hasattr(model, "token_embedding"):
-        tower, pool = model.text, getattr(model.text, "pool_type", None)
-    parts = ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask")
-    standard = (all(getattr(tower, p, None) is not None for p in parts) and pool == "argmax"
-                and getattr(tower, "cls_emb", None) is None
-                and isinstance(backbone.tokenizer, SimpleTokenizer))
-    if not standard:
+def _prompt_tower(backbone: Backbone) -> TextTower:
+    """The backbone's text tower for the prompt learner, or InputError naming the model."""
+    tower = prompt_tower(backbone)
+    if tower is None:
+        model = backbone.model
         raise InputError(
             f"TPT needs open_clip's standard CLIP text transformer (causal mask, end-of-text "
             f"pooling, CLIP tokenizer); model '{backbone.model_name}' has a "
             f"{type(getattr(model, 'text', model)).__name__} text tower, which is not supported.")
-    return _Tower(*(getattr(tower, p) for p in parts[:4]), getattr(tower, "text_projection", None),
-                  tower.attn_mask)
+    return tower
 
 
 _MIN_POSITIONS = 512  # (prompts x tokens) per text-tower pass before a piece may end
@@ -411,7 +356,7 @@ class PromptLearner:
     def __init__(self, backbone: Backbone, classnames: Sequence[str], ctx_init: str | None,
                  n_ctx: int, random_state: int):
         self.backbone = backbone
-        self.tower = _text_tower(backbone)
+        self.tower = _prompt_tower(backbone)
         self.device = backbone.device
         tokenizer = backbone.tokenizer
         if ctx_init is None:
@@ -419,7 +364,7 @@ class PromptLearner:
                 raise InputError(f"n_ctx must be an integer >= 1, got {n_ctx!r}.")
             template = " ".join(["X"] * n_ctx) + " {}."
         else:
-            template = str(ctx_init).replace("_", " ").strip()
+            template = display_name(str(ctx_init)).strip()
             template = template if "{}" in template else template + " {}."
             if template.count("{}") != 1 or not template.split("{}")[0].strip():
                 raise InputError(f"ctx_init '{ctx_init}' must be context words, or one template "
@@ -427,7 +372,7 @@ class PromptLearner:
         context = template.split("{}")[0].strip()
         context_tokens = tokenizer([context])[0]
         self.n_ctx = int(context_tokens.argmax()) - 1
-        tokens = tokenizer([template.replace("{}", name.replace("_", " ")) for name in classnames])
+        tokens = tokenizer([template.replace("{}", display_name(name)) for name in classnames])
         eot = tokens.argmax(dim=-1)
         n_positions = tokens.shape[1]
         if (eot >= n_positions - 1).any() or (tokens[:, 1:1 + self.n_ctx]
@@ -479,17 +424,10 @@ class PromptLearner:
 
     def _encode_piece(self, ctx: torch.Tensor, images: torch.Tensor, classes: torch.Tensor
                       ) -> torch.Tensor:
-        tower, length = self.tower, int(self.lengths[classes].max())
+        length = int(self.lengths[classes].max())
         x = torch.cat([self.prefix[classes], ctx[images], self.suffix[classes]], dim=1)[:, :length]
-        with self.backbone._autocast():
-            cast = tower.transformer.get_cast_dtype()
-            x = x.to(cast) + tower.positional_embedding[:length].to(cast)
-            x = tower.transformer(x, attn_mask=tower.attn_mask[:length, :length])
-            x = tower.ln_final(x)
-            x = x[torch.arange(len(classes), device=x.device), self.eot[classes]]
-            projection = tower.text_projection
-            if projection is not None:
-                x = projection(x) if isinstance(projection, torch.nn.Module) else x @ projection
+        with self.backbone.autocast():
+            x = encode_embedded(self.tower, x, self.eot[classes])
         return F.normalize(x.float(), dim=-1)
 
     def text_features(self, ctx: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -499,21 +437,26 @@ class PromptLearner:
         return torch.cat(parts).reshape(len(ctx), self.n_classes, -1)
 
 
-class AugmentedViews:
-    """PIL image -> (1 + n_views, 3, S, S): the preprocessed original, then its random views.
+class AugmentedViews(ViewMaker):
+    """TPT's views of an image: the preprocessed original, then its random views, then
+    DiffTPT's generated images (not stored).
 
-    Each view is RandomResizedCrop(S) (torchvision defaults: scale (0.08, 1), bilinear) +
+    Each random view is RandomResizedCrop(S) (torchvision defaults: scale (0.08, 1), bilinear) +
     horizontal flip of the raw image (+ AugMix at severity 1, the reference's operations),
     normalised like the original. The randomness is seeded by the image content and
-    ``random_state``, so the views do not depend on the order of the images.
+    ``random_state``, so the views do not depend on the order of the images. The generated
+    images come from ``diffusion_views`` (see TPTClassifier), resized and centre-cropped by the
+    preprocessing; a callable is called from the decoding threads (or worker processes).
     """
 
-    def __init__(self, backbone: Backbone, n_views: int, augmix: bool, random_state: int):
+    def __init__(self, backbone: Backbone, n_views: int, augmix: bool, random_state: int,
+                 diffusion_views: DiffusionViews | None = None, items: Sequence[ImageInput] = ()):
         from torchvision import transforms  # deferred: a heavy import the command line rarely needs
 
         self.preprocess = backbone.preprocess
         self.n_views = n_views
         self.random_state = int(random_state)
+        self.diffusion_views, self.items = diffusion_views, items  # items: a folder's stems
         steps = [transforms.RandomResizedCrop(backbone.image_size), transforms.RandomHorizontalFlip()]
         if augmix:
             steps.append(transforms.AugMix(severity=1, all_ops=False))
@@ -523,11 +466,46 @@ class AugmentedViews:
         digest = hashlib.blake2b(f"{pil_key(image)}/{self.random_state}".encode(), digest_size=8)
         return int.from_bytes(digest.digest(), "little")
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
+    def render(self, image: Image.Image, generated: Sequence[Image.Image] = ()) -> torch.Tensor:
+        """Upright RGB image (and its generated images) -> (1 + n_views + G, 3, S, S)."""
         views = [self.preprocess(image)]
         with seeded_torch_rng(self.seed(image)):
             views.extend(self.augment(image) for _ in range(self.n_views))
+        views.extend(self.preprocess(g) for g in generated)
         return torch.stack(views)
+
+    def companions(self, image: Image.Image, position: int) -> list[ImageInput]:
+        if self.diffusion_views is None:
+            return []
+        return generated_images(self.diffusion_views, self.items[position], image)
+
+    def __call__(self, picture: Picture, known: Container[str]) -> list[View]:
+        pixels = self.render(picture.image, picture.companions)
+        return [View(f"{picture.position}/{v}", p) for v, p in enumerate(pixels)]
+
+
+def generated_images(diffusion_views: DiffusionViews, item: ImageInput,
+                     image: Image.Image) -> list[ImageInput]:
+    """DiffTPT's generated images of one test image: ``diffusion_views(image)`` for a
+    callable, else the files ``{stem}_{i}.{ext}`` of the folder, in the order of i."""
+    if callable(diffusion_views):
+        generated = list(diffusion_views(image))
+        if not all(isinstance(g, Image.Image) for g in generated):
+            raise InputError("diffusion_views callable must return a list of PIL images.")
+        return generated
+    if isinstance(item, Image.Image):
+        raise InputError("diffusion_views as a folder needs image files, not PIL images; "
+                         "pass a callable instead.")
+    stem = Path(item).stem
+    pattern = re.compile(rf"{re.escape(stem)}_(\d+)\.\w+$")
+    found = []
+    for path in Path(diffusion_views).glob(f"{glob_escape(stem)}_*"):
+        match = pattern.fullmatch(path.name)
+        if match and path.suffix.lower() in IMAGE_EXTENSIONS:
+            found.append((int(match.group(1)), path))
+    if not found:
+        log.warning("no generated views %s_<i>.* in %s for %s", stem, diffusion_views, item)
+    return [path for _, path in sorted(found)]
 
 
 def tpt_preset(backbone: Backbone | None = None, classnames=None, *, templates=None,

@@ -1,0 +1,360 @@
+"""The image pipeline: items -> decode -> views -> preprocess -> encode -> store, for every method.
+
+``encode_views(backbone, items, views)`` streams the embeddings of the views that a view maker
+draws from each image: the preprocessed image itself (``Preprocessed``, what
+``Backbone.encode_images`` returns), a support set's augmented views, TPT's views, ComCLIP's
+regions. Decoding, batching, the store and the error policy live here once:
+
+- Decoding: each batch of images is decoded, and its views drawn, when it is asked for, by one
+  thread per core between forward passes (the choice on a CPU, where the encoder already keeps
+  every core busy), or ahead of the encoder by ``backbone.num_workers`` worker processes at a
+  lower priority (the choice for an accelerator). Only the preprocessed image may be decoded
+  from a JPEG's reduced DCT (``draft``); other views need the full picture.
+- Batching: consecutive images form one forward pass until it holds ``backbone.batch_size``
+  views to encode (an image's views are never split) or ``backbone.batch_size`` images.
+- Store: with ``cache``, views are kept under ``<cache>/<fingerprint>/<views.kind>`` by their
+  keys; an image whose views are all stored is not read at all, a view already stored is
+  not drawn, and each pass is written before it is yielded, so a killed run resumes.
+  Images whose views have the same keys as an earlier image's (the same content) are read
+  once.
+- Errors: ``on_error="raise"`` raises InputError naming the first image that cannot be read;
+  "skip" leaves it out and lists it in ``report.failures``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Container, Iterator, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..data.images import content_keys, describe_error, open_image, read_image
+from ..data.sources import Failure, ImageInput, ImageSet, image_name, read_image_source
+from ..data.store import EmbeddingStore
+from ..errors import InputError
+
+if TYPE_CHECKING:
+    from .backbone import Backbone
+
+log = logging.getLogger(__name__)
+
+ImageSource = str | os.PathLike | Sequence[ImageInput] | ImageSet
+
+
+@dataclass
+class EncodeReport:
+    """What an image-encoding run did: how many images came from the store, how many were
+    encoded (and the seconds their forward passes took), and which could not be read."""
+
+    n_cached: int = 0
+    n_encoded: int = 0
+    encoder_seconds: float = 0.0
+    failures: list[Failure] = field(default_factory=list)
+
+
+class View(NamedTuple):
+    """One view of an image: its key, and its pixels (3, H, W) unless it is already known."""
+
+    key: str
+    pixels: torch.Tensor | None
+
+
+@dataclass
+class Picture:
+    """A decoded image, as a view maker receives it."""
+
+    image: Image.Image                 # upright 8-bit RGB
+    position: int                      # its index among the items
+    content: str | None                # hash of its encoded bytes (None: not asked for)
+    companions: list[Image.Image]      # its decoded ``views.companions``
+
+
+class ViewMaker:
+    """What ``encode_views`` encodes of each image. Subclasses set the attributes and
+    implement ``__call__``; the defaults describe views that are not stored.
+
+    kind : the store's sub-folder for these views; None: they are not stored.
+    draft : the views only need the picture at the encoder's size (JPEG draft decoding).
+    keyed : the view keys derive from the image content, which is hashed even without a store.
+    """
+
+    kind: str | None = None
+    draft: bool = False
+    keyed: bool = False
+
+    def keys(self, position: int, content: str | None) -> list[str] | None:
+        """The keys of an image's views when they are known before decoding it, else None."""
+        return None
+
+    def companions(self, image: Image.Image, position: int) -> Sequence[ImageInput]:
+        """Other images (paths or PIL) that the views of this image are drawn from, such as
+        DiffTPT's generated images; the pipeline decodes them after the image."""
+        return ()
+
+    def __call__(self, picture: Picture, known: Container[str]) -> list[View]:
+        """The views of one image; those whose key is ``known`` come without pixels."""
+        raise NotImplementedError
+
+
+class Preprocessed(ViewMaker):
+    """One view per image: the backbone's own preprocessing, stored by image content."""
+
+    kind = "images"
+    draft = True
+
+    def __init__(self, backbone: Backbone):
+        self.backbone = backbone
+
+    def keys(self, position: int, content: str | None) -> list[str] | None:
+        return None if content is None else [content]
+
+    def __call__(self, picture: Picture, known: Container[str]) -> list[View]:
+        key = picture.content or f"image {picture.position}"
+        return [View(key, self.backbone.preprocess(picture.image))]
+
+
+class EncodedImage(NamedTuple):
+    """The views of one image, encoded (or read back from the store)."""
+
+    position: int                     # its index among the items
+    size: tuple[int, int] | None      # the decoded picture's (width, height); None: not read
+    keys: list[str]                   # (V,) its views, in the view maker's order
+    embeddings: np.ndarray            # (V, D) float32, unit rows
+
+
+def encode_views(backbone: Backbone, items: ImageSource, views: ViewMaker, *,
+                 cache: str | os.PathLike | None = None, on_error: str = "raise",
+                 report: EncodeReport | None = None, batch_size: int | None = None,
+                 progress: bool | None = None, desc: str = "encoding images",
+                 ) -> Iterator[list[EncodedImage]]:
+    """Stream the encoded views of every image, one forward pass's images at a time, in
+    input order.
+
+    items : folder, manifest, image file, or list of paths / PIL images.
+    views : the view maker (``Preprocessed(backbone)`` for the images themselves).
+    cache : embedding store directory.
+    on_error : "raise" or "skip" (unreadable images are left out and listed in ``report``).
+    batch_size : images decoded together; default ``backbone.batch_size``. Views with many
+        pixels per image want fewer.
+    """
+    if on_error not in ("raise", "skip"):
+        raise InputError(f"on_error must be 'raise' or 'skip', got '{on_error}'.")
+    image_set = read_image_source(items)
+    report = report if report is not None else EncodeReport()
+    store = (EmbeddingStore(cache, backbone.fingerprint, views.kind)
+             if cache is not None and views.kind is not None else None)
+    n_images = len(image_set)
+    contents = (content_keys(image_set.items) if store is not None or views.keyed
+                else [None] * n_images)
+    planned = [views.keys(position, contents[position]) for position in range(n_images)]
+    known = store.keys() if store is not None else frozenset()
+    # Images not read: all their views are stored, or an earlier image has the same views.
+    skip: dict[int, list[str]] = {}
+    first: dict[tuple[str, ...], int] = {}
+    for position, keys in enumerate(planned):
+        if keys is not None and (all(k in known for k in keys)
+                                 or first.setdefault(tuple(keys), position) != position):
+            skip[position] = keys
+    copied = {k for position, keys in skip.items() for k in keys if k not in known}
+    # A run whose views are all stored needs no model (and imports no open_clip).
+    needs_model = len(skip) < n_images
+    if needs_model:
+        backbone.model  # load (or fail) before a progress bar is drawn
+    draft_size = backbone.image_size if views.draft and needs_model else None
+    dataset = _Decoder(image_set.items, views, contents, frozenset(skip), known, draft_size)
+    passes = _Passes(backbone, image_set, store, copied, on_error, report)
+    show = backbone.progress if progress is None else progress
+    with tqdm(total=n_images, desc=desc, unit="img", disable=not show) as bar:
+        for batch in _decoded_batches(dataset, batch_size or backbone.batch_size,
+                                      backbone.num_workers):
+            for item in batch:
+                done = passes.add(item, skip.get(item.position))
+                if done is not None:
+                    yield done
+            bar.update(len(batch))
+        done = passes.flush()
+        if done is not None:
+            yield done
+
+
+# ---------------------------------------------------------------------- decoding
+
+
+@dataclass
+class _Decoded:
+    """What decoding returns for one image: its views, or an error, or neither (not read)."""
+
+    position: int
+    views: list[View] | None = None
+    size: tuple[int, int] | None = None
+    error: str | None = None
+
+
+class _Decoder(torch.utils.data.Dataset):
+    """Decodes an image and draws its views; images in ``skip`` are not read."""
+
+    def __init__(self, items: Sequence[ImageInput], views: ViewMaker,
+                 contents: Sequence[str | None], skip: frozenset[int], known: frozenset[str],
+                 draft_size: int | None):
+        self.items, self.views, self.contents = items, views, contents
+        self.skip, self.known, self.draft_size = skip, known, draft_size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, position: int) -> _Decoded:
+        if position in self.skip:
+            return _Decoded(position)
+        try:
+            image = read_image(self.items[position], self.draft_size)
+        except Exception as exc:  # noqa: BLE001 - any failure is reported per image
+            return _Decoded(position, error=describe_error(exc))
+        # a companion that cannot be read raises, naming it: it is the view maker's input
+        companions = [open_image(c) for c in self.views.companions(image, position)]
+        picture = Picture(image, position, self.contents[position], companions)
+        try:
+            return _Decoded(position, self.views(picture, self.known), image.size)
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. a transform that rejects the image
+            return _Decoded(position, error=describe_error(exc))
+
+
+_TORCH_RNG = threading.Lock()
+
+
+@contextmanager
+def seeded_torch_rng(seed: int) -> Iterator[None]:
+    """Run torchvision's random transforms, which draw from torch's global generator, under
+    ``seed``: one thread at a time (decoding threads share that generator), and with the
+    caller's generator state restored afterwards."""
+    with _TORCH_RNG, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _lower_priority(_worker_id: int) -> None:
+    """Decoding processes yield the CPU to the encoder when they share it."""
+    if hasattr(os, "nice"):
+        os.nice(10)
+
+
+def _keep_list(batch: list[_Decoded]) -> list[_Decoded]:
+    return batch
+
+
+def _decoded_batches(dataset: _Decoder, batch_size: int, num_workers: int
+                     ) -> Iterator[list[_Decoded]]:
+    """Lists of ``_Decoded`` in input order, ``batch_size`` images at a time.
+
+    With ``num_workers`` > 0, that many processes decode ahead while the caller encodes. With
+    0, each batch is decoded when it is asked for, by one thread per core (PIL and torch release
+    the GIL): on a CPU a process decoding alongside the encoder slows it by more than the
+    decoding costs.
+    """
+    n_images = len(dataset)
+    if num_workers == 0:
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            for start in range(0, n_images, batch_size):
+                yield list(pool.map(dataset.__getitem__,
+                                    range(start, min(start + batch_size, n_images))))
+        return
+    workers = num_workers if n_images - len(dataset.skip) > batch_size else 0
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+        collate_fn=_keep_list, prefetch_factor=4 if workers else None,
+        worker_init_fn=_lower_priority)
+    yield from loader
+
+
+# ---------------------------------------------------------------------- encoding
+
+
+class _Passes:
+    """Gathers decoded images into forward passes, encodes them, stores and resolves them."""
+
+    def __init__(self, backbone: Backbone, image_set: ImageSet, store: EmbeddingStore | None,
+                 copied: set[str], on_error: str, report: EncodeReport):
+        self.backbone, self.image_set, self.store = backbone, image_set, store
+        self.copied = copied              # keys that later images read back
+        self.on_error, self.report = on_error, report
+        self.reused: dict[str, np.ndarray] = {}
+        self.images: list[tuple[_Decoded, list[View]]] = []
+        self.n_read = self.n_fresh = 0  # images (unreadable ones too) and views to encode
+
+    def add(self, item: _Decoded, planned: list[str] | None) -> list[EncodedImage] | None:
+        """Add one image; returns the pass it completes, if any."""
+        self.n_read += 1
+        if item.error is not None:
+            self._fail(item.position, item.error)
+        else:
+            views = item.views if item.views is not None else [View(k, None) for k in planned]
+            self.images.append((item, views))
+            self.n_fresh += sum(v.pixels is not None for v in views)
+        size = self.backbone.batch_size
+        return self.flush() if self.n_fresh >= size or self.n_read >= size else None
+
+    def flush(self) -> list[EncodedImage] | None:
+        images, self.images, self.n_read, self.n_fresh = self.images, [], 0, 0
+        if not images:
+            return None
+        fresh = [view for _, views in images for view in views if view.pixels is not None]
+        vectors: dict[str, np.ndarray] = {}
+        if fresh:
+            start = time.perf_counter()
+            encoded = self.backbone.encode_pixels(torch.stack([v.pixels for v in fresh]))
+            self.report.encoder_seconds += time.perf_counter() - start
+            keys = [v.key for v in fresh]
+            if self.store is not None:
+                self.store.put(keys, encoded)
+            vectors.update(zip(keys, encoded))
+            self.reused.update((k, e) for k, e in zip(keys, encoded) if k in self.copied)
+        wanted = dict.fromkeys(v.key for _, views in images for v in views
+                               if v.pixels is None and v.key not in self.reused)
+        stored = [k for k in wanted if self.store is not None and k in self.store]
+        if stored:
+            vectors.update(zip(stored, self.store.get(stored)))
+        out = []
+        for item, views in images:
+            found = [vectors.get(v.key, self.reused.get(v.key)) for v in views]
+            if any(f is None for f in found):
+                # a copy of an image that could not be read never reaches the store
+                self._fail(item.position, "same content as another image that could not be read.")
+                continue
+            if any(v.pixels is not None for v in views):
+                self.report.n_encoded += 1
+            else:
+                self.report.n_cached += 1
+            out.append(EncodedImage(item.position, item.size, [v.key for v in views],
+                                    np.stack(found)))
+        return out
+
+    def _fail(self, position: int, error: str) -> None:
+        name = image_name(self.image_set.items[position], position)
+        if self.on_error == "raise":
+            raise InputError(f"cannot read image '{name}': {error}")
+        log.warning("skipping %s: %s", name, error)
+        self.report.failures.append(Failure(name, error))
+
+
+def image_embeddings(backbone: Backbone, images: ImageSource, *,
+                     cache: str | os.PathLike | None = None, on_error: str = "raise",
+                     report: EncodeReport | None = None, progress: bool | None = None,
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Stream ``(positions (B,), embeddings (B, D))`` of the preprocessed images, in input
+    order: ``Backbone.iter_image_embeddings``."""
+    for encoded in encode_views(backbone, images, Preprocessed(backbone), cache=cache,
+                                on_error=on_error, report=report, progress=progress,
+                                desc="embedding images"):
+        if encoded:
+            yield (np.array([e.position for e in encoded], dtype=np.int64),
+                   np.concatenate([e.embeddings for e in encoded]))
