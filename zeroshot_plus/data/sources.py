@@ -43,6 +43,10 @@ class ImageSet:
         return [image_name(item, i) for i, item in enumerate(self.items)]
 
 
+ImageSource = Union[str, os.PathLike, Sequence[ImageInput], ImageSet]
+"""What every function that takes images accepts (see ``read_image_source``)."""
+
+
 @dataclass
 class Failure:
     """An image that could not be read, and why."""
@@ -59,7 +63,7 @@ def _is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def read_image_source(source: str | os.PathLike | Sequence[ImageInput] | ImageSet) -> ImageSet:
+def read_image_source(source: ImageSource) -> ImageSet:
     """Resolve a folder, manifest, image file or list of images into an ImageSet."""
     if isinstance(source, ImageSet):
         return source

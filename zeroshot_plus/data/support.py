@@ -21,7 +21,7 @@ import torch
 from ..encoders.backbone import Backbone
 from ..encoders.pipeline import EncodeReport, Picture, View, ViewMaker, encode_views, seeded_torch_rng
 from ..errors import InputError
-from .sources import ImageInput, ImageSet, read_image_source
+from .sources import ImageSet, ImageSource, read_image_source
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class AugmentedSupport(NamedTuple):
     groups: np.ndarray  # (M * n_views,) index of the source image (for cross-validation)
 
 
-def sample_shots(images: str | os.PathLike | Sequence[ImageInput] | ImageSet, shots: int,
+def sample_shots(images: ImageSource, shots: int,
                  random_state: int = 0) -> ImageSet:
     """``shots`` images per class, drawn without replacement with the seed ``random_state``.
 
@@ -60,7 +60,7 @@ def sample_shots(images: str | os.PathLike | Sequence[ImageInput] | ImageSet, sh
 
 
 def augmented_support(backbone: Backbone,
-                      images: str | os.PathLike | Sequence[ImageInput] | ImageSet,
+                      images: ImageSource,
                       labels: Sequence | None = None, *, n_views: int = 10,
                       scale: tuple[float, float] = (0.5, 1.0), random_state: int = 0,
                       cache: str | os.PathLike | None = None) -> AugmentedSupport:

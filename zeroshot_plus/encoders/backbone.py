@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..choices import PRECISIONS
-from ..data.sources import ImageInput, ImageSet
+from ..data.sources import ImageSource
 from ..errors import InputError, ModelLoadError
 from . import models, text_tower
 from .pipeline import EncodeReport, image_embeddings
@@ -178,7 +178,7 @@ class Backbone:
         """Texts -> L2-normalised float32 embeddings (N, D); see ``text_tower.encode_texts``."""
         return text_tower.encode_texts(self, texts, cache=cache, progress=progress)
 
-    def iter_image_embeddings(self, images: str | os.PathLike | Sequence[ImageInput] | ImageSet, *,
+    def iter_image_embeddings(self, images: ImageSource, *,
                               cache: str | os.PathLike | None = None, on_error: str = "raise",
                               report: EncodeReport | None = None, progress: bool | None = None,
                               ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -192,7 +192,7 @@ class Backbone:
         return image_embeddings(self, images, cache=cache, on_error=on_error, report=report,
                                 progress=progress)
 
-    def encode_images(self, images: str | os.PathLike | Sequence[ImageInput] | ImageSet, *,
+    def encode_images(self, images: ImageSource, *,
                       cache: str | os.PathLike | None = None,
                       progress: bool | None = None) -> np.ndarray:
         """Images (folder, manifest, paths, PIL) -> L2-normalised float32 embeddings (N, D).

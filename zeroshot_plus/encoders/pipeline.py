@@ -38,7 +38,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data.images import content_keys, describe_error, open_image, read_image
-from ..data.sources import Failure, ImageInput, ImageSet, image_name, read_image_source
+from ..data.sources import Failure, ImageInput, ImageSet, ImageSource, image_name, read_image_source
 from ..data.store import EmbeddingStore
 from ..errors import InputError
 
@@ -46,8 +46,6 @@ if TYPE_CHECKING:
     from .backbone import Backbone
 
 log = logging.getLogger(__name__)
-
-ImageSource = str | os.PathLike | Sequence[ImageInput] | ImageSet
 
 
 @dataclass

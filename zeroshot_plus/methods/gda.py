@@ -19,8 +19,10 @@ classes included (the Predictor contract), not scikit-learn's (N,) binary margin
 from __future__ import annotations
 
 import numbers
+import os
 import warnings
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 from scipy import sparse
@@ -30,6 +32,9 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
+from ..data.sources import ImageSource, read_image_source
+from ..data.support import augmented_support, sample_shots
+from ..encoders.backbone import Backbone
 from ..errors import InputError
 from .base import Predictor, resolve_text_weights
 from .linalg import add_gram
@@ -411,9 +416,12 @@ def _encode(y: np.ndarray, classes: np.ndarray, what: str) -> np.ndarray:
     return codes
 
 
-def fit_gda_from_support(backbone, support, classnames=None, *, shots: int | None = None,
-                         n_views: int = 10, alpha="auto", val=None, random_state: int = 0,
-                         templates="openai_imagenet", cache=None) -> GDAClassifier:
+def fit_gda_from_support(backbone: Backbone, support: ImageSource,
+                         classnames: Sequence[str] | None = None, *, shots: int | None = None,
+                         n_views: int = 10, alpha: float | str = "auto",
+                         val: ImageSource | None = None, random_state: int = 0,
+                         templates="openai_imagenet", cache: str | os.PathLike | None = None,
+                         ) -> GDAClassifier:
     """Fit GDA on a labelled support set of images, as ``zeroshot-plus fit`` does.
 
     support : labelled images (class sub-folders, a manifest with labels, or an ImageSet).
@@ -426,9 +434,6 @@ def fit_gda_from_support(backbone, support, classnames=None, *, shots: int | Non
     random_state : seed of the shot sampling, the views and the folds.
     templates, cache : the text side's templates and the embedding store of every encoding.
     """
-    from ..data.sources import read_image_source
-    from ..data.support import augmented_support, sample_shots
-
     images = read_image_source(support)
     if images.labels is None:
         raise InputError(f"support images '{images.source}' carry no labels: use a folder with "

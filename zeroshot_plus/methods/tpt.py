@@ -43,7 +43,7 @@ from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from ..data.images import pil_key
-from ..data.sources import IMAGE_EXTENSIONS, ImageInput, ImageSet, read_image_source
+from ..data.sources import IMAGE_EXTENSIONS, ImageInput, ImageSource, read_image_source
 from ..encoders.backbone import Backbone
 from ..encoders.pipeline import (EncodeReport, Picture, View, ViewMaker, encode_views,
                                  seeded_torch_rng)
@@ -51,6 +51,7 @@ from ..encoders.text_tower import TextTower, encode_embedded, prompt_tower
 from ..errors import InputError
 from .base import Predictor
 from ..text.classnames import display_name, parse_classnames
+from ..text.templates import load_templates
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ class TPTClassifier(Predictor):
         parts = [logits for _, logits in self.iter_decision_function(X, on_error="raise")]
         return np.concatenate(parts)
 
-    def iter_decision_function(self, X: str | os.PathLike | Sequence[ImageInput] | ImageSet, *,
+    def iter_decision_function(self, X: ImageSource, *,
                                on_error: str = "raise", report: EncodeReport | None = None,
                                progress: bool | None = None,
                                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -517,8 +518,6 @@ def tpt_preset(backbone: Backbone | None = None, classnames=None, *, templates=N
     template of ``templates`` (a set name, a file or a list holding exactly one template).
     ``params``: any other TPTClassifier parameter, or one of these settings overridden.
     """
-    from ..text.templates import load_templates
-
     diffusion = diffusion_views is not None
     settings = {"n_views": 64 if diffusion else 63, "steps": 4 if diffusion else 1,
                 "selection_p": 0.3 if diffusion else 0.1, "ctx_init": "a photo of a"}
