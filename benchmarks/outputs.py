@@ -53,12 +53,12 @@ def record(work: Path) -> dict[str, np.ndarray]:
     out["encode_photos"] = bb.encode_images(photos)
     out["encode_texts"] = bb.encode_texts([f"a photo of a {c}." for c in classes] + ["x", "a b c d e"])
 
-    zs = ZeroShotClassifier(bb, classes).fit()
+    zs = ZeroShotClassifier(bb, classnames=classes).fit()
     out["zeroshot"] = zs.decision_function(X)
     shots = sample_shots(cifar / "train", 2, random_state=0)
     views = augmented_support(bb, shots, n_views=3, random_state=0, cache=cache)
     out["support_views"] = views.X
-    gda = GDAClassifier(bb, classes, templates="photo", random_state=0).fit(
+    gda = GDAClassifier(bb, classnames=classes, templates="photo", random_state=0).fit(
         views.X, views.y, groups=views.groups)
     out["gda"] = gda.decision_function(X)
     out["gda_plain"] = GDAClassifier(alpha=1.0).fit(views.X, views.y).decision_function(X)
@@ -68,15 +68,15 @@ def record(work: Path) -> dict[str, np.ndarray]:
     subset = {n: descriptors[n] for n in names}
     path = work / "desc.json"
     path.write_text(json.dumps(subset))
-    out["descriptions"] = DescriptionClassifier(bb, names, str(path)).fit().decision_function(X)
+    out["descriptions"] = DescriptionClassifier(bb, classnames=names, descriptors=str(path)).fit().decision_function(X)
     metrics = SHARED / "real" / "oxford_pets" / "metrics-LAION400M.json"
     imagenet = [m["name"] for _, m in sorted(json.loads(metrics.read_text()).items(),
                                              key=lambda kv: int(kv[0]))]
-    out["real_prompt"] = RealPromptClassifier(bb, None, synonyms=str(metrics),
+    out["real_prompt"] = RealPromptClassifier(bb, classnames=None, synonyms=str(metrics),
                                               templates="simple_imagenet").fit().decision_function(X)
     pool_captions = [f"a photo of a {imagenet[i % len(imagenet)]} in the wild" for i in range(len(X))]
-    linear = RealLinearClassifier(bb, None, synonyms=str(metrics), templates="photo",
-                                  max_iter=5, random_state=0).fit(X, pool_captions)
+    linear = RealLinearClassifier(bb, classnames=None, synonyms=str(metrics), templates="photo",
+                                  max_iter=5, random_state=0).fit(X, captions=pool_captions)
     out["real_linear"] = linear.decision_function(X)
 
     texts = bb.encode_texts([f"a photo of a {c}" for c in classes for _ in range(3)])
@@ -85,12 +85,12 @@ def record(work: Path) -> dict[str, np.ndarray]:
     out["sce_cosine"] = np.array([sce_score(X, texts, kernel="cosine").score])
     out["schur_edit"] = SchurEditor(bb).fit_transform(texts, X)
 
-    tpt = TPTClassifier(bb, classes, n_views=7, batch_images=2, random_state=0).fit()
+    tpt = TPTClassifier(bb, classnames=classes, n_views=7, batch_images=2, random_state=0).fit()
     out["tpt"] = tpt.decision_function(test[:5])
-    out["tpt_steps2"] = TPTClassifier(bb, classes, n_views=7, steps=2, batch_images=2,
+    out["tpt_steps2"] = TPTClassifier(bb, classnames=classes, n_views=7, steps=2, batch_images=2,
                                       random_state=0).fit().decision_function(test[:3])
     out["difftpt"] = TPTClassifier(
-        bb, classes, n_views=7, steps=2, selection_p=0.3, random_state=0,
+        bb, classnames=classes, n_views=7, steps=2, selection_p=0.3, random_state=0,
         diffusion_views=lambda image: [image.rotate(90), image.transpose(0)],
     ).fit().decision_function(test[:3])
 

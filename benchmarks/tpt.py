@@ -104,7 +104,7 @@ def speed(args) -> None:
     rows = []
     for n_classes in args.classes:
         names = all_names[:n_classes]
-        clf = TPTClassifier(backbone, names, batch_images=args.batch_images).fit()
+        clf = TPTClassifier(backbone, classnames=names, batch_images=args.batch_images).fit()
         (ours, *t_ours), (reference, *t_ref) = (
             timed(clf.decision_function, images), timed(reference_loop, backbone, clf, images))
         agree = int((ours.argmax(1) == reference.argmax(1)).sum())
@@ -141,8 +141,8 @@ def protocol(args) -> None:
     if len(folders) != len(names):
         raise SystemExit(f"{len(folders)} class folders but {len(names)} class names")
     y = np.array([folders.index(label) for label in data.labels])
-    clip = ZeroShotClassifier(backbone, names, templates=["a photo of a {}."]).fit()
-    tpt = TPTClassifier(backbone, names, augmix=args.augmix).fit()
+    clip = ZeroShotClassifier(backbone, classnames=names, templates=["a photo of a {}."]).fit()
+    tpt = TPTClassifier(backbone, classnames=names, augmix=args.augmix).fit()
     for title, logits in (("CLIP, 'a photo of a {}.'", clip.decision_function(backbone.encode_images(data))),
                           ("TPT", tpt.decision_function(data))):
         top5 = np.argsort(-logits, axis=1)[:, :5]

@@ -238,7 +238,7 @@ def test_classifier_file_brings_its_model_and_rejects_another(folder, backbone, 
     from zeroshot_plus import ZeroShotClassifier
 
     saved = tmp_path / "zs.npz"
-    ZeroShotClassifier(backbone, ["cat", "dog"], templates="photo").fit().save(saved)
+    ZeroShotClassifier(backbone, classnames=["cat", "dog"], templates="photo").fit().save(saved)
     out = tmp_path / "p.csv"
     # no --model: the file's model (the tiny test architecture) is used, not the default
     assert main(["predict", str(folder), "--classifier", str(saved), "--out", str(out),
@@ -262,7 +262,7 @@ def test_classifier_file_with_its_checkpoint_moved(folder, backbone, tiny_config
     weights.parent.mkdir()
     torch.save(backbone.model.state_dict(), weights)
     saved = tmp_path / "zs.npz"
-    ZeroShotClassifier(Backbone(tiny_config, checkpoint=weights, progress=False), ["cat", "dog"],
+    ZeroShotClassifier(Backbone(tiny_config, checkpoint=weights, progress=False), classnames=["cat", "dog"],
                        templates="photo").fit().save(saved)
     moved = tmp_path / "b" / "tiny.pt"
     moved.parent.mkdir()

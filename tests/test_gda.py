@@ -92,7 +92,7 @@ def test_logits_equal_a_direct_evaluation_of_the_formulas():
     plain = GDAClassifier().fit(X, y)  # no text side: plain GDA, xᵀW + b
     np.testing.assert_allclose(plain.decision_function(queries), queries @ weights.T + bias,
                                rtol=1e-5, atol=1e-5)
-    assert plain.alpha_ == 1.0 and plain.alpha_scores_ is None and plain.text_weights_ is None
+    assert plain.alpha_ == 1.0 and plain.alpha_scores_ is None and plain.text_head_ is None
 
 
 def test_gda_predictions_approach_the_bayes_lda_rule_as_shots_grow():
@@ -372,7 +372,7 @@ def test_pipeline_on_images_grid_search_and_cross_val_score(tiny):
     images = [photo(i) for i in range(12)]
     labels = ["red", "green", "blue"] * 4
     pipeline = make_pipeline(ImageEmbedder(tiny),
-                             GDAClassifier(tiny, ["red", "green", "blue"], templates=["a {} photo."],
+                             GDAClassifier(tiny, classnames=["red", "green", "blue"], templates=["a {} photo."],
                                            random_state=0))
     pipeline.fit(images, labels)
     assert set(pipeline.predict(images)) <= {"red", "green", "blue"}
@@ -403,7 +403,7 @@ def test_save_and_load_round_trip(tmp_path, tiny):
     names = ["red", "green"]
     support = np.array(["red", "green"] * 3)
     Xs = tiny.encode_images([photo(i) for i in range(6)])
-    with_backbone = GDAClassifier(tiny, names, templates=["a {} photo."], alpha=0.5).fit(Xs, support)
+    with_backbone = GDAClassifier(tiny, classnames=names, templates=["a {} photo."], alpha=0.5).fit(Xs, support)
     with_backbone.save(tmp_path / "backbone.npz")
     again = GDAClassifier.load(tmp_path / "backbone.npz")  # backbone rebuilt from its name
     assert again.backbone.fingerprint == tiny.fingerprint

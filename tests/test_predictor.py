@@ -77,21 +77,21 @@ def test_predict_and_score_use_class_names(raw_weights, raw_x):
 
 def test_fit_from_backbone_builds_the_template_ensemble(backbone):
     templates = ["a photo of a {}.", "a sketch of the {}."]
-    clf = ZeroShotClassifier(backbone, ["cat", "sea_lion"], templates=templates).fit()
+    clf = ZeroShotClassifier(backbone, classnames=["cat", "sea_lion"], templates=templates).fit()
     assert list(clf.classes_) == ["cat", "sea_lion"] and clf.n_features_in_ == D
     for c, name in enumerate(["cat", "sea lion"]):
         each = backbone.encode_texts([t.format(name) for t in templates]).astype(np.float64)
         mean = each.mean(axis=0)
-        np.testing.assert_allclose(clf.weights_[c], mean / np.linalg.norm(mean), atol=1e-5)
+        np.testing.assert_allclose(clf.text_head_[c], mean / np.linalg.norm(mean), atol=1e-5)
     images = backbone.encode_images([synthetic_image(i) for i in range(4)])
-    np.testing.assert_allclose(clf.decision_function(images), 100 * _cos(images, clf.weights_),
+    np.testing.assert_allclose(clf.decision_function(images), 100 * _cos(images, clf.text_head_),
                                atol=1e-3)
 
 
 def test_classnames_as_comma_string_and_named_template_set(backbone):
-    clf = ZeroShotClassifier(backbone, "cat,dog", templates="photo").fit()
+    clf = ZeroShotClassifier(backbone, classnames="cat,dog", templates="photo").fit()
     expected = backbone.encode_texts(["a photo of a cat.", "a photo of a dog."])
-    np.testing.assert_allclose(clf.weights_, expected, atol=1e-6)
+    np.testing.assert_allclose(clf.text_head_, expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -134,7 +134,7 @@ def test_not_fitted(raw_x):
 
 
 def test_get_params_set_params_and_clone_share_the_backbone(backbone):
-    clf = ZeroShotClassifier(backbone, ["cat", "dog"], templates="photo", logit_scale=20.0)
+    clf = ZeroShotClassifier(backbone, classnames=["cat", "dog"], templates="photo", logit_scale=20.0)
     params = clf.get_params()
     assert params["backbone"] is backbone and params["classnames"] == ["cat", "dog"]
     assert params["templates"] == "photo" and params["logit_scale"] == 20.0
@@ -148,7 +148,7 @@ def test_get_params_set_params_and_clone_share_the_backbone(backbone):
     assert not hasattr(copy, "weights_")
     fitted = clf.fit()
     refit = clone(fitted).fit()
-    np.testing.assert_array_equal(refit.weights_, fitted.weights_)
+    np.testing.assert_array_equal(refit.text_head_, fitted.text_head_)
 
 
 def test_constructor_stores_arguments_unchanged(backbone):
@@ -190,7 +190,7 @@ def test_image_embedder_with_cache(backbone, tmp_path):
 
 
 def test_save_load_round_trip_with_backbone(backbone, tmp_path):
-    clf = ZeroShotClassifier(backbone, ["cat", "dog", "bird"], templates="simple_imagenet",
+    clf = ZeroShotClassifier(backbone, classnames=["cat", "dog", "bird"], templates="simple_imagenet",
                              logit_scale=42.0).fit()
     X = backbone.encode_images([synthetic_image(i) for i in range(5)])
     path = tmp_path / "clf.npz"
@@ -208,17 +208,17 @@ def test_save_load_round_trip_with_backbone(backbone, tmp_path):
 
 
 def test_load_rebuilds_the_backbone(backbone, tmp_path):
-    clf = ZeroShotClassifier(backbone, ["cat", "dog"], templates="photo").fit()
+    clf = ZeroShotClassifier(backbone, classnames=["cat", "dog"], templates="photo").fit()
     clf.save(tmp_path / "clf.npz")
     loaded = ZeroShotClassifier.load(tmp_path / "clf.npz")
     assert isinstance(loaded.backbone, Backbone) and loaded.backbone is not backbone
     assert loaded.backbone.fingerprint == backbone.fingerprint
     refit = clone(loaded).fit()  # the rebuilt backbone encodes the same prompts
-    np.testing.assert_allclose(refit.weights_, clf.weights_, atol=1e-6)
+    np.testing.assert_allclose(refit.text_head_, clf.text_head_, atol=1e-6)
 
 
 def test_load_refuses_a_backbone_with_another_fingerprint(backbone, tiny_config, tmp_path):
-    clf = ZeroShotClassifier(backbone, ["cat", "dog"], templates="photo").fit()
+    clf = ZeroShotClassifier(backbone, classnames=["cat", "dog"], templates="photo").fit()
     clf.save(tmp_path / "clf.npz")
     other = Backbone(tiny_config, "none", precision="bf16", progress=False)
     with pytest.raises(InputError, match="clf.npz") as info:

@@ -36,20 +36,20 @@ def metrics_row(name: str, chosen: str, **alternates: int) -> dict:
 
 def test_identity_synonyms_give_the_zero_shot_logits(backbone):
     X = embeddings(12, backbone.embed_dim)
-    zero_shot = ZeroShotClassifier(backbone, NAMES, templates=TEMPLATES).fit()
-    as_map = RealPromptClassifier(backbone, NAMES, {n: n for n in NAMES}, TEMPLATES).fit()
+    zero_shot = ZeroShotClassifier(backbone, classnames=NAMES, templates=TEMPLATES).fit()
+    as_map = RealPromptClassifier(backbone, classnames=NAMES, synonyms={n: n for n in NAMES}, templates=TEMPLATES).fit()
     as_metrics = RealPromptClassifier(
-        backbone, NAMES, {str(i): metrics_row(n, n) for i, n in enumerate(NAMES)}, TEMPLATES).fit()
+        backbone, classnames=NAMES, synonyms={str(i): metrics_row(n, n) for i, n in enumerate(NAMES)}, templates=TEMPLATES).fit()
     for real in (as_map, as_metrics):
         np.testing.assert_array_equal(real.decision_function(X), zero_shot.decision_function(X))
         assert list(real.classes_) == NAMES
 
 
 def test_synonyms_replace_the_name_in_every_template_and_classes_keep_the_names(backbone):
-    real = RealPromptClassifier(backbone, NAMES, {"cat": "kitty", "DOG": "puppy", "jay": "blue jay"},
-                                TEMPLATES).fit()
-    renamed = ZeroShotClassifier(backbone, ["kitty", "puppy", "blue jay"], templates=TEMPLATES).fit()
-    np.testing.assert_array_equal(real.weights_, renamed.weights_)
+    real = RealPromptClassifier(backbone, classnames=NAMES, synonyms={"cat": "kitty", "DOG": "puppy", "jay": "blue jay"},
+                                templates=TEMPLATES).fit()
+    renamed = ZeroShotClassifier(backbone, classnames=["kitty", "puppy", "blue jay"], templates=TEMPLATES).fit()
+    np.testing.assert_array_equal(real.text_head_, renamed.text_head_)
     assert list(real.classes_) == NAMES
     assert list(real.prompt_names_) == ["kitty", "puppy", "blue jay"]
     X = embeddings(5, backbone.embed_dim)
@@ -69,7 +69,7 @@ def test_metrics_rows_are_ordered_by_integer_class_id(tmp_path, backbone):
     real = RealPromptClassifier(backbone, synonyms=str(path), templates=TEMPLATES).fit()
     assert list(real.classes_) == names and real.prompt_names_[10] == "synonym10"
     # given class names are matched to the rows by id
-    given = RealPromptClassifier(backbone, [f"n{i}" for i in range(11)], str(path), TEMPLATES).fit()
+    given = RealPromptClassifier(backbone, classnames=[f"n{i}" for i in range(11)], synonyms=str(path), templates=TEMPLATES).fit()
     assert given.prompt_names_[2] == "synonym2" and given.classes_[2] == "n2"
 
 
@@ -80,17 +80,17 @@ def test_most_common_name_is_taken_as_written_not_recomputed():
 
 
 def test_real_prompt_head_serves_as_the_gda_prior(backbone):
-    real = RealPromptClassifier(backbone, NAMES, {"cat": "kitty", "dog": "puppy", "jay": "jay"},
-                                TEMPLATES).fit()
+    real = RealPromptClassifier(backbone, classnames=NAMES, synonyms={"cat": "kitty", "dog": "puppy", "jay": "jay"},
+                                templates=TEMPLATES).fit()
     X = embeddings(9, backbone.embed_dim, seed=1)
-    gda = GDAClassifier(text_weights=real.weights_, classnames=list(real.classes_), alpha=0.0)
+    gda = GDAClassifier(text_weights=real.text_head_, classnames=list(real.classes_), alpha=0.0)
     gda.fit(X, np.array(NAMES * 3))
     np.testing.assert_array_equal(gda.predict(X), real.predict(X))
 
 
 def test_save_and_load_round_trip(tmp_path, backbone):
-    real = RealPromptClassifier(backbone, NAMES, {"cat": "kitty", "dog": "puppy", "jay": "jay"},
-                                TEMPLATES).fit()
+    real = RealPromptClassifier(backbone, classnames=NAMES, synonyms={"cat": "kitty", "dog": "puppy", "jay": "jay"},
+                                templates=TEMPLATES).fit()
     real.save(tmp_path / "real.npz")
     loaded = Predictor.load(tmp_path / "real.npz", backbone)
     X = embeddings(4, backbone.embed_dim)
@@ -148,7 +148,7 @@ def test_bad_synonym_inputs_raise_one_clear_error(tmp_path, backbone):
     with pytest.raises(InputError, match=r"no entry for 1 class\(es\): 'cat' \(did you mean 'kat'\?\)"):
         load_synonyms({"kat": "kitty", "dog": "puppy", "jay": "jay"}, NAMES)
     with pytest.raises(InputError, match="candidate synonyms but no chosen name"):
-        RealPromptClassifier(backbone, NAMES, {n: [n, "x"] for n in NAMES}, TEMPLATES).fit()
+        RealPromptClassifier(backbone, classnames=NAMES, synonyms={n: [n, "x"] for n in NAMES}, templates=TEMPLATES).fit()
     with pytest.raises(InputError, match="class id 'ten', which is not an integer"):
         load_synonyms({"0": metrics_row("a", "a"), "ten": metrics_row("b", "b")})
     with pytest.raises(InputError, match="id 1 is missing"):
@@ -162,7 +162,7 @@ def test_bad_synonym_inputs_raise_one_clear_error(tmp_path, backbone):
     with pytest.raises(InputError, match="does not exist"):
         load_synonyms(tmp_path / "missing.json")
     with pytest.raises(InputError, match="needs synonyms"):
-        RealPromptClassifier(backbone, NAMES, templates=TEMPLATES).fit()
+        RealPromptClassifier(backbone, classnames=NAMES, templates=TEMPLATES).fit()
 
 
 # ---------------------------------------------------------------------- frequency mining
@@ -302,31 +302,31 @@ def pool(backbone):
     rng = np.random.default_rng(3)
     words = ["kitty", "cat", "puppy", "dog", "blue jay", "jay"]
     captions = [f"my {words[i % 6]} at home {i}" for i in range(60)]
-    real = RealPromptClassifier(backbone, NAMES, SYNONYMS, TEMPLATES).fit()
+    real = RealPromptClassifier(backbone, classnames=NAMES, synonyms=SYNONYMS, templates=TEMPLATES).fit()
     labels = np.arange(60) % 6 // 2
-    X = real.weights_[labels] + 0.5 * rng.normal(size=(60, backbone.embed_dim))
-    return X.astype(np.float32), captions, labels, real.weights_
+    X = real.text_head_[labels] + 0.5 * rng.normal(size=(60, backbone.embed_dim))
+    return X.astype(np.float32), captions, labels, real.text_head_
 
 
 def linear(backbone, **params):
-    return RealLinearClassifier(backbone, NAMES, SYNONYMS, TEMPLATES, **{"random_state": 0, **params})
+    return RealLinearClassifier(backbone, classnames=NAMES, synonyms=SYNONYMS, templates=TEMPLATES, **{"random_state": 0, **params})
 
 
 def test_zero_steps_keep_the_real_prompt_head_and_wise_zero_is_the_zero_shot_head(backbone, pool):
     X, captions, _, W_zs = pool
-    untrained = linear(backbone, max_iter=0, wise_alpha=1.0).fit(X, captions)
+    untrained = linear(backbone, max_iter=0, wise_alpha=1.0).fit(X, captions=captions)
     np.testing.assert_array_equal(untrained.linear_weights_, W_zs)
-    np.testing.assert_array_equal(untrained.weights_, W_zs)
-    trained = linear(backbone, max_iter=30, wise_alpha=0.0).fit(X, captions)
+    np.testing.assert_array_equal(untrained.text_head_, W_zs)
+    trained = linear(backbone, max_iter=30, wise_alpha=0.0).fit(X, captions=captions)
     assert not np.allclose(trained.linear_weights_, W_zs)
-    np.testing.assert_array_equal(trained.weights_, W_zs)
-    half = linear(backbone, max_iter=30).fit(X, captions)
-    np.testing.assert_allclose(half.weights_, (half.linear_weights_ + W_zs) / 2, rtol=1e-6)
+    np.testing.assert_array_equal(trained.text_head_, W_zs)
+    half = linear(backbone, max_iter=30).fit(X, captions=captions)
+    np.testing.assert_allclose(half.text_head_, (half.linear_weights_ + W_zs) / 2, rtol=1e-6)
 
 
 def test_learning_rate_warms_up_then_follows_a_cosine(backbone, pool):
     X, captions, _, _ = pool
-    model = linear(backbone, max_iter=200).fit(X, captions)
+    model = linear(backbone, max_iter=200).fit(X, captions=captions)
     rates = model.learning_rates_
     assert len(rates) == 200 == model.n_iter_ == len(model.loss_curve_)
     assert rates[0] == 1e-5                                   # step 0: the warm-up floor
@@ -334,18 +334,18 @@ def test_learning_rate_warms_up_then_follows_a_cosine(backbone, pool):
     assert rates[50] == pytest.approx(1e-4)                   # warm-up done: the cosine's top
     assert rates[150] == pytest.approx(1e-4 * (1 + math.cos(math.pi * 100 / 200)) / 2)
     assert np.all(np.diff(rates[1:50]) > 0) and np.all(np.diff(rates[50:]) < 0)
-    small = linear(backbone, max_iter=3, lr=5e-5).fit(X, captions)
+    small = linear(backbone, max_iter=3, lr=5e-5).fit(X, captions=captions)
     assert small.learning_rates_[0] == 5e-6
 
 
 def test_training_lowers_the_loss_and_is_deterministic(backbone, pool):
     X, captions, labels, _ = pool
-    model = linear(backbone, max_iter=300, lr=1e-3).fit(X, captions)
+    model = linear(backbone, max_iter=300, lr=1e-3).fit(X, captions=captions)
     assert model.loss_curve_[-20:].mean() < 0.8 * model.loss_curve_[:20].mean()
-    again = linear(backbone, max_iter=300, lr=1e-3).fit(X, captions)
-    np.testing.assert_array_equal(again.weights_, model.weights_)
-    other = linear(backbone, max_iter=300, lr=1e-3, random_state=1).fit(X, captions)
-    assert not np.array_equal(other.weights_, model.weights_)
+    again = linear(backbone, max_iter=300, lr=1e-3).fit(X, captions=captions)
+    np.testing.assert_array_equal(again.text_head_, model.text_head_)
+    other = linear(backbone, max_iter=300, lr=1e-3, random_state=1).fit(X, captions=captions)
+    assert not np.array_equal(other.text_head_, model.text_head_)
     # the trained head separates the retrieved images better than the zero-shot head does
     X_unit = X / np.linalg.norm(X, axis=1, keepdims=True)
     trained = np.mean(np.argmax(X_unit @ model.linear_weights_.T, axis=1) == labels)
@@ -356,7 +356,7 @@ def test_training_lowers_the_loss_and_is_deterministic(backbone, pool):
 
 def test_auto_iterations_follow_the_paper(backbone, pool):
     X, captions, _, _ = pool
-    model = linear(backbone, n_samples=4).fit(X, captions)
+    model = linear(backbone, n_samples=4).fit(X, captions=captions)
     assert model.n_iter_ == int(4 * 3 * 10 / 32)  # min(32000, n_samples * C * 10 / 32)
 
 
@@ -364,34 +364,34 @@ def test_retrieval_keeps_the_best_scored_mentions(backbone, pool):
     X, captions, _, _ = pool
     caption_embeddings = embeddings(60, backbone.embed_dim, seed=9)
     model = linear(backbone, max_iter=0, n_samples=3).fit(
-        X, captions, caption_embeddings=caption_embeddings)
+        X, captions=captions, caption_embeddings=caption_embeddings)
     for c, name in enumerate(NAMES):
         # candidates: captions with the class name or its synonym (caption i says words[i % 6])
         candidates = np.array([i for i in range(60) if i % 6 in (2 * c, 2 * c + 1)])
-        heads = ZeroShotClassifier(backbone, [name, SYNONYMS[name]], templates=TEMPLATES).fit()
-        r = caption_embeddings[candidates] @ heads.weights_.T.mean(axis=1)  # mean_a cos
+        heads = ZeroShotClassifier(backbone, classnames=[name, SYNONYMS[name]], templates=TEMPLATES).fit()
+        r = caption_embeddings[candidates] @ heads.text_head_.T.mean(axis=1)  # mean_a cos
         ranked = candidates[np.argsort(-r)]
         expected = ranked[np.sort(r)[::-1] >= 0][:3]
         np.testing.assert_array_equal(model.samples_[model.sample_labels_ == c], expected)
     np.testing.assert_array_equal(model.sample_counts_, np.bincount(model.sample_labels_))
     with pytest.raises(InputError, match="no pool caption qualifies"):
-        linear(backbone, max_iter=0).fit(X, ["nothing here"] * 60)
+        linear(backbone, max_iter=0).fit(X, captions=["nothing here"] * 60)
     with pytest.raises(InputError, match="60 pool images but 2 captions"):
-        linear(backbone, max_iter=0).fit(X, ["a", "b"])
+        linear(backbone, max_iter=0).fit(X, captions=["a", "b"])
     with pytest.raises(InputError, match="max_iter must be 'auto' or an integer"):
-        linear(backbone, max_iter=-1).fit(X, captions)
+        linear(backbone, max_iter=-1).fit(X, captions=captions)
 
 
 def test_retrieval_with_a_metrics_file_uses_its_alternates_as_written(backbone, pool):
     X, captions, _, _ = pool
     metrics = {"0": metrics_row("cat", "kitty", kitty=3), "1": metrics_row("dog", "puppy", puppy=2),
                "2": metrics_row("jay", "blue jay", **{"blue jay": 9})}  # the names not among them
-    model = RealLinearClassifier(backbone, NAMES, metrics, TEMPLATES, max_iter=0,
-                                 mention="synonym").fit(X, captions)
+    model = RealLinearClassifier(backbone, classnames=NAMES, synonyms=metrics, templates=TEMPLATES, max_iter=0,
+                                 mention="synonym").fit(X, captions=captions)
     words = [re.sub(r"^my (.*) at home \d+$", r"\1", c) for c in captions]
     for c, synonym in enumerate(["kitty", "puppy", "blue jay"]):
         rows = model.samples_[model.sample_labels_ == c]
         assert len(rows) and {words[i] for i in rows} == {synonym}
-    everything = RealLinearClassifier(backbone, NAMES, metrics, TEMPLATES, max_iter=0,
-                                      mention="any", n_samples=60).fit(X, captions)
+    everything = RealLinearClassifier(backbone, classnames=NAMES, synonyms=metrics, templates=TEMPLATES, max_iter=0,
+                                      mention="any", n_samples=60).fit(X, captions=captions)
     assert everything.sample_counts_.max() > 10  # every caption is a candidate of every class

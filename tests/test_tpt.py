@@ -35,7 +35,7 @@ def _full_length_features(model, tokenizer, prompts, n_ctx, ctx):
 def _classifier(backbone, **kwargs) -> TPTClassifier:
     params = dict(n_views=7, selection_p=0.3, batch_images=1)
     params.update(kwargs)
-    return TPTClassifier(backbone, CLASSES, **params).fit()
+    return TPTClassifier(backbone, classnames=CLASSES, **params).fit()
 
 
 def _images(n: int, start: int = 0):
@@ -109,7 +109,7 @@ def test_unsupported_text_tower(tmp_path, tiny_config):
     path.write_text(json.dumps(config))
     other = Backbone(str(path), "none", progress=False)
     with pytest.raises(InputError, match="zsp-tiny-bidirectional.*not supported"):
-        TPTClassifier(other, CLASSES).fit()
+        TPTClassifier(other, classnames=CLASSES).fit()
 
 
 # ---------------------------------------------------------------------- maths
@@ -279,13 +279,13 @@ def test_undecodable_image_is_skipped_and_reported(backbone, tmp_path, make_imag
 
 def test_bad_parameters_name_themselves(backbone):
     with pytest.raises(InputError, match="selection_p"):
-        TPTClassifier(backbone, CLASSES, selection_p=0).fit()
+        TPTClassifier(backbone, classnames=CLASSES, selection_p=0).fit()
     with pytest.raises(InputError, match="n_views"):
-        TPTClassifier(backbone, CLASSES, n_views=-1).fit()
+        TPTClassifier(backbone, classnames=CLASSES, n_views=-1).fit()
     with pytest.raises(InputError, match="diffusion views folder 'nowhere'"):
-        TPTClassifier(backbone, CLASSES, diffusion_views="nowhere").fit()
+        TPTClassifier(backbone, classnames=CLASSES, diffusion_views="nowhere").fit()
     with pytest.raises(InputError, match="ctx_init"):
-        TPTClassifier(backbone, CLASSES, ctx_init="{} and {}").fit()
+        TPTClassifier(backbone, classnames=CLASSES, ctx_init="{} and {}").fit()
 
 
 # ---------------------------------------------------------------------- command line
@@ -306,7 +306,7 @@ def test_cli_predict_and_evaluate_with_tpt(tiny_config, tmp_path, make_image, ca
     assert [r["path"] for r in rows] == [str(p) for p in sorted(paths)]
     assert "broken.jpg" in capsys.readouterr().err
     # the same numbers as the library, on the template's context "a photo of a"
-    tuned = TPTClassifier(Backbone(tiny_config, "none", progress=False), ["cat", "dog"],
+    tuned = TPTClassifier(Backbone(tiny_config, "none", progress=False), classnames=["cat", "dog"],
                           n_views=7).fit().predict_proba(sorted(paths))
     np.testing.assert_allclose([r["probs"][0] for r in rows], tuned.max(1), atol=1e-5)
     assert main(["evaluate", str(root), *common, "--tpt-steps", "2"]) == 0
@@ -323,7 +323,7 @@ def test_saved_classifier_predicts_the_same_in_python_and_on_the_command_line(
     from zeroshot_plus.cli import main
 
     paths = [make_image(tmp_path / "set" / f"{i}.png", i, (48, 40)) for i in range(3)]
-    fitted = TPTClassifier(Backbone(tiny_config, "none", progress=False), ["cat", "dog"],
+    fitted = TPTClassifier(Backbone(tiny_config, "none", progress=False), classnames=["cat", "dog"],
                            n_views=7).fit()
     expected = fitted.predict_proba(paths)
     fitted.save(tmp_path / "tpt.npz")

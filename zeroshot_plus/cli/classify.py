@@ -70,7 +70,7 @@ def predict(args: argparse.Namespace) -> int:
             top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
             reasons = classifier.explain(vectors, explain) if explain else [None] * len(positions)
             for position, row, order, reason in zip(positions, probabilities, top, reasons):
-                labels = [str(classifier.classes_[j]) for j in order]
+                labels = [str(classifier.classnames_[j]) for j in order]
                 probs = [round(float(row[j]), 6) for j in order]
                 why = [] if reason is None else [(d, round(s, 6)) for d, s in
                                                  zip(reason.descriptors, reason.similarities)]
@@ -100,14 +100,14 @@ def evaluate(args: argparse.Namespace) -> int:
 
     backbone, report = load_backbone(args), EncodeReport()
     classnames = (parse_classnames(args.classes) if args.classes
-                  else [str(c) for c in Predictor.load(args.classifier, backbone).classes_]
+                  else [str(c) for c in Predictor.load(args.classifier, backbone).classnames_]
                   if args.classifier else sorted(set(images.labels)))
     unknown = sorted(set(images.labels) - set(classnames))
     if unknown:
         raise InputError(f"labels not in the class list: {', '.join(unknown[:10])}"
                          f"{' ...' if len(unknown) > 10 else ''}.")
     classifier = _classifier(args, backbone, classnames)
-    index = {c: i for i, c in enumerate(classnames)}
+    index = {str(c): i for i, c in enumerate(classifier.classnames_)}  # label -> column
     explain, names = _explain_count(args, classifier), images.names()
     y_true, scores, explanations = [], [], []
     for positions, logits, vectors in _scored(args, backbone, classifier, images, report):
@@ -123,7 +123,8 @@ def evaluate(args: argparse.Namespace) -> int:
         return status or 2
     logits = np.concatenate(scores)
     probabilities = softmax(logits.astype(np.float64), axis=1)
-    summary = classification_summary(np.array(y_true), logits, probabilities, classifier.classes_)
+    summary = classification_summary(np.array(y_true), logits, probabilities,
+                                     classifier.classnames_)
     summary.update(method=f"classifier {args.classifier}" if args.classifier else args.method,
                    model=backbone.describe(), templates=args.templates,
                    skipped=[f.name for f in report.failures])
@@ -161,7 +162,7 @@ def _classifier(args: argparse.Namespace, backbone: Backbone,
         from ..methods.base import Predictor
 
         classifier = Predictor.load(args.classifier, backbone)
-        if classnames is not None and classnames != [str(c) for c in classifier.classes_]:
+        if classnames is not None and sorted(classnames) != sorted(map(str, classifier.classnames_)):
             raise InputError(f"--classes differs from the classes of --classifier "
                              f"'{args.classifier}'; leave --classes out.")
         return classifier
@@ -172,7 +173,7 @@ def _classifier(args: argparse.Namespace, backbone: Backbone,
     if args.method == "real":
         from ..methods.real import RealPromptClassifier
 
-        return RealPromptClassifier(backbone, classnames, synonyms=args.synonyms,
+        return RealPromptClassifier(backbone, classnames=classnames, synonyms=args.synonyms,
                                     templates=args.templates, cache=args.cache).fit()
     if args.method == "tpt":
         from ..methods.tpt import tpt_preset
@@ -187,14 +188,15 @@ def _classifier(args: argparse.Namespace, backbone: Backbone,
                           augmix=args.augmix, random_state=args.seed, **settings).fit()
     from ..methods.zeroshot import ZeroShotClassifier
 
-    return ZeroShotClassifier(backbone, classnames, templates=args.templates, cache=args.cache).fit()
+    return ZeroShotClassifier(backbone, classnames=classnames, templates=args.templates,
+                              cache=args.cache).fit()
 
 
 def _fit_descriptions(args: argparse.Namespace, backbone: Backbone,
                       classnames: list[str] | None) -> DescriptionClassifier:
     from ..methods.descriptions import DescriptionClassifier
 
-    classifier = DescriptionClassifier(backbone, classnames, args.descriptors,
+    classifier = DescriptionClassifier(backbone, classnames=classnames, descriptors=args.descriptors,
                                        prompt_style=args.prompt_style, cache=args.cache).fit()
     report = classifier.report_
     log.info("descriptors for %d of %d classes (%s)", report["n_with_descriptors"],
@@ -243,4 +245,4 @@ def _scored(args: argparse.Namespace, backbone: Backbone, classifier: Predictor,
             yield positions, logits, None
         return
     for positions, vectors in stream(args, backbone, images, report):
-        yield positions, classifier.decision_function(vectors), vectors
+        yield positions, classifier.logits(vectors), vectors

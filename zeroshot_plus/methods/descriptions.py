@@ -29,7 +29,8 @@ from sklearn.utils.validation import check_is_fitted
 from ..text.classnames import display_name, parse_classnames
 from ..text.descriptors import check_prompt_style, descriptor_prompts, match_descriptors
 from ..errors import InputError
-from .base import Predictor
+from .base import (Predictor, check_param, class_columns, given_text_weights, is_integer,
+                   is_number)
 from ..text.heads import l2_normalise
 
 _ROWS = 1024  # image rows per block in explain()
@@ -50,7 +51,7 @@ class DescriptionClassifier(Predictor):
     ----------
     backbone : Backbone that encodes the descriptor prompts.
     classnames : class names (list, comma string or file); default: the keys of
-        ``descriptors`` in file order. They become ``classes_``.
+        ``descriptors`` in file order. They become ``classes_``, sorted.
     descriptors : ``{class: [descriptor, ...]}`` as a dict or the path of a JSON file (the
         released DCLIP descriptors, CuPL sentence files, or ``zeroshot-plus describe``).
     prompt_style : "menon" (the paper's rule with its quirks), "corrected", "plain"
@@ -60,6 +61,9 @@ class DescriptionClassifier(Predictor):
         reference appends "." for ImageNet in one version of its code).
     allow_missing : classes absent from ``descriptors`` are classified by their name instead
         of raising InputError.
+    text_weights : a precomputed (C, D) text head instead of backbone + descriptors (e.g. a
+        saved ``text_head_``); classes are then scored by cosine, ``classnames`` optionally
+        names its rows (else 0..C-1), and ``explain`` is not available.
     logit_scale : multiplier of the mean similarities (the reference uses 1; see above).
     cache : embedding store directory for the prompt embeddings.
 
@@ -68,9 +72,10 @@ class DescriptionClassifier(Predictor):
     reference itself gives an empty list the single descriptor "", i.e. the prompt
     "k, which has "; pass [""] to get that.)
 
-    Fitted attributes: ``classes_`` (C,), ``prompts_`` and ``descriptors_`` (P,) str,
-    ``descriptor_embeddings_`` (P, D) float32 (class-contiguous), ``counts_`` and ``offsets_``
-    (C,) int (class k owns rows offsets_[k] : offsets_[k] + counts_[k]), ``class_means_``
+    Fitted attributes: ``classes_`` and ``classnames_`` (C,), ``prompts_`` and ``descriptors_`` (P,) str,
+    ``descriptor_embeddings_`` (P, D) float32 (class-contiguous, in the descriptors' class
+    order), ``counts_`` and ``offsets_`` (C,) int (column k owns rows offsets_[k] :
+    offsets_[k] + counts_[k]), ``class_means_``
     (C, D) the unnormalised means m_k, ``text_head_`` (C, D) and ``report_`` (dict: which
     classes have descriptors, see ``DescriptorMatch.report``).
 
@@ -82,24 +87,34 @@ class DescriptionClassifier(Predictor):
     "sentences" the text head is exactly CuPL's class weight (§2.4).
     """
 
-    def __init__(self, backbone=None, classnames=None, descriptors=None,
+    _learns_from_y = False
+
+    def __init__(self, backbone=None, *, classnames=None, descriptors=None,
                  prompt_style: str = "menon", suffix: str = "", allow_missing: bool = False,
-                 logit_scale: float = 100.0, cache=None):
+                 text_weights=None, logit_scale: float = 100.0, cache=None):
         self.backbone = backbone
         self.classnames = classnames
         self.descriptors = descriptors
         self.prompt_style = prompt_style
         self.suffix = suffix
         self.allow_missing = allow_missing
+        self.text_weights = text_weights
         self.logit_scale = logit_scale
         self.cache = cache
 
     def fit(self, X=None, y=None):
-        """Build and encode the descriptor prompts; X and y are not used (zero-shot)."""
+        """Build and encode the descriptor prompts; X and y are only checked (zero-shot)."""
         name = type(self).__name__
+        check_param(self, "logit_scale", is_number(self.logit_scale, 0), "a number >= 0")
+        if self.text_weights is not None:
+            head, names = given_text_weights(name, self.text_weights, self.classnames)
+            self._set_text_head(head, names)
+            self.class_means_ = self.text_head_
+            self._check_fit_data(X, y)
+            return self
         check_prompt_style(self.prompt_style)
         if self.backbone is None or self.descriptors is None:
-            raise InputError(f"{name} needs a backbone and descriptors.")
+            raise InputError(f"{name} needs either text_weights, or a backbone and descriptors.")
         names = None if self.classnames is None else parse_classnames(self.classnames)
         match = match_descriptors(self.descriptors, names, allow_missing=self.allow_missing)
         prompts, shown = [], []
@@ -110,35 +125,25 @@ class DescriptionClassifier(Predictor):
             else:  # no descriptors: the class name alone
                 prompts.append([display_name(classname) + self.suffix])
                 shown.append([display_name(classname)])
-        self.counts_ = np.array([len(p) for p in prompts], dtype=np.int64)
-        self.offsets_ = np.concatenate([[0], np.cumsum(self.counts_)[:-1]]).astype(np.int64)
+        counts = np.array([len(p) for p in prompts], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         self.prompts_ = np.array([p for group in prompts for p in group])
         self.descriptors_ = np.array([d for group in shown for d in group])
         self.descriptor_embeddings_ = self.backbone.encode_texts(self.prompts_.tolist(),
                                                                  cache=self.cache)
-        sums = np.add.reduceat(self.descriptor_embeddings_.astype(np.float64), self.offsets_, axis=0)
-        self.class_means_ = (sums / self.counts_[:, None]).astype(np.float32)
-        self.text_head_ = l2_normalise(self.class_means_)
-        self.classes_ = np.array(match.classnames)
-        self.n_features_in_ = self.descriptor_embeddings_.shape[1]
+        sums = np.add.reduceat(self.descriptor_embeddings_.astype(np.float64), offsets, axis=0)
+        means = (sums / counts[:, None]).astype(np.float32)
+        self._set_text_head(l2_normalise(means), match.classnames)
+        order = class_columns(match.classnames)[2]
+        self.class_means_, self.counts_, self.offsets_ = means[order], counts[order], offsets[order]
         self.report_ = match.report()
-        if X is not None:
-            self._embeddings(X)
+        self._check_fit_data(X, y)
         return self
 
-    def _embeddings(self, X) -> np.ndarray:
-        """Unit-norm float32 (N, D); scikit-learn's shape errors become one InputError."""
-        try:
-            return self._validate_embeddings(X, reset=False)
-        except InputError:
-            raise
-        except ValueError as exc:
-            raise InputError(f"{type(self).__name__}: {str(exc).splitlines()[0]}") from None
-
-    def decision_function(self, X) -> np.ndarray:
+    def logits(self, X) -> np.ndarray:
         """(N, C) logits: logit_scale * S_k(x), the mean similarity to class k's descriptors."""
         check_is_fitted(self)
-        X = self._embeddings(X)
+        X = self._validate_embeddings(X, reset=False)
         return self.logit_scale * (X @ self.class_means_.T)
 
     def explain(self, X, top: int = 3) -> list[Explanation]:
@@ -147,10 +152,13 @@ class DescriptionClassifier(Predictor):
         These are the descriptors that raised the label's score most (each adds xᵀe_kj / n_k).
         A class with fewer descriptors gives fewer; a class without any shows its name.
         """
-        if not isinstance(top, (int, np.integer)) or top < 1:
-            raise InputError(f"top must be an integer >= 1, got {top!r}.")
-        predicted = np.argmax(self.decision_function(X), axis=1)
-        X = self._embeddings(X)
+        if not is_integer(top, 1):
+            raise InputError(f"{type(self).__name__}: top must be an integer >= 1, got {top!r}.")
+        predicted = np.argmax(self.logits(X), axis=1)
+        if not hasattr(self, "descriptors_"):
+            raise InputError(f"{type(self).__name__}: explain needs descriptors, not "
+                             f"text_weights.")
+        X = self._validate_embeddings(X, reset=False)
         width = int(min(top, self.counts_.max()))
         slots = np.arange(int(self.counts_.max()))
         rows = self.offsets_[predicted][:, None] + slots                  # (N, L) prompt rows

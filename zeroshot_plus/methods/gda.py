@@ -7,18 +7,16 @@ Support embeddings x_n (N, D) with labels y_n, a text head t_c (C, D):
     2. S = Σ_n (x_n − μ_{y_n})(x_n − μ_{y_n})ᵀ,   Σ̂ = S / (N − 1)   pooled within-class scatter
     3. P = D · (S + tr(Σ̂) · I)⁻¹                                   Kubokawa–Srivastava precision
     4. w_c = P μ_c,   b_c = log(1/C) − ½ μ_cᵀ P μ_c                 linear discriminant
-    5. logits(x) = 100 · xᵀt_c + α · (xᵀw_c + b_c)                   ensemble with zero-shot
+    5. logits(x) = s · xᵀt_c + α · (xᵀw_c + b_c)                     ensemble with zero-shot (s = logit_scale, 100)
     6. α = the grid value with the best validation accuracy (ties to the smaller α)
 
 Scatter, precision, weights and logits are float64 (S from ZᵀZ over float64 blocks, P by
 a Cholesky solve); the alpha search evaluates its logits in float32. Without a text side the
-logits are xᵀw_c + b_c alone. ``decision_function`` returns (N, C) logits for every C, two
-classes included (the Predictor contract), not scikit-learn's (N,) binary margin.
+logits are xᵀw_c + b_c alone.
 """
 
 from __future__ import annotations
 
-import numbers
 import os
 import warnings
 from dataclasses import dataclass
@@ -29,17 +27,16 @@ from scipy import sparse
 from scipy.linalg import cho_factor, cho_solve
 from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.utils import check_random_state
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from ..data.sources import ImageSource, read_image_source
 from ..data.support import augmented_support, sample_shots
 from ..encoders.backbone import Backbone
 from ..errors import InputError
-from .base import Predictor, resolve_text_weights
+from .base import (Predictor, check_param, class_columns, is_integer, is_number,
+                   label_codes, resolve_text_weights)
 from .linalg import add_gram
 
-LOGIT_SCALE = 100.0
 ALPHA_GRID = (1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)
 _ROWS = 1024  # rows per block: 1024 x 1024 x 8 B = 8 MiB in float64, cache-friendly
 
@@ -50,16 +47,19 @@ class GDAClassifier(Predictor):
     Parameters
     ----------
     backbone, classnames, templates : the text side as in ZeroShotClassifier (prompts
-        encoded by ``backbone``); ``classnames`` become ``classes_``.
+        encoded by ``backbone``); ``classnames`` become ``classes_``, sorted.
     text_weights : precomputed (C, D) text head (any text head: templates, descriptors,
         synonyms), instead of backbone + classnames; ``classnames`` optionally names its rows,
         otherwise the classes are 0..C-1. With no text side at all, this is plain GDA.
+        Labels ``y`` are classes, or (integers, as scikit-learn's encoders pass them) their
+        positions in ``classes_``.
     alpha : weight of the GDA term, a number >= 0, or "auto" to choose it from ``alpha_grid``
         on the validation set passed to ``fit``, else by cross-validation on the support set
         (ignored without a text side). alpha = 0 gives the zero-shot classifier.
     alpha_grid : candidate values of alpha (the paper's grid by default).
     cv : number of cross-validation folds when alpha is "auto" and no validation set is given.
     n_neighbors, text_copies : statistics of classes without support samples (see below).
+    logit_scale : multiplier s of the zero-shot cosine similarities (CLIP's is 100).
     random_state : seed of the cross-validation folds.
     cache : embedding store directory for the prompt embeddings.
 
@@ -93,14 +93,15 @@ class GDAClassifier(Predictor):
 
     Fitted attributes: ``classes_`` (C,), ``n_features_in_`` (D), ``class_counts_`` (C,)
     support samples per class, ``means_`` (C, D) float64, ``precision_`` (D, D) float64,
-    ``weights_`` (C, D) and ``bias_`` (C,) float64 (w_c, b_c), ``text_weights_`` (C, D) or
-    None, ``alpha_``, and ``alpha_grid_`` / ``alpha_scores_`` (validation accuracy per grid
+    ``weights_`` (C, D) and ``bias_`` (C,) float64 (w_c, b_c), ``text_head_`` (C, D) or
+    None, ``classnames_`` (C,), ``alpha_``, and ``alpha_grid_`` / ``alpha_scores_`` (validation accuracy per grid
     value; None when alpha was not searched).
     """
 
-    def __init__(self, backbone=None, classnames=None, templates="openai_imagenet",
+    def __init__(self, backbone=None, *, classnames=None, templates="openai_imagenet",
                  text_weights=None, alpha="auto", alpha_grid=ALPHA_GRID, cv: int = 5,
-                 n_neighbors: int = 64, text_copies: int = 16, random_state=None, cache=None):
+                 n_neighbors: int = 64, text_copies: int = 16, logit_scale: float = 100.0,
+                 random_state=0, cache=None):
         self.backbone = backbone
         self.classnames = classnames
         self.templates = templates
@@ -110,6 +111,7 @@ class GDAClassifier(Predictor):
         self.cv = cv
         self.n_neighbors = n_neighbors
         self.text_copies = text_copies
+        self.logit_scale = logit_scale
         self.random_state = random_state
         self.cache = cache
 
@@ -125,15 +127,15 @@ class GDAClassifier(Predictor):
         name = type(self).__name__
         text, classes = self._text_side()
         X, y = self._validate_embeddings(X, y, reset=True)
-        self._checked(lambda: check_classification_targets(y))
         if text is None:
             classes, codes = np.unique(y, return_inverse=True)
+            self.classnames_ = classes
         else:
             if text.shape[1] != X.shape[1]:
                 raise InputError(f"{name}: the support embeddings have D={X.shape[1]} but the "
                                  f"text side has D={text.shape[1]}; encode images and texts "
                                  f"with the same backbone.")
-            codes = _encode(y, classes, f"{name}: support label")
+            codes = label_codes(y, classes, f"{name}: support label")
         n_classes = len(classes)
 
         search = text is not None and self.alpha == "auto"
@@ -152,7 +154,7 @@ class GDAClassifier(Predictor):
                       - 0.5 * np.einsum("cd,cd->c", self.weights_, self.means_))
         self.classes_ = classes
         self.class_counts_ = np.bincount(codes, minlength=n_classes)
-        self.text_weights_ = text
+        self.text_head_ = text
         if not search:
             self.alpha_grid_ = self.alpha_scores_ = None
             self.alpha_ = 1.0 if text is None else float(self.alpha)
@@ -164,11 +166,11 @@ class GDAClassifier(Predictor):
                 means, precision = self._gaussians(moments, moments.parts_except(fold), X,
                                                    ~held_out, text)
                 correct += _correct_per_alpha(X[held_out], codes[held_out], text, means,
-                                              precision, grid)
+                                              precision, grid, self.logit_scale)
             scores = correct / len(X)
         else:
             scores = _correct_per_alpha(X_val, codes_val, text, self.means_, self.precision_,
-                                        grid) / len(X_val)
+                                        grid, self.logit_scale) / len(X_val)
         self.alpha_grid_, self.alpha_scores_ = grid, scores
         self.alpha_ = float(grid[np.argmax(scores)])  # first maximum = the smallest alpha
         return self
@@ -192,7 +194,7 @@ class GDAClassifier(Predictor):
     def _validation_set(self, X_val, y_val, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         name = type(self).__name__
         X_val = self._validate_embeddings(X_val, reset=False)
-        codes = _encode(np.asarray(y_val).ravel(), classes, f"{name}: validation label")
+        codes = label_codes(np.asarray(y_val).ravel(), classes, f"{name}: validation label")
         if len(codes) != len(X_val):
             raise InputError(f"{name}: X_val has {len(X_val)} rows but y_val has "
                              f"{len(codes)} labels.")
@@ -230,40 +232,39 @@ class GDAClassifier(Predictor):
 
     # ------------------------------------------------------------------ predict
 
-    def decision_function(self, X) -> np.ndarray:
-        """(N, C) float64 logits: 100·xᵀT + α(xᵀW + b); without a text side xᵀW + b."""
+    def logits(self, X) -> np.ndarray:
+        """(N, C) float64 logits: s·xᵀT + α(xᵀW + b); without a text side xᵀW + b."""
         check_is_fitted(self)
         X = self._validate_embeddings(X, reset=False).astype(np.float64)
         logits = X @ self.weights_.T
         logits += self.bias_
-        if self.text_weights_ is not None:
+        if self.text_head_ is not None:
             logits *= self.alpha_
-            logits += LOGIT_SCALE * (X @ self.text_weights_.T.astype(np.float64))
+            logits += self.logit_scale * (X @ self.text_head_.T.astype(np.float64))
         return logits
 
     # ------------------------------------------------------------------ inputs
 
     def _text_side(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(text head (C, D) in classes_ order, classes_), or (None, None) without a text side."""
         if self.text_weights is None and self.backbone is None and self.classnames is None:
             return None, None
-        return resolve_text_weights(type(self).__name__, self.text_weights, self.backbone,
-                                    self.classnames, self.templates, self.cache)
+        text, names = resolve_text_weights(type(self).__name__, self.text_weights, self.backbone,
+                                           self.classnames, self.templates, self.cache)
+        classes, self.classnames_, order = class_columns(names)
+        return text[order], classes
 
     def _check_params(self) -> None:
-        name = type(self).__name__
         alpha = self.alpha
-        if not (alpha == "auto" if isinstance(alpha, str) else
-                isinstance(alpha, numbers.Real) and not isinstance(alpha, bool)
-                and np.isfinite(alpha) and alpha >= 0):
-            raise InputError(f"{name}: alpha must be 'auto' or a number >= 0, got {alpha!r}.")
+        check_param(self, "alpha", alpha == "auto" if isinstance(alpha, str) else
+                    is_number(alpha, 0), "'auto' or a number >= 0")
         grid = np.asarray(self.alpha_grid, dtype=np.float64).ravel()
-        if not len(grid) or not np.isfinite(grid).all() or (grid < 0).any():
-            raise InputError(f"{name}: alpha_grid must be non-empty numbers >= 0, "
-                             f"got {self.alpha_grid!r}.")
+        check_param(self, "alpha_grid", len(grid) and np.isfinite(grid).all()
+                    and (grid >= 0).all(), "non-empty numbers >= 0")
         for param, low in (("cv", 2), ("n_neighbors", 1), ("text_copies", 0)):
-            value = getattr(self, param)
-            if not isinstance(value, (int, np.integer)) or value < low:
-                raise InputError(f"{name}: {param} must be an integer >= {low}, got {value!r}.")
+            check_param(self, param, is_integer(getattr(self, param), low),
+                        f"an integer >= {low}")
+        check_param(self, "logit_scale", is_number(self.logit_scale, 0), "a number >= 0")
 
 
 # ---------------------------------------------------------------------- statistics
@@ -372,8 +373,8 @@ def _synthesise(X: np.ndarray, train_rows: np.ndarray | None, text: np.ndarray, 
 
 
 def _correct_per_alpha(X: np.ndarray, codes: np.ndarray, text: np.ndarray, means: np.ndarray,
-                       precision: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """Correct predictions of 100·xᵀT + α(xᵀW + b) for every α of the grid.
+                       precision: np.ndarray, grid: np.ndarray, scale: float) -> np.ndarray:
+    """Correct predictions of s·xᵀT + α(xᵀW + b) for every α of the grid.
 
     Both logit terms come from one GEMM per block (α only scales one), in float32. The GDA
     term is shifted by the class-independent xᵀPμ̄ − ½μ̄ᵀPμ̄ (μ̄: mean of the class means),
@@ -385,7 +386,7 @@ def _correct_per_alpha(X: np.ndarray, codes: np.ndarray, text: np.ndarray, means
     weights = offsets @ precision
     bias = (np.log(1.0 / len(means)) - weights @ centre
             - 0.5 * np.einsum("cd,cd->c", weights, offsets)).astype(np.float32)
-    heads = np.vstack([LOGIT_SCALE * text, weights.astype(np.float32)]).T   # (D, 2C)
+    heads = np.vstack([scale * text, weights.astype(np.float32)]).T   # (D, 2C)
     correct = np.zeros(len(grid))
     for rows in _blocks(len(X)):
         both = X[rows] @ heads
@@ -401,19 +402,6 @@ def _correct_per_alpha(X: np.ndarray, codes: np.ndarray, text: np.ndarray, means
 
 def _blocks(n: int) -> list[slice]:
     return [slice(start, min(start + _ROWS, n)) for start in range(0, n, _ROWS)]
-
-
-def _encode(y: np.ndarray, classes: np.ndarray, what: str) -> np.ndarray:
-    """Labels -> indices into ``classes``; labels not among them are an InputError."""
-    index = {c: i for i, c in enumerate(classes.tolist())}
-    codes = np.fromiter((index.get(v, -1) for v in y.tolist()), dtype=np.int64, count=len(y))
-    if (codes < 0).any():
-        unknown = sorted({repr(v) for v in y[codes < 0].tolist()})
-        known = ", ".join(repr(c) for c in classes.tolist()[:5])
-        raise InputError(f"{what}s {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} "
-                         f"are not among the classes of the text side ({known}"
-                         f"{', ...' if len(classes) > 5 else ''}).")
-    return codes
 
 
 def fit_gda_from_support(backbone: Backbone, support: ImageSource,
@@ -450,6 +438,6 @@ def fit_gda_from_support(backbone: Backbone, support: ImageSource,
         if val.labels is None:
             raise InputError(f"validation images '{val.source}' carry no labels.")
         X_val, y_val = backbone.encode_images(val, cache=cache), val.labels
-    classifier = GDAClassifier(backbone, classnames, templates=templates, alpha=alpha,
+    classifier = GDAClassifier(backbone, classnames=classnames, templates=templates, alpha=alpha,
                                random_state=random_state, cache=cache)
     return classifier.fit(views.X, views.y, X_val=X_val, y_val=y_val, groups=views.groups)

@@ -31,7 +31,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from ..errors import InputError
 from ..text.frequency import CaptionIndex
-from .base import Predictor
+from .base import (Predictor, check_param, class_columns, given_text_weights, is_integer,
+                   is_number, label_codes)
 from ..text.templates import class_prompts, load_templates
 from ..text.synonyms import SynonymTable, load_synonyms
 from ..text.heads import class_weights, l2_normalise, segment_mean
@@ -44,39 +45,46 @@ class RealPromptClassifier(ZeroShotClassifier):
     Parameters
     ----------
     backbone : Backbone that encodes the prompts.
-    classnames : class names (list, comma string or file); they become ``classes_``. With a
-        metrics file they are matched to its rows by class id; when None, the metrics file's
+    classnames : class names (list, comma string or file); they become ``classes_``, sorted
+        (positions 0..C-1 when names repeat, as in some metrics files). With a metrics file they are matched to its rows by class id; when None, the metrics file's
         ``name`` fields (or the synonym map's keys) are the classes.
     synonyms : a REAL metrics file as released (``most_common_name`` per class id, taken as
         written) or written by ``zeroshot-plus frequency``; or a JSON file / dict mapping
         each class name to the synonym to use ({class: synonym}).
     templates : template set name, template file, or list of templates ("{}" = the name).
+    text_weights : a precomputed (C, D) text head (e.g. a saved ``text_head_``) instead of
+        backbone + synonyms, as in ZeroShotClassifier.
     logit_scale : multiplier of the cosine similarities (CLIP's is 100).
     cache : embedding store directory for the prompt embeddings.
 
-    Fitted attributes: ``classes_`` (C,) the original class names, ``prompt_names_`` (C,)
-    the names the prompts use, ``weights_`` (C, D) the text head (usable as GDA's
-    ``text_weights``), ``n_features_in_``.
+    Fitted attributes: ``classes_`` and ``classnames_`` (C,) the original class names,
+    ``prompt_names_`` (C,) the names the prompts use (not with ``text_weights``),
+    ``text_head_`` (C, D) (usable as GDA's ``text_weights``), ``n_features_in_``; rows in
+    ``classes_`` order.
     """
 
-    def __init__(self, backbone=None, classnames=None, synonyms=None,
-                 templates="openai_imagenet", logit_scale: float = 100.0, cache=None):
+    def __init__(self, backbone=None, *, classnames=None, synonyms=None,
+                 templates="openai_imagenet", text_weights=None, logit_scale: float = 100.0,
+                 cache=None):
         self.backbone = backbone
         self.classnames = classnames
         self.synonyms = synonyms
         self.templates = templates
+        self.text_weights = text_weights
         self.logit_scale = logit_scale
         self.cache = cache
 
     def fit(self, X=None, y=None):
+        if self.text_weights is not None:
+            return super().fit(X, y)
+        check_param(self, "logit_scale", is_number(self.logit_scale, 0), "a number >= 0")
         table = _synonym_table(self)
-        self.prompt_names_ = np.array(table.prompt_names())
-        prompts = class_prompts(self.prompt_names_, load_templates(self.templates))
-        self.weights_ = class_weights(self.backbone, prompts, cache=self.cache)
-        self.classes_ = np.array(table.classes)
-        self.n_features_in_ = self.weights_.shape[1]
-        if X is not None:
-            self._validate_embeddings(X, reset=False)
+        prompt_names = table.prompt_names()
+        prompts = class_prompts(prompt_names, load_templates(self.templates))
+        self._set_text_head(class_weights(self.backbone, prompts, cache=self.cache),
+                            table.classes)
+        self.prompt_names_ = np.array(prompt_names)[class_columns(table.classes)[2]]
+        self._check_fit_data(X, y)
         return self
 
 
@@ -109,6 +117,9 @@ class RealLinearClassifier(Predictor):
     backbone, classnames, synonyms, templates, cache : as in RealPromptClassifier. Retrieval
         uses every synonym of a class (a metrics file's ``alternates``, or the class name and
         its synonym).
+    text_weights : a precomputed (C, D) zero-shot head W_zs instead of backbone + synonyms
+        (``classnames`` optionally names its rows, else 0..C-1); its rows are then the prompt
+        samples, and the pool must come labelled (``y``), as nothing encodes captions.
     n_samples : most pool images kept per class.
     max_iter : training steps; "auto" = int(min(32000, n_samples · C · 10 / 32)).
     lr, weight_decay, warmup_iter, batch_size : AdamW's learning rate and weight decay, the
@@ -116,24 +127,27 @@ class RealLinearClassifier(Predictor):
     wise_alpha : weight of the trained head in W_final = α W + (1 − α) W_zs.
     mention : "synonym" scores only pool captions that mention a synonym of the class;
         "any" scores every pool caption.
-    logit_scale : multiplier of x̂ · Wᵀ in training and in ``decision_function``.
+    logit_scale : multiplier of x̂ · Wᵀ in training and in ``logits``.
     random_state : seed of the sample order.
 
-    Fitted attributes: ``classes_``, ``weights_`` (C, D) W_final, ``zeroshot_weights_`` (C, D)
-    W_zs, ``linear_weights_`` (C, D) the trained W, ``samples_`` (M,) pool rows used and
-    ``sample_labels_`` (M,) their class indices, ``sample_counts_`` (C,), ``n_iter_``,
-    ``loss_curve_`` (n_iter_,) training loss per step, ``learning_rates_`` (n_iter_,).
+    Fitted attributes (rows and labels in ``classes_`` order): ``classes_``, ``classnames_``,
+    ``text_head_`` (C, D) W_final, ``zeroshot_weights_`` (C, D) W_zs, ``linear_weights_``
+    (C, D) the trained W, ``samples_`` (M,) pool rows used and ``sample_labels_`` (M,) their
+    class indices, ``sample_counts_`` (C,), ``n_iter_``, ``loss_curve_`` (n_iter_,) training
+    loss per step, ``learning_rates_`` (n_iter_,).
     """
 
-    def __init__(self, backbone=None, classnames=None, synonyms=None,
-                 templates="openai_imagenet", n_samples: int = 100, max_iter="auto",
-                 lr: float = 1e-4, weight_decay: float = 0.01, warmup_iter: int = 50,
-                 batch_size: int = 32, wise_alpha: float = 0.5, mention: str = "synonym",
-                 logit_scale: float = 100.0, random_state=None, cache=None):
+    def __init__(self, backbone=None, *, classnames=None, synonyms=None,
+                 templates="openai_imagenet", text_weights=None, n_samples: int = 100,
+                 max_iter="auto", lr: float = 1e-4, weight_decay: float = 0.01,
+                 warmup_iter: int = 50, batch_size: int = 32, wise_alpha: float = 0.5,
+                 mention: str = "synonym", logit_scale: float = 100.0, random_state=0,
+                 cache=None):
         self.backbone = backbone
         self.classnames = classnames
         self.synonyms = synonyms
         self.templates = templates
+        self.text_weights = text_weights
         self.n_samples = n_samples
         self.max_iter = max_iter
         self.lr = lr
@@ -146,66 +160,91 @@ class RealLinearClassifier(Predictor):
         self.random_state = random_state
         self.cache = cache
 
-    def fit(self, X, captions, caption_embeddings=None):
-        """Retrieve and train on a pool: X (N, D) image embeddings, captions (N,) their texts.
+    def fit(self, X, y=None, *, captions=None, caption_embeddings=None):
+        """Train on a pool of image embeddings X (N, D): labelled by ``y`` (N,), or with
+        ``captions`` (N,) from which each class retrieves its images (steps 1-3).
 
         caption_embeddings : (N, D) text embeddings of the captions, when already computed
         (otherwise ``backbone`` encodes them, cached in ``cache``).
         """
         self._check_params()
         name = type(self).__name__
-        X = self._validate_embeddings(X, reset=True)
-        captions = [str(c) for c in captions]
-        if len(captions) != len(X):
-            raise InputError(f"{name}: {len(X)} pool images but {len(captions)} captions.")
+        if (y is None) == (captions is None):
+            raise InputError(f"{name}: fit takes either labels y or captions to retrieve "
+                             f"from, not {'both' if y is not None else 'neither'}.")
+        if y is None:
+            X = self._validate_embeddings(X, reset=True)
+        else:
+            X, y = self._validate_embeddings(X, y, reset=True)
+        W_zs, texts, text_labels, names, table = self._text_side()
+        if W_zs.shape[1] != X.shape[1]:
+            raise InputError(f"{name}: the pool embeddings have D={X.shape[1]} but the text "
+                             f"side has D={W_zs.shape[1]}.")
+        classes, self.classnames_, order = class_columns(names)
+        if y is not None:
+            samples = np.arange(len(X))
+            labels = order[label_codes(y, classes, f"{name}: label")]
+        elif table is None:
+            raise InputError(f"{name}: retrieving from captions needs a backbone and synonyms, "
+                             f"not text_weights; pass labels y instead.")
+        else:
+            samples, labels = self._retrieve(table, X, captions, caption_embeddings)
+        n_classes = len(names)
+        if not len(samples):
+            raise InputError(f"{name}: no pool caption qualifies for any class (none mentions "
+                             f"a synonym with a non-negative score); check the pool and synonyms.")
+        max_iter = (int(min(32000, self.n_samples * n_classes * 10 / 32))
+                    if self.max_iter == "auto" else int(self.max_iter))
+        self.learning_rates_ = warmup_cosine_lr(max_iter, self.lr, self.warmup_iter)
+        W, self.loss_curve_ = self._train(W_zs, X[samples], labels, texts, text_labels)
+        self.n_iter_ = max_iter
+        self.classes_ = classes
+        self.n_features_in_ = X.shape[1]
+        self.zeroshot_weights_, self.linear_weights_ = W_zs[order], W[order]
+        self.text_head_ = (self.wise_alpha * self.linear_weights_
+                           + (1 - self.wise_alpha) * self.zeroshot_weights_)
+        self.samples_, self.sample_labels_ = samples, np.argsort(order)[labels]
+        self.sample_counts_ = np.bincount(self.sample_labels_, minlength=n_classes)
+        return self
+
+    def _text_side(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list, SynonymTable | None]:
+        """(W_zs (C, D), prompt samples (T, D), their class indices (T,), the class names,
+        the synonym table or None), rows in the given class order."""
+        if self.text_weights is not None:
+            W_zs, names = given_text_weights(type(self).__name__, self.text_weights,
+                                             self.classnames)
+            return W_zs, W_zs, np.arange(len(W_zs)), names, None
         table = _synonym_table(self)
         templates = load_templates(self.templates)
         prompts = class_prompts(table.prompt_names(), templates)
         W_zs = class_weights(self.backbone, prompts, cache=self.cache)
-        if W_zs.shape[1] != X.shape[1]:
-            raise InputError(f"{name}: the pool embeddings have D={X.shape[1]} but the backbone's "
-                             f"text embeddings have D={W_zs.shape[1]}.")
+        texts = self.backbone.encode_texts([p for group in prompts for p in group],
+                                           cache=self.cache)
+        return (W_zs, texts, np.repeat(np.arange(len(prompts)), len(templates)), table.classes,
+                table)
+
+    def _check_params(self) -> None:
+        check_param(self, "mention", self.mention in ("synonym", "any"), "'synonym' or 'any'")
+        check_param(self, "max_iter", self.max_iter == "auto" or is_integer(self.max_iter, 0),
+                    "'auto' or an integer >= 0")
+        for param in ("n_samples", "batch_size"):
+            check_param(self, param, is_integer(getattr(self, param), 1), "an integer >= 1")
+        check_param(self, "logit_scale", is_number(self.logit_scale, 0), "a number >= 0")
+
+    def _retrieve(self, table: SynonymTable, X: np.ndarray, captions, caption_embeddings
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Steps 1-3: per class, the best-scored candidate pool rows with r >= 0."""
+        name = type(self).__name__
+        captions = [str(c) for c in captions]
+        if len(captions) != len(X):
+            raise InputError(f"{name}: {len(X)} pool images but {len(captions)} captions.")
         if caption_embeddings is None:
             caption_embeddings = self.backbone.encode_texts(captions, cache=self.cache)
         caption_embeddings = l2_normalise(caption_embeddings)
         if caption_embeddings.shape != X.shape:
             raise InputError(f"{name}: caption_embeddings must have shape {X.shape}, "
                              f"got {caption_embeddings.shape}.")
-
-        self.samples_, self.sample_labels_ = self._retrieve(table, templates, captions,
-                                                            caption_embeddings)
-        n_classes = len(table.classes)
-        self.sample_counts_ = np.bincount(self.sample_labels_, minlength=n_classes)
-        if not len(self.samples_):
-            raise InputError(f"{name}: no pool caption qualifies for any class (none mentions "
-                             f"a synonym with a non-negative score); check the pool and synonyms.")
-        texts = self.backbone.encode_texts([p for group in prompts for p in group], cache=self.cache)
-        text_labels = np.repeat(np.arange(n_classes), len(templates))
-        max_iter = (int(min(32000, self.n_samples * n_classes * 10 / 32))
-                    if self.max_iter == "auto" else int(self.max_iter))
-        self.learning_rates_ = warmup_cosine_lr(max_iter, self.lr, self.warmup_iter)
-        self.linear_weights_, self.loss_curve_ = self._train(
-            W_zs, X[self.samples_], self.sample_labels_, texts, text_labels)
-        self.n_iter_ = max_iter
-        self.zeroshot_weights_ = W_zs
-        self.weights_ = self.wise_alpha * self.linear_weights_ + (1 - self.wise_alpha) * W_zs
-        self.classes_ = np.array(table.classes)
-        return self
-
-    def _check_params(self) -> None:
-        name = type(self).__name__
-        if self.mention not in ("synonym", "any"):
-            raise InputError(f"{name}: mention must be 'synonym' or 'any', got '{self.mention}'.")
-        if not (self.max_iter == "auto" or (isinstance(self.max_iter, int) and self.max_iter >= 0)):
-            raise InputError(f"{name}: max_iter must be 'auto' or an integer >= 0, "
-                             f"got {self.max_iter!r}.")
-        for param in ("n_samples", "batch_size"):
-            if getattr(self, param) < 1:
-                raise InputError(f"{name}: {param} must be at least 1, got {getattr(self, param)}.")
-
-    def _retrieve(self, table: SynonymTable, templates: list[str], captions: list[str],
-                  caption_embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Steps 1-3: per class, the best-scored candidate pool rows with r >= 0."""
+        templates = load_templates(self.templates)
         per_synonym = class_weights(self.backbone, [
             p for synonyms in table.alternates for p in class_prompts(synonyms, templates)],
             cache=self.cache)                                       # (A, D) e_{c,a}
@@ -251,11 +290,11 @@ class RealLinearClassifier(Predictor):
             losses[step] = loss.item()
         return weight.detach().numpy().copy(), losses
 
-    def decision_function(self, X) -> np.ndarray:
+    def logits(self, X) -> np.ndarray:
         """(N, C) logits: logit_scale · x̂ · W_finalᵀ."""
         check_is_fitted(self)
         X = self._validate_embeddings(X, reset=False)
-        return self.logit_scale * X @ self.weights_.T
+        return self.logit_scale * X @ self.text_head_.T
 
 
 class _Batches:

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from sklearn.utils import Tags
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
@@ -49,7 +50,7 @@ from ..encoders.pipeline import (EncodeReport, Picture, View, ViewMaker, encode_
                                  seeded_torch_rng)
 from ..encoders.text_tower import TextTower, encode_embedded, prompt_tower
 from ..errors import InputError
-from .base import Predictor
+from .base import Predictor, check_param, class_columns, is_integer, is_number, seed_of
 from ..text.classnames import display_name, parse_classnames
 from ..text.templates import load_templates
 
@@ -68,8 +69,8 @@ class TPTClassifier(Predictor):
     Parameters
     ----------
     backbone : Backbone whose text tower is open_clip's standard CLIP transformer.
-    classnames : class names (list, comma string or file); they become ``classes_``.
-    prompt_names : the names the prompts use, one per class (e.g. REAL's most frequent
+    classnames : class names (list, comma string or file); they become ``classes_``, sorted.
+    prompt_names : the names the prompts use, one per class name (e.g. REAL's most frequent
         synonyms); default: ``classnames``.
     n_ctx : number of context vectors when ``ctx_init`` is None (random N(0, 0.02²) init).
     ctx_init : initial context words, e.g. "a photo of a" (then n_ctx is their token count),
@@ -82,7 +83,8 @@ class TPTClassifier(Predictor):
     steps : AdamW steps per image; the first is applied in closed form when it is the only one.
     batch_images : images tuned together in one batched pass (separate contexts).
     text_batch : prompts (image, class pairs) per text-tower pass; more go in chunks.
-    random_state : seed; with the image content it fixes the views of each image.
+    random_state : None, int or RandomState; with the image content it fixes the views of
+        each image.
     diffusion_views : DiffTPT's generated variations per image: a folder of files
         ``{stem}_{i}.{ext}`` for an image file ``{stem}.*``, or a callable image -> images
         (called where the images are decoded: threads, or worker processes with
@@ -91,13 +93,16 @@ class TPTClassifier(Predictor):
 
     DiffTPT's own setting is ``n_views=64, selection_p=0.3, steps=4`` with ``diffusion_views``.
     ``fit(X=None, y=None)`` builds the prompt learner; X are images (paths or PIL images).
+    Fitted attributes: ``classes_``, ``classnames_`` (C,), ``n_ctx_``.
     """
 
-    def __init__(self, backbone: Backbone | None = None, classnames=None, prompt_names=None,
+    _learns_from_y = False
+
+    def __init__(self, backbone: Backbone | None = None, *, classnames=None, prompt_names=None,
                  n_ctx: int = 4,
                  ctx_init: str | None = "a photo of a", n_views: int = 63, augmix: bool = False,
                  selection_p: float = 0.1, lr: float = 5e-3, steps: int = 1,
-                 batch_images: int = 4, text_batch: int = 256, random_state: int = 0,
+                 batch_images: int = 4, text_batch: int = 256, random_state=0,
                  diffusion_views: DiffusionViews | None = None, cosine_p: float = 0.8):
         self.backbone = backbone
         self.classnames = classnames
@@ -124,14 +129,11 @@ class TPTClassifier(Predictor):
             raise InputError(f"{owner} needs a Backbone, got {type(self.backbone).__name__}.")
         if self.classnames is None:
             raise InputError(f"{owner} needs classnames.")
-        for name, value, low in (("n_views", self.n_views, 0), ("steps", self.steps, 1),
-                                 ("batch_images", self.batch_images, 1),
-                                 ("text_batch", self.text_batch, 1)):
-            if not isinstance(value, (int, np.integer)) or value < low:
-                raise InputError(f"{owner}: {name} must be an integer >= {low}, got {value!r}.")
-        for name, value in (("selection_p", self.selection_p), ("cosine_p", self.cosine_p)):
-            if not 0 < value <= 1:
-                raise InputError(f"{owner}: {name} must be in (0, 1], got {value!r}.")
+        for name, low in (("n_views", 0), ("steps", 1), ("batch_images", 1), ("text_batch", 1)):
+            check_param(self, name, is_integer(getattr(self, name), low), f"an integer >= {low}")
+        for name in ("selection_p", "cosine_p"):
+            value = getattr(self, name)
+            check_param(self, name, is_number(value, 0, 1) and value > 0, "in (0, 1]")
         if self.diffusion_views is not None and not callable(self.diffusion_views) \
                 and not Path(self.diffusion_views).is_dir():
             raise InputError(f"diffusion views folder '{self.diffusion_views}' does not exist.")
@@ -139,18 +141,25 @@ class TPTClassifier(Predictor):
         prompt_names = names if self.prompt_names is None else [str(n) for n in self.prompt_names]
         if len(prompt_names) != len(names):
             raise InputError(f"{owner}: {len(prompt_names)} prompt names for {len(names)} classes.")
-        self.classes_ = np.array(names)
-        self._learner = PromptLearner(self.backbone, prompt_names, self.ctx_init, self.n_ctx,
-                                      self.random_state)
+        self.classes_, self.classnames_, order = class_columns(names)
+        self._seed = seed_of(self.random_state)
+        self._learner = PromptLearner(self.backbone, [prompt_names[i] for i in order],
+                                      self.ctx_init, self.n_ctx, self._seed)
         with torch.no_grad():
             self._init_weights = self._learner.text_features(self._learner.ctx_init[None],
                                                              self.text_batch)[0]
         self.n_ctx_ = self._learner.n_ctx
         return self
 
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.string = True  # image paths
+        return tags
+
     # ------------------------------------------------------------------ predict
 
-    def decision_function(self, X) -> np.ndarray:
+    def logits(self, X) -> np.ndarray:
         """(N, C) logits of the original view of each image, after tuning on that image.
 
         Raises InputError naming the first image that cannot be read.
@@ -171,7 +180,7 @@ class TPTClassifier(Predictor):
         if not hasattr(self, "_learner"):  # loaded from a file: fit learns nothing from data
             self.fit()
         image_set = read_image_source(X)
-        views = AugmentedViews(self.backbone, self.n_views, self.augmix, self.random_state,
+        views = AugmentedViews(self.backbone, self.n_views, self.augmix, self._seed,
                                self.diffusion_views, image_set.items)
         device, size = self._learner.device, self.batch_images
         show = self.backbone.progress if progress is None else progress
@@ -527,5 +536,5 @@ def tpt_preset(backbone: Backbone | None = None, classnames=None, *, templates=N
             raise InputError(f"TPT tunes one prompt, but the templates '{templates}' hold "
                              f"{len(loaded)}; give one template (e.g. photo).")
         settings["ctx_init"] = loaded[0]
-    return TPTClassifier(backbone, classnames, diffusion_views=diffusion_views,
+    return TPTClassifier(backbone, classnames=classnames, diffusion_views=diffusion_views,
                          **{**settings, **params})
