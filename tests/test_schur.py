@@ -323,9 +323,10 @@ def test_zero_shot_moves_away_from_the_removed_class():
     editor = SchurEditor(ridge=1e-6).fit(weights[labels], images)
     classifier = ZeroShotClassifier(text_weights=weights, classnames=classes).fit()
     dogs = images[labels == 0]
-    before = classifier.predict_proba(dogs)[:, 0]
+    dog = list(classifier.classes_).index("dog")  # columns follow the sorted classes_
+    before = classifier.predict_proba(dogs)[:, dog]
     edited = editor.transform(dogs, weights[0])
-    after = classifier.predict_proba(edited)[:, 0]
+    after = classifier.predict_proba(edited)[:, dog]
     assert edited.dtype == np.float32 and edited.shape == dogs.shape
     np.testing.assert_allclose(np.linalg.norm(edited, axis=1), 1.0, atol=1e-6)
     assert (classifier.predict(dogs) == "dog").mean() > 0.9
