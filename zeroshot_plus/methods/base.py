@@ -83,8 +83,9 @@ class Predictor(ClassifierMixin, BaseEstimator):
         if isinstance(y, str) and y == "no_validation":
             return _unit_or_zero(self._checked(
                 lambda: validate_data(self, X, reset=reset, dtype=np.float32)))
+        if y is not None:  # a regression target is named as such, before any shape error
+            self._checked(lambda: check_classification_targets(y))
         X, y = self._checked(lambda: validate_data(self, X, y, reset=reset, dtype=np.float32))
-        self._checked(lambda: check_classification_targets(y))
         return _unit_or_zero(X), y
 
     def _checked(self, validate):

@@ -169,9 +169,12 @@ class RealLinearClassifier(Predictor):
         """
         self._check_params()
         name = type(self).__name__
-        if (y is None) == (captions is None):
-            raise InputError(f"{name}: fit takes either labels y or captions to retrieve "
-                             f"from, not {'both' if y is not None else 'neither'}.")
+        if y is None and captions is None:
+            raise InputError(f"{name} requires y to be passed, but the target y is None; or "
+                             f"pass captions to retrieve labelled images from.")
+        if y is not None and captions is not None:
+            raise InputError(f"{name}: fit takes labels y or captions to retrieve from, "
+                             f"not both.")
         if y is None:
             X = self._validate_embeddings(X, reset=True)
         else:
