@@ -5,7 +5,8 @@ Two sources are read:
 - a REAL metrics file (``metrics-LAION400M.json`` as released, or written by
   ``zeroshot-plus frequency``): a JSON object keyed by class id *strings* in any order, each
   value with ``name``, ``alternates`` ({synonym: caption count}) and ``most_common_name``.
-  Rows are ordered by ``int(key)`` (the ids are the data set's labels), and
+  Rows are ordered by ``int(key)`` (the ids are the data set's labels; names may repeat, and
+  a classifier then labels its classes by id, see methods/base.py), and
   ``most_common_name`` is taken as written, never recomputed from the counts: the released
   files carry manual corrections (METHODS.md §3.4, §3.6).
 - a user's synonym map keyed by class name: ``{class: synonym}`` (the name to prompt with), or
@@ -96,13 +97,10 @@ def _from_metrics(data: Mapping, names: list[str] | None, source: str) -> Synony
         raise InputError(f"the {source} must have class ids 0..{len(ids) - 1}; "
                          f"id {missing[0]} is missing.")
     rows = [data[ids[i]] for i in range(len(ids))]
-    if names is None:
-        names = [str(row["name"]) for row in rows]
-        repeated = next((n for i, n in enumerate(names) if n in names[:i]), None)
-        if repeated is not None:
-            raise InputError(f"the {source} names class '{repeated}' more than once; pass the "
-                             f"class names (in id order) to tell them apart.")
-        names = validate_classnames(names, source)
+    if names is None:  # a name may repeat (ImageNet's "crane"): rows are told apart by id
+        names = [str(row["name"]).strip() for row in rows]
+        if "" in names:
+            raise InputError(f"class id {names.index('')} of the {source} has an empty name.")
     elif len(names) != len(rows):
         raise InputError(f"the {source} has {len(rows)} classes but {len(names)} class names "
                          f"were given; its rows are matched to the classes by id.")
