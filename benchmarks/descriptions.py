@@ -179,10 +179,12 @@ def accuracy(args) -> list[tuple[str, str, str, str]]:
     names = imagenet.classnames
     for label, templates in (("bare class name", ["{}"]), ("'a photo of a {}.'", ["a photo of a {}."]),
                              ("80 OpenAI templates", "openai_imagenet")):
-        clf = ZeroShotClassifier(backbone, classnames=names, templates=templates, cache=args.cache).fit()
+        clf = ZeroShotClassifier(backbone, classnames=names, templates=templates,
+                                 cache=args.cache).fit()
         record("ImageNet samples", label, clf.decision_function(X), y)
     for style in ("menon", "corrected"):
-        clf = DescriptionClassifier(backbone, classnames=names, descriptors=str(args.descriptors), prompt_style=style,
+        clf = DescriptionClassifier(backbone, classnames=names, descriptors=str(args.descriptors),
+                                    prompt_style=style,
                                     cache=args.cache).fit()
         record("ImageNet samples", f"descriptions ({style} rule)", clf.decision_function(X), y)
 
@@ -190,9 +192,11 @@ def accuracy(args) -> list[tuple[str, str, str, str]]:
     X, y, names = _cifar(backbone, args.cifar_per_class, args.cache)
     for label, templates in (("bare class name", ["{}"]), ("'a photo of a {}.'", ["a photo of a {}."]),
                              ("80 OpenAI templates", "openai_imagenet")):
-        clf = ZeroShotClassifier(backbone, classnames=names, templates=templates, cache=args.cache).fit()
+        clf = ZeroShotClassifier(backbone, classnames=names, templates=templates,
+                                 cache=args.cache).fit()
         record("CIFAR-10 test", label, clf.decision_function(X), y)
-    clf = DescriptionClassifier(backbone, classnames=names, descriptors=str(cupl), prompt_style="sentences",
+    clf = DescriptionClassifier(backbone, classnames=names, descriptors=str(cupl),
+                                prompt_style="sentences",
                                 cache=args.cache).fit()
     record("CIFAR-10 test", "CuPL sentences as descriptions (mean similarity)",
            clf.decision_function(X), y)

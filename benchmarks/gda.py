@@ -257,7 +257,8 @@ def few_shot_accuracy(backbone, classnames, templates, train, val, test, shots, 
 
     test = sample_shots(test, test_per_class) if test_per_class else read_image_source(test)
     X_test = backbone.encode_images(test, cache=cache)
-    zero_shot = ZeroShotClassifier(backbone, classnames=classnames, templates=templates, cache=cache).fit()
+    zero_shot = ZeroShotClassifier(backbone, classnames=classnames, templates=templates,
+                                   cache=cache).fit()
     prior = 100 * zero_shot.score(X_test, test.labels)
     X_val = y_val = None
     if val is not None:
@@ -269,7 +270,8 @@ def few_shot_accuracy(backbone, classnames, templates, train, val, test, shots, 
         for seed in seeds:
             support = augmented_support(backbone, sample_shots(train, k, seed), n_views=10,
                                         scale=scale, random_state=seed, cache=cache)
-            model = GDAClassifier(backbone, classnames=classnames, templates=templates, random_state=seed,
+            model = GDAClassifier(backbone, classnames=classnames, templates=templates,
+                                  random_state=seed,
                                   cache=cache)
             model.fit(support.X, support.y, X_val=X_val, y_val=y_val, groups=support.groups)
             runs.append(100 * model.score(X_test, test.labels))

@@ -68,7 +68,8 @@ def record(work: Path) -> dict[str, np.ndarray]:
     subset = {n: descriptors[n] for n in names}
     path = work / "desc.json"
     path.write_text(json.dumps(subset))
-    out["descriptions"] = DescriptionClassifier(bb, classnames=names, descriptors=str(path)).fit().decision_function(X)
+    out["descriptions"] = DescriptionClassifier(bb, classnames=names,
+                                                descriptors=str(path)).fit().decision_function(X)
     metrics = SHARED / "real" / "oxford_pets" / "metrics-LAION400M.json"
     imagenet = [m["name"] for _, m in sorted(json.loads(metrics.read_text()).items(),
                                              key=lambda kv: int(kv[0]))]

@@ -200,12 +200,14 @@ def compare(backbone, paths, labels, names, synonyms, title, cache) -> list[tupl
     from zeroshot_plus import RealPromptClassifier, ZeroShotClassifier
 
     X = backbone.encode_images([str(p) for p in paths], cache=cache)
-    templates = ZeroShotClassifier(backbone, classnames=names, templates="openai_imagenet", cache=cache).fit()
+    templates = ZeroShotClassifier(backbone, classnames=names, templates="openai_imagenet",
+                                   cache=cache).fit()
     rows = [(title, "80 templates, class names", f"{templates.score(X, np.array(names)[labels]):.2%}")]
     if synonyms is None:
         rows.append((title, "REAL-Prompt", "skipped: no synonyms given"))
         return rows
-    real = RealPromptClassifier(backbone, classnames=names, synonyms=synonyms, templates="openai_imagenet", cache=cache).fit()
+    real = RealPromptClassifier(backbone, classnames=names, synonyms=synonyms,
+                                templates="openai_imagenet", cache=cache).fit()
     changed = int(sum(a != b for a, b in zip(real.classes_, real.prompt_names_)))
     rows.append((title, f"REAL-Prompt ({changed} of {len(names)} names differ)",
                  f"{real.score(X, np.array(names)[labels]):.2%}"))

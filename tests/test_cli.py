@@ -262,7 +262,8 @@ def test_classifier_file_with_its_checkpoint_moved(folder, backbone, tiny_config
     weights.parent.mkdir()
     torch.save(backbone.model.state_dict(), weights)
     saved = tmp_path / "zs.npz"
-    ZeroShotClassifier(Backbone(tiny_config, checkpoint=weights, progress=False), classnames=["cat", "dog"],
+    ZeroShotClassifier(Backbone(tiny_config, checkpoint=weights, progress=False),
+                       classnames=["cat", "dog"],
                        templates="photo").fit().save(saved)
     moved = tmp_path / "b" / "tiny.pt"
     moved.parent.mkdir()

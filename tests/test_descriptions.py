@@ -138,7 +138,8 @@ def test_released_descriptor_files_load(shared_data):
 def test_released_cupl_sentences_as_whole_prompts(shared_data, backbone):
     path = shared_data / "cupl" / "cifar10_prompts_full.json"
     raw = json.loads(path.read_text())
-    clf = DescriptionClassifier(backbone, classnames=["cat", "dog"], descriptors=str(path), prompt_style="sentences").fit()
+    clf = DescriptionClassifier(backbone, classnames=["cat", "dog"], descriptors=str(path),
+                                prompt_style="sentences").fit()
     assert clf.counts_.tolist() == [len(raw["cat"]), len(raw["dog"])]
     assert clf.prompts_[0] == raw["cat"][0].strip()
     # CuPL's class weight: normalised mean of normalised sentence embeddings (§2.4)
@@ -184,8 +185,10 @@ def test_one_pass_encoding_in_class_order(backbone, monkeypatch):
 
 def test_equal_single_descriptor_is_the_zero_shot_classifier(backbone):
     names = ["tench", "goldfish", "eel", "ray"]
-    desc = DescriptionClassifier(backbone, classnames=names, descriptors={n: ["black fur"] for n in names}).fit()
-    zero = ZeroShotClassifier(backbone, classnames=names, templates=["{}, which has black fur"]).fit()
+    desc = DescriptionClassifier(backbone, classnames=names,
+                                 descriptors={n: ["black fur"] for n in names}).fit()
+    zero = ZeroShotClassifier(backbone, classnames=names,
+                              templates=["{}, which has black fur"]).fit()
     X = _embeddings(20, desc.n_features_in_, seed=1)
     np.testing.assert_allclose(desc.decision_function(X), zero.decision_function(X), atol=1e-4)
     assert (desc.predict(X) == zero.predict(X)).all()
@@ -194,7 +197,8 @@ def test_equal_single_descriptor_is_the_zero_shot_classifier(backbone):
 def test_equal_descriptor_lists_are_zero_shot_up_to_the_mean_norm(backbone):
     names = ["tench", "goldfish", "eel"]
     items = ["a fish", "fins", "scales"]
-    desc = DescriptionClassifier(backbone, classnames=names, descriptors={n: items for n in names}).fit()
+    desc = DescriptionClassifier(backbone, classnames=names,
+                                 descriptors={n: items for n in names}).fit()
     templates = ["{}, which is a fish", "{}, which has fins", "{}, which has scales"]
     zero = ZeroShotClassifier(backbone, classnames=names, templates=templates).fit()
     np.testing.assert_allclose(desc.text_head_, zero.text_head_, atol=1e-5)
@@ -206,19 +210,22 @@ def test_equal_descriptor_lists_are_zero_shot_up_to_the_mean_norm(backbone):
 
 
 def test_class_without_descriptors_falls_back_to_its_name(backbone):
-    clf = DescriptionClassifier(backbone, classnames=["tench", "ray"], descriptors={"tench": ["fins"], "ray": []},
+    clf = DescriptionClassifier(backbone, classnames=["tench", "ray"],
+                                descriptors={"tench": ["fins"], "ray": []},
                                 suffix=".").fit()
     assert clf.prompts_.tolist() == ["tench, which has fins.", "ray."]
     X = _embeddings(4, clf.n_features_in_, seed=3)
     name = backbone.encode_texts(["ray."])[0]
     ray = list(clf.classes_).index("ray")
     np.testing.assert_allclose(clf.logits(X)[:, ray], 100 * X @ name, atol=1e-4)
-    missing = DescriptionClassifier(backbone, classnames=["tench", "ray"], descriptors={"tench": ["fins"]},
+    missing = DescriptionClassifier(backbone, classnames=["tench", "ray"],
+                                    descriptors={"tench": ["fins"]},
                                     suffix=".", allow_missing=True).fit()
     np.testing.assert_allclose(missing.decision_function(X), clf.decision_function(X), atol=1e-6)
     assert missing.report_["missing"] == ["ray"]
     with pytest.raises(InputError, match="'ray'"):
-        DescriptionClassifier(backbone, classnames=["tench", "ray"], descriptors={"tench": ["fins"]}).fit()
+        DescriptionClassifier(backbone, classnames=["tench", "ray"],
+                              descriptors={"tench": ["fins"]}).fit()
 
 
 def test_probabilities_and_scale(fitted):

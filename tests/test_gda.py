@@ -264,7 +264,9 @@ def test_unnormalised_embeddings_are_normalised():
 @pytest.mark.parametrize("case, match", [
     ("nan", r"GDAClassifier: Input X contains NaN\.$"),
     ("unknown label", r"support labels 'zebra' are not among the classes of the text side \('cat', 'dog'"),
-    ("int labels beyond the classes", r"support labels 4, 5 are not among the classes of the text side \(.cat., .dog., .eel., .fox.\)\.$"),
+    ("int labels beyond the classes",
+     r"support labels 4, 5 are not among the classes of the text side "
+     r"\(.cat., .dog., .eel., .fox.\)\.$"),
     ("rows vs names", "3 class names for 4 rows of text_weights"),
     ("dimension", "the support embeddings have D=16 but the text side has D=12"),
     ("predict dimension", "X has 12 features, but GDAClassifier is expecting 16 features"),
@@ -334,7 +336,8 @@ def test_pipeline_on_images_grid_search_and_cross_val_score(tiny):
     images = [photo(i) for i in range(12)]
     labels = ["red", "green", "blue"] * 4
     pipeline = make_pipeline(ImageEmbedder(tiny),
-                             GDAClassifier(tiny, classnames=["red", "green", "blue"], templates=["a {} photo."],
+                             GDAClassifier(tiny, classnames=["red", "green", "blue"],
+                                           templates=["a {} photo."],
                                            random_state=0))
     pipeline.fit(images, labels)
     assert set(pipeline.predict(images)) <= {"red", "green", "blue"}
@@ -365,7 +368,8 @@ def test_save_and_load_round_trip(tmp_path, tiny):
     names = ["red", "green"]
     support = np.array(["red", "green"] * 3)
     Xs = tiny.encode_images([photo(i) for i in range(6)])
-    with_backbone = GDAClassifier(tiny, classnames=names, templates=["a {} photo."], alpha=0.5).fit(Xs, support)
+    with_backbone = GDAClassifier(tiny, classnames=names, templates=["a {} photo."],
+                                  alpha=0.5).fit(Xs, support)
     with_backbone.save(tmp_path / "backbone.npz")
     again = GDAClassifier.load(tmp_path / "backbone.npz")  # backbone rebuilt from its name
     assert again.backbone.fingerprint == tiny.fingerprint

@@ -132,7 +132,8 @@ def test_not_fitted(raw_x):
 
 
 def test_get_params_set_params_and_clone_share_the_backbone(backbone):
-    clf = ZeroShotClassifier(backbone, classnames=["cat", "dog"], templates="photo", logit_scale=20.0)
+    clf = ZeroShotClassifier(backbone, classnames=["cat", "dog"], templates="photo",
+                             logit_scale=20.0)
     params = clf.get_params()
     assert params["backbone"] is backbone and params["classnames"] == ["cat", "dog"]
     assert params["templates"] == "photo" and params["logit_scale"] == 20.0
@@ -188,7 +189,8 @@ def test_image_embedder_with_cache(backbone, tmp_path):
 
 
 def test_save_load_round_trip_with_backbone(backbone, tmp_path):
-    clf = ZeroShotClassifier(backbone, classnames=["cat", "dog", "bird"], templates="simple_imagenet",
+    clf = ZeroShotClassifier(backbone, classnames=["cat", "dog", "bird"],
+                             templates="simple_imagenet",
                              logit_scale=42.0).fit()
     X = backbone.encode_images([synthetic_image(i) for i in range(5)])
     path = tmp_path / "clf.npz"

@@ -37,18 +37,23 @@ def metrics_row(name: str, chosen: str, **alternates: int) -> dict:
 def test_identity_synonyms_give_the_zero_shot_logits(backbone):
     X = embeddings(12, backbone.embed_dim)
     zero_shot = ZeroShotClassifier(backbone, classnames=NAMES, templates=TEMPLATES).fit()
-    as_map = RealPromptClassifier(backbone, classnames=NAMES, synonyms={n: n for n in NAMES}, templates=TEMPLATES).fit()
+    as_map = RealPromptClassifier(backbone, classnames=NAMES, synonyms={n: n for n in NAMES},
+                                  templates=TEMPLATES).fit()
     as_metrics = RealPromptClassifier(
-        backbone, classnames=NAMES, synonyms={str(i): metrics_row(n, n) for i, n in enumerate(NAMES)}, templates=TEMPLATES).fit()
+        backbone, classnames=NAMES,
+        synonyms={str(i): metrics_row(n, n) for i, n in enumerate(NAMES)},
+        templates=TEMPLATES).fit()
     for real in (as_map, as_metrics):
         np.testing.assert_array_equal(real.decision_function(X), zero_shot.decision_function(X))
         assert list(real.classes_) == NAMES
 
 
 def test_synonyms_replace_the_name_in_every_template_and_classes_keep_the_names(backbone):
-    real = RealPromptClassifier(backbone, classnames=NAMES, synonyms={"cat": "kitty", "DOG": "puppy", "jay": "blue jay"},
+    real = RealPromptClassifier(backbone, classnames=NAMES,
+                                synonyms={"cat": "kitty", "DOG": "puppy", "jay": "blue jay"},
                                 templates=TEMPLATES).fit()
-    renamed = ZeroShotClassifier(backbone, classnames=["kitty", "puppy", "blue jay"], templates=TEMPLATES).fit()
+    renamed = ZeroShotClassifier(backbone, classnames=["kitty", "puppy", "blue jay"],
+                                 templates=TEMPLATES).fit()
     rows = [list(renamed.classes_).index(n) for n in real.prompt_names_]  # both sorted by name
     np.testing.assert_array_equal(real.text_head_, renamed.text_head_[rows])
     assert list(real.classes_) == NAMES
@@ -71,7 +76,8 @@ def test_metrics_rows_are_ordered_by_integer_class_id(tmp_path, backbone):
     assert list(real.classes_) == sorted(names)  # sorted as scikit-learn's classes_ are
     assert real.prompt_names_[list(real.classes_).index("class10")] == "synonym10"
     # given class names are matched to the rows by id
-    given = RealPromptClassifier(backbone, classnames=[f"n{i}" for i in range(11)], synonyms=str(path), templates=TEMPLATES).fit()
+    given = RealPromptClassifier(backbone, classnames=[f"n{i}" for i in range(11)],
+                                 synonyms=str(path), templates=TEMPLATES).fit()
     assert given.prompt_names_[list(given.classes_).index("n2")] == "synonym2"
 
 
@@ -82,7 +88,8 @@ def test_most_common_name_is_taken_as_written_not_recomputed():
 
 
 def test_real_prompt_head_serves_as_the_gda_prior(backbone):
-    real = RealPromptClassifier(backbone, classnames=NAMES, synonyms={"cat": "kitty", "dog": "puppy", "jay": "jay"},
+    real = RealPromptClassifier(backbone, classnames=NAMES,
+                                synonyms={"cat": "kitty", "dog": "puppy", "jay": "jay"},
                                 templates=TEMPLATES).fit()
     X = embeddings(9, backbone.embed_dim, seed=1)
     gda = GDAClassifier(text_weights=real.text_head_, classnames=list(real.classes_), alpha=0.0)
@@ -91,7 +98,8 @@ def test_real_prompt_head_serves_as_the_gda_prior(backbone):
 
 
 def test_save_and_load_round_trip(tmp_path, backbone):
-    real = RealPromptClassifier(backbone, classnames=NAMES, synonyms={"cat": "kitty", "dog": "puppy", "jay": "jay"},
+    real = RealPromptClassifier(backbone, classnames=NAMES,
+                                synonyms={"cat": "kitty", "dog": "puppy", "jay": "jay"},
                                 templates=TEMPLATES).fit()
     real.save(tmp_path / "real.npz")
     loaded = Predictor.load(tmp_path / "real.npz", backbone)
@@ -151,7 +159,8 @@ def test_bad_synonym_inputs_raise_one_clear_error(tmp_path, backbone):
     with pytest.raises(InputError, match=r"no entry for 1 class\(es\): 'cat' \(did you mean 'kat'\?\)"):
         load_synonyms({"kat": "kitty", "dog": "puppy", "jay": "jay"}, NAMES)
     with pytest.raises(InputError, match="candidate synonyms but no chosen name"):
-        RealPromptClassifier(backbone, classnames=NAMES, synonyms={n: [n, "x"] for n in NAMES}, templates=TEMPLATES).fit()
+        RealPromptClassifier(backbone, classnames=NAMES, synonyms={n: [n, "x"] for n in NAMES},
+                             templates=TEMPLATES).fit()
     with pytest.raises(InputError, match="class id 'ten', which is not an integer"):
         load_synonyms({"0": metrics_row("a", "a"), "ten": metrics_row("b", "b")})
     with pytest.raises(InputError, match="id 1 is missing"):
@@ -305,14 +314,16 @@ def pool(backbone):
     rng = np.random.default_rng(3)
     words = ["kitty", "cat", "puppy", "dog", "blue jay", "jay"]
     captions = [f"my {words[i % 6]} at home {i}" for i in range(60)]
-    real = RealPromptClassifier(backbone, classnames=NAMES, synonyms=SYNONYMS, templates=TEMPLATES).fit()
+    real = RealPromptClassifier(backbone, classnames=NAMES, synonyms=SYNONYMS,
+                                templates=TEMPLATES).fit()
     labels = np.arange(60) % 6 // 2
     X = real.text_head_[labels] + 0.5 * rng.normal(size=(60, backbone.embed_dim))
     return X.astype(np.float32), captions, labels, real.text_head_
 
 
 def linear(backbone, **params):
-    return RealLinearClassifier(backbone, classnames=NAMES, synonyms=SYNONYMS, templates=TEMPLATES, **{"random_state": 0, **params})
+    return RealLinearClassifier(backbone, classnames=NAMES, synonyms=SYNONYMS,
+                                templates=TEMPLATES, **{"random_state": 0, **params})
 
 
 def test_zero_steps_keep_the_real_prompt_head_and_wise_zero_is_the_zero_shot_head(backbone, pool):
@@ -371,7 +382,8 @@ def test_retrieval_keeps_the_best_scored_mentions(backbone, pool):
     for c, name in enumerate(NAMES):
         # candidates: captions with the class name or its synonym (caption i says words[i % 6])
         candidates = np.array([i for i in range(60) if i % 6 in (2 * c, 2 * c + 1)])
-        heads = ZeroShotClassifier(backbone, classnames=[name, SYNONYMS[name]], templates=TEMPLATES).fit()
+        heads = ZeroShotClassifier(backbone, classnames=[name, SYNONYMS[name]],
+                                   templates=TEMPLATES).fit()
         r = caption_embeddings[candidates] @ heads.text_head_.T.mean(axis=1)  # mean_a cos
         ranked = candidates[np.argsort(-r)]
         expected = ranked[np.sort(r)[::-1] >= 0][:3]
@@ -389,12 +401,14 @@ def test_retrieval_with_a_metrics_file_uses_its_alternates_as_written(backbone, 
     X, captions, _, _ = pool
     metrics = {"0": metrics_row("cat", "kitty", kitty=3), "1": metrics_row("dog", "puppy", puppy=2),
                "2": metrics_row("jay", "blue jay", **{"blue jay": 9})}  # the names not among them
-    model = RealLinearClassifier(backbone, classnames=NAMES, synonyms=metrics, templates=TEMPLATES, max_iter=0,
+    model = RealLinearClassifier(backbone, classnames=NAMES, synonyms=metrics,
+                                 templates=TEMPLATES, max_iter=0,
                                  mention="synonym").fit(X, captions=captions)
     words = [re.sub(r"^my (.*) at home \d+$", r"\1", c) for c in captions]
     for c, synonym in enumerate(["kitty", "puppy", "blue jay"]):
         rows = model.samples_[model.sample_labels_ == c]
         assert len(rows) and {words[i] for i in rows} == {synonym}
-    everything = RealLinearClassifier(backbone, classnames=NAMES, synonyms=metrics, templates=TEMPLATES, max_iter=0,
+    everything = RealLinearClassifier(backbone, classnames=NAMES, synonyms=metrics,
+                                      templates=TEMPLATES, max_iter=0,
                                       mention="any", n_samples=60).fit(X, captions=captions)
     assert everything.sample_counts_.max() > 10  # every caption is a candidate of every class

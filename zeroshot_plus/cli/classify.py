@@ -162,7 +162,8 @@ def _classifier(args: argparse.Namespace, backbone: Backbone,
         from ..methods.base import Predictor
 
         classifier = Predictor.load(args.classifier, backbone)
-        if classnames is not None and sorted(classnames) != sorted(map(str, classifier.classnames_)):
+        names = [str(c) for c in classifier.classnames_]
+        if classnames is not None and sorted(classnames) != sorted(names):
             raise InputError(f"--classes differs from the classes of --classifier "
                              f"'{args.classifier}'; leave --classes out.")
         return classifier
@@ -196,7 +197,8 @@ def _fit_descriptions(args: argparse.Namespace, backbone: Backbone,
                       classnames: list[str] | None) -> DescriptionClassifier:
     from ..methods.descriptions import DescriptionClassifier
 
-    classifier = DescriptionClassifier(backbone, classnames=classnames, descriptors=args.descriptors,
+    classifier = DescriptionClassifier(backbone, classnames=classnames,
+                                       descriptors=args.descriptors,
                                        prompt_style=args.prompt_style, cache=args.cache).fit()
     report = classifier.report_
     log.info("descriptors for %d of %d classes (%s)", report["n_with_descriptors"],

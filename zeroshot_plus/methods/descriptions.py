@@ -72,12 +72,12 @@ class DescriptionClassifier(Predictor):
     reference itself gives an empty list the single descriptor "", i.e. the prompt
     "k, which has "; pass [""] to get that.)
 
-    Fitted attributes: ``classes_`` and ``classnames_`` (C,), ``prompts_`` and ``descriptors_`` (P,) str,
-    ``descriptor_embeddings_`` (P, D) float32 (class-contiguous, in the descriptors' class
-    order), ``counts_`` and ``offsets_`` (C,) int (column k owns rows offsets_[k] :
-    offsets_[k] + counts_[k]), ``class_means_``
-    (C, D) the unnormalised means m_k, ``text_head_`` (C, D) and ``report_`` (dict: which
-    classes have descriptors, see ``DescriptorMatch.report``).
+    Fitted attributes: ``classes_`` and ``classnames_`` (C,), ``prompts_`` and
+    ``descriptors_`` (P,) str, ``descriptor_embeddings_`` (P, D) float32 (class-contiguous,
+    in the descriptors' class order), ``counts_`` and ``offsets_`` (C,) int (column k owns
+    rows offsets_[k] : offsets_[k] + counts_[k]), ``class_means_`` (C, D) the unnormalised
+    means m_k, ``text_head_`` (C, D) and ``report_`` (dict: which classes have descriptors,
+    see ``DescriptorMatch.report``).
 
     ``text_head_`` = m_k / ‖m_k‖ is the descriptor ensemble as a text head, for use wherever
     a (C, D) head is taken, e.g. ``GDAClassifier(text_weights=clf.text_head_,

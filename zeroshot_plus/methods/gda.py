@@ -7,7 +7,7 @@ Support embeddings x_n (N, D) with labels y_n, a text head t_c (C, D):
     2. S = Σ_n (x_n − μ_{y_n})(x_n − μ_{y_n})ᵀ,   Σ̂ = S / (N − 1)   pooled within-class scatter
     3. P = D · (S + tr(Σ̂) · I)⁻¹                                   Kubokawa–Srivastava precision
     4. w_c = P μ_c,   b_c = log(1/C) − ½ μ_cᵀ P μ_c                 linear discriminant
-    5. logits(x) = s · xᵀt_c + α · (xᵀw_c + b_c)                     ensemble with zero-shot (s = logit_scale, 100)
+    5. logits(x) = s · xᵀt_c + α · (xᵀw_c + b_c)                   ensemble, s = logit_scale
     6. α = the grid value with the best validation accuracy (ties to the smaller α)
 
 Scatter, precision, weights and logits are float64 (S from ZᵀZ over float64 blocks, P by
@@ -94,8 +94,8 @@ class GDAClassifier(Predictor):
     Fitted attributes: ``classes_`` (C,), ``n_features_in_`` (D), ``class_counts_`` (C,)
     support samples per class, ``means_`` (C, D) float64, ``precision_`` (D, D) float64,
     ``weights_`` (C, D) and ``bias_`` (C,) float64 (w_c, b_c), ``text_head_`` (C, D) or
-    None, ``classnames_`` (C,), ``alpha_``, and ``alpha_grid_`` / ``alpha_scores_`` (validation accuracy per grid
-    value; None when alpha was not searched).
+    None, ``classnames_`` (C,), ``alpha_``, and ``alpha_grid_`` / ``alpha_scores_``
+    (validation accuracy per grid value; None when alpha was not searched).
     """
 
     def __init__(self, backbone=None, *, classnames=None, templates="openai_imagenet",

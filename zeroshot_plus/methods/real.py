@@ -46,8 +46,9 @@ class RealPromptClassifier(ZeroShotClassifier):
     ----------
     backbone : Backbone that encodes the prompts.
     classnames : class names (list, comma string or file); they become ``classes_``, sorted
-        (positions 0..C-1 when names repeat, as in some metrics files). With a metrics file they are matched to its rows by class id; when None, the metrics file's
-        ``name`` fields (or the synonym map's keys) are the classes.
+        (positions 0..C-1 when names repeat, as in some metrics files). With a metrics file
+        they are matched to its rows by class id; when None, the metrics file's ``name``
+        fields (or the synonym map's keys) are the classes.
     synonyms : a REAL metrics file as released (``most_common_name`` per class id, taken as
         written) or written by ``zeroshot-plus frequency``; or a JSON file / dict mapping
         each class name to the synonym to use ({class: synonym}).
