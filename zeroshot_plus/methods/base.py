@@ -66,6 +66,7 @@ class Predictor(ClassifierMixin, BaseEstimator):
     """
 
     registry: ClassVar[dict[str, type["Predictor"]]] = {}
+    _learns_from_y: ClassVar[bool] = True  # False: fit learns nothing from y (zero-shot)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -102,9 +103,10 @@ class Predictor(ClassifierMixin, BaseEstimator):
 
     def _check_fit_data(self, X, y) -> None:
         """Zero-shot ``fit(X, y)``: nothing is learnt from them, but they are checked."""
-        if X is not None:
-            self._validate_embeddings(X, reset=False) if y is None else \
-                self._validate_embeddings(X, y, reset=False)
+        if X is not None and y is not None:
+            self._validate_embeddings(X, y, reset=False)
+        elif X is not None:
+            self._validate_embeddings(X, reset=False)
 
     def _set_text_head(self, head: np.ndarray, names) -> None:
         """The fitted text side: ``head`` (C, D) rows in the order of ``names`` (C,) ->
@@ -134,8 +136,6 @@ class Predictor(ClassifierMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.target_tags.required = self._learns_from_y
         return tags
-
-    _learns_from_y: ClassVar[bool] = True
 
     # ------------------------------------------------------------------ persistence
 
