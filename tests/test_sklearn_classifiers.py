@@ -235,3 +235,12 @@ def test_save_and_load_keep_the_text_head_and_column_names(tmp_path):
         np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
         np.testing.assert_allclose(loaded.predict_proba(X), softmax(clf.logits(X), axis=1),
                                    rtol=1e-5)
+
+
+def test_descriptions_from_text_weights_score_by_cosine_and_cannot_explain():
+    X, y, centroids = separable()
+    clf = DescriptionClassifier(text_weights=centroids, classnames=NAMES, logit_scale=10.0).fit()
+    rows = [NAMES.index(c) for c in clf.classes_]
+    np.testing.assert_allclose(clf.logits(X), 10.0 * X @ centroids[rows].T, rtol=1e-5)
+    with pytest.raises(InputError, match="^DescriptionClassifier: explain needs descriptors"):
+        clf.explain(X)
