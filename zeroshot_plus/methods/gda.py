@@ -51,8 +51,8 @@ class GDAClassifier(Predictor):
     text_weights : precomputed (C, D) text head (any text head: templates, descriptors,
         synonyms), instead of backbone + classnames; ``classnames`` optionally names its rows,
         otherwise the classes are 0..C-1. With no text side at all, this is plain GDA.
-        Labels ``y`` are classes, or (integers, as scikit-learn's encoders pass them) their
-        positions in ``classes_``.
+        Labels ``y`` are classes, or integers: their positions in ``classes_``, which is what
+        scikit-learn's label encoding (cross_val_predict) passes when y holds every class.
     alpha : weight of the GDA term, a number >= 0, or "auto" to choose it from ``alpha_grid``
         on the validation set passed to ``fit``, else by cross-validation on the support set
         (ignored without a text side). alpha = 0 gives the zero-shot classifier.
