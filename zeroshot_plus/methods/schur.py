@@ -469,14 +469,22 @@ def _as_embeddings(X, name: str, dim: int | None = None) -> np.ndarray:
     """A finite (n, D) float64 array without zero rows, or an InputError naming ``name``."""
     if issparse(X):
         raise InputError(f"{name} must be a dense (n, D) array, not a sparse matrix.")
-    if np.iscomplexobj(X):
-        raise InputError(f"{name} must be real: Complex data not supported.")
     try:
-        X = np.asarray(X, dtype=np.float64)
-    except (TypeError, ValueError):
+        X = np.asarray(X)
+        real = not np.iscomplexobj(X)
+        X = X.astype(np.float64 if real else np.complex128, copy=False)
+    except ValueError:
         raise InputError(f"{name} must be a numeric (n, D) array.") from None
+    except TypeError as exc:  # e.g. an object array holding a dict
+        raise TypeError(f"{name} must be a numeric (n, D) array: {exc}.") from None
+    if not real:
+        raise InputError(f"{name} must be real: Complex data not supported.")
     if X.ndim != 2:
-        raise InputError(f"{name} must be a 2-D (n, D) array, got shape {X.shape}.")
+        raise InputError(f"{name} must be a 2-D (n, D) array, got shape {X.shape}: Reshape "
+                         f"your data with reshape(1, -1) if it holds one embedding.")
+    if not X.size:
+        raise InputError(f"{name} is empty: {X.shape[0]} sample(s), {X.shape[1]} feature(s) "
+                         f"(shape={X.shape}) while a minimum of 1 is required.")
     if not np.isfinite(X).all():
         row = int(np.argwhere(~np.isfinite(X))[0, 0])
         raise InputError(f"{name} contains NaN or infinite values (row {row}).")
@@ -492,13 +500,13 @@ def _as_embeddings(X, name: str, dim: int | None = None) -> np.ndarray:
 def _check_pairs(images, texts, image_name: str = "image_embeddings",
                  text_name: str = "text_embeddings") -> tuple[np.ndarray, np.ndarray]:
     images = _as_embeddings(images, image_name)
+    if len(images) < 2:
+        raise InputError(f"the Schur complement needs at least 2 image-prompt pairs, got "
+                         f"{len(images)} (n_samples={len(images)}).")
     texts = _as_embeddings(texts, text_name, dim=images.shape[1])
     if len(images) != len(texts):
         raise InputError(f"{image_name} has {len(images)} rows but {text_name} has "
                          f"{len(texts)}: give one prompt per image.")
-    if len(images) < 2:
-        raise InputError(f"the Schur complement needs at least 2 image-prompt pairs, got "
-                         f"{len(images)}.")
     return images, texts
 
 
@@ -614,8 +622,12 @@ class SchurEditor(TransformerMixin, BaseEstimator):
 
     def _check_X(self, X, reset: bool) -> np.ndarray:
         """X as float64 (n, D) (``_as_embeddings``), recording or checking D and column names."""
-        images = _as_embeddings(X, "image_embeddings",
-                                dim=None if reset else self.n_features_in_)
+        images = _as_embeddings(X, "image_embeddings")
+        d = images.shape[1]
+        if not reset and d != self.n_features_in_:
+            raise InputError(f"image_embeddings has dimension {d}, but {self.n_features_in_} "
+                             f"was expected (X has {d} features, but SchurEditor is expecting "
+                             f"{self.n_features_in_} features as input).")
         validate_data(self, X, reset=reset, skip_check_array=True)
         return images
 
