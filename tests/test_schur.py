@@ -360,10 +360,9 @@ def test_editor_follows_scikit_learn_conventions(backbone):
     np.testing.assert_allclose(editor.gamma_,
                                SchurEditor(texts=encoded, ridge=1e-4).fit(images).gamma_,
                                atol=1e-10)
+    dog = backbone.encode_texts(["a photo of a dog"])
     np.testing.assert_allclose(editor.transform(images),
-                               editor.set_params(prompts=backbone.encode_texts(["a photo of a dog"]))
-                               .transform(images),
-                               atol=1e-6)
+                               editor.set_params(prompts=dog).transform(images), atol=1e-6)
 
 
 # ---------------------------------------------------------------------- bad inputs
