@@ -109,12 +109,12 @@ class Backbone:
         try:
             now = self.fingerprint
         except OSError as exc:
-            raise ModelLoadError(f"cannot unpickle {self!r}: {exc.strerror.lower()} "
-                                 f"('{exc.filename}').") from None
+            raise ModelLoadError(f"cannot unpickle {self!r}: '{exc.filename}' cannot be read "
+                                 f"({exc.strerror or exc}).") from None
         if now != pickled:
-            raise ModelLoadError(f"cannot unpickle {self!r}: its checkpoint or model config "
-                                 f"changed since it was pickled (fingerprint {now}, pickled "
-                                 f"{pickled}).")
+            raise ModelLoadError(f"cannot unpickle {self!r}: its checkpoint, model config or "
+                                 f"open_clip/torch version differs from when it was pickled "
+                                 f"(fingerprint {now}, pickled {pickled}).")
 
     # ------------------------------------------------------------------ identity
 

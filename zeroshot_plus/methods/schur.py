@@ -526,6 +526,8 @@ class SchurEditor(TransformerMixin, BaseEstimator):
     from every row or one per row of the X given to transform, in its order.
     ``fit_transform(X)`` with ``prompts=None`` removes from each fit row its own text (the
     residuals Φ_I − Φ_TΓ*, orthogonal to the text features); ``transform`` needs ``prompts``.
+    Fit it, or the Pipeline it is a step of, on the rows its texts describe (cross-validation
+    fits on subsets of the rows and breaks the pairing); once fitted it transforms any images.
 
     Parameters
     ----------
