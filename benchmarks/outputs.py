@@ -84,7 +84,7 @@ def record(work: Path) -> dict[str, np.ndarray]:
     result = sce_score(X, texts, n_features=64, random_state=0)
     out["sce"] = np.array([result.score, result.text_score])
     out["sce_cosine"] = np.array([sce_score(X, texts, kernel="cosine").score])
-    out["schur_edit"] = SchurEditor(bb).fit_transform(texts, X)
+    out["schur_edit"] = SchurEditor(bb, texts=texts).fit_transform(X)
 
     tpt = TPTClassifier(bb, classnames=classes, n_views=7, batch_images=2, random_state=0).fit()
     out["tpt"] = tpt.decision_function(test[:5])

@@ -108,8 +108,9 @@ def test_images_equal_to_texts_leave_nothing_unexplained():
 @pytest.mark.parametrize("kernel, n_features", [("cosine", None), ("gaussian", 60)])
 def test_gamma_residuals_are_orthogonal_to_the_text_features(kernel, n_features):
     images, texts = _pairs(n_prompts=40, per_prompt=1)  # n = 40 < p: C_TT is singular
-    editor = SchurEditor(kernel=kernel, n_features=n_features or 2, sigma=0.6, ridge=0.0)
-    editor.fit(texts, images)
+    editor = SchurEditor(texts=texts, kernel=kernel, n_features=n_features or 2, sigma=0.6,
+                         ridge=0.0)
+    editor.fit(images)
     phi_t, phi_i = ((texts, images) if kernel == "cosine"
                     else (_rff(texts, editor.omega_), _rff(images, editor.omega_)))
     residual = phi_i - phi_t @ editor.gamma_
@@ -118,7 +119,7 @@ def test_gamma_residuals_are_orthogonal_to_the_text_features(kernel, n_features)
 
 def test_gamma_with_a_ridge_solves_the_normal_equations():
     images, texts = _pairs()
-    editor = SchurEditor(ridge=1e-2).fit(texts, images)
+    editor = SchurEditor(texts=texts, ridge=1e-2).fit(images)
     n = len(texts)
     lam = 1e-2 * np.trace(texts.T @ texts / n)
     # (C_TT + λI) Γ = C_TI, i.e. Φ_Tᵀ(Φ_I − Φ_TΓ)/n = λΓ
@@ -305,12 +306,13 @@ def test_edit_removes_the_prompt_and_keeps_orthogonal_directions():
     images = np.vstack([np.cos(theta) * dog + np.sin(theta) * u_dog,
                         np.cos(theta) * cat + np.sin(theta) * u_cat])
     texts = np.vstack([np.tile(dog, (20, 1)), np.tile(cat, (20, 1))])
-    editor = SchurEditor(ridge=0.0).fit(texts, images)
-    edited = editor.transform(images[:20], dog)
+    editor = SchurEditor(texts=texts, ridge=0.0).fit(images)
+    edited = editor.set_params(prompts=dog).transform(images[:20])
     np.testing.assert_allclose(edited[:, :2], 0.0, atol=1e-6)  # no dog (nor cat) left
     np.testing.assert_allclose(edited, u_dog, atol=1e-6)  # the rest, unchanged
     # each image losing its own prompt: the same
-    np.testing.assert_allclose(editor.fit_transform(texts, images)[20:], u_cat, atol=1e-6)
+    np.testing.assert_allclose(editor.set_params(prompts=None).fit_transform(images)[20:], u_cat,
+                               atol=1e-6)
 
 
 def test_zero_shot_moves_away_from_the_removed_class():
@@ -320,12 +322,12 @@ def test_zero_shot_moves_away_from_the_removed_class():
     labels = rng.integers(0, 3, 300)
     content = _unit(rng.standard_normal((300, dim)) * (np.arange(dim) >= 1))  # never dog
     images = _unit(1.2 * weights[labels] + content)
-    editor = SchurEditor(ridge=1e-6).fit(weights[labels], images)
+    editor = SchurEditor(texts=weights[labels], ridge=1e-6).fit(images)
     classifier = ZeroShotClassifier(text_weights=weights, classnames=classes).fit()
     dogs = images[labels == 0]
     dog = list(classifier.classes_).index("dog")  # columns follow the sorted classes_
     before = classifier.predict_proba(dogs)[:, dog]
-    edited = editor.transform(dogs, weights[0])
+    edited = editor.set_params(prompts=weights[0]).transform(dogs)
     after = classifier.predict_proba(edited)[:, dog]
     assert edited.dtype == np.float32 and edited.shape == dogs.shape
     np.testing.assert_allclose(np.linalg.norm(edited, axis=1), 1.0, atol=1e-6)
@@ -338,11 +340,12 @@ def test_zero_shot_moves_away_from_the_removed_class():
 
 def test_gaussian_edit_reuses_the_stored_frequencies():
     images, texts = _pairs()
-    editor = SchurEditor(kernel="gaussian", n_features=64, sigma=0.6, random_state=3)
-    editor.fit(texts, images)
+    editor = SchurEditor(texts=texts, prompts=texts, kernel="gaussian", n_features=64, sigma=0.6,
+                         random_state=3)
+    editor.fit(images)
     np.testing.assert_array_equal(editor.omega_, draw_frequencies(16, 64, 0.6, random_state=3))
-    first = editor.transform(images, texts)
-    np.testing.assert_array_equal(first, editor.transform(images, texts))
+    first = editor.transform(images)
+    np.testing.assert_array_equal(first, editor.transform(images))
     expected = _rff(images, editor.omega_) - _rff(texts, editor.omega_) @ editor.gamma_
     np.testing.assert_allclose(first, _unit(expected), atol=1e-6)
     assert first.shape == (48, 64)
@@ -354,12 +357,13 @@ def test_editor_follows_scikit_learn_conventions(backbone):
     images, texts = _pairs(dim=backbone.embed_dim)
     words = ["a dog", "a cat"] * 24
     encoded = backbone.encode_texts(words)
-    editor.fit(words, images)
+    editor.set_params(texts=words).fit(images)
     np.testing.assert_allclose(editor.gamma_,
-                               SchurEditor(ridge=1e-4).fit(encoded, images).gamma_, atol=1e-10)
+                               SchurEditor(texts=encoded, ridge=1e-4).fit(images).gamma_,
+                               atol=1e-10)
+    dog = backbone.encode_texts(["a photo of a dog"])
     np.testing.assert_allclose(editor.transform(images),
-                               editor.transform(images, backbone.encode_texts(["a photo of a dog"])),
-                               atol=1e-6)
+                               editor.set_params(prompts=dog).transform(images), atol=1e-6)
 
 
 # ---------------------------------------------------------------------- bad inputs
@@ -378,7 +382,7 @@ def test_bad_inputs_name_the_input(images, texts, message):
     with pytest.raises(InputError, match=message):
         sce_score(images, texts, kernel="cosine")
     with pytest.raises(InputError, match=message):
-        SchurEditor().fit(texts, images)
+        SchurEditor(texts=texts).fit(images)
 
 
 def test_bad_options_and_transform_inputs():
@@ -389,15 +393,15 @@ def test_bad_options_and_transform_inputs():
         sce_score(images, texts, n_features=101)
     with pytest.raises(InputError, match="order must be a number >= 0"):
         sce_score(images, texts, kernel="cosine", order=-1)
-    editor = SchurEditor().fit(texts, images)
+    editor = SchurEditor(texts=texts).fit(images)
     with pytest.raises(InputError, match="image_embeddings has dimension 8, but 16"):
-        editor.transform(images[:, :8], texts[0])
+        editor.set_params(prompts=texts[0]).transform(images[:, :8])
     with pytest.raises(InputError, match="prompts has 3 rows for 48 images"):
-        editor.transform(images, texts[:3])
+        editor.set_params(prompts=texts[:3]).transform(images)
     with pytest.raises(InputError, match="prompts are strings but SchurEditor has no backbone"):
-        editor.transform(images, "a dog")
+        editor.set_params(prompts="a dog").transform(images)
     with pytest.raises(InputError, match="needs the prompts to remove"):
-        editor.transform(images)
+        editor.set_params(prompts=None).transform(images)
 
 
 # ---------------------------------------------------------------------- command line

@@ -85,8 +85,9 @@ def edit(args: argparse.Namespace) -> int:
         names, prompts = [names[i] for i in kept], [prompts[i] for i in kept]
         labels = None if images.labels is None else [images.labels[i] for i in kept]
     texts = _encode_prompts(args, backbone, prompts)
-    editor = SchurEditor(backbone, ridge=args.ridge, cache=args.cache)
-    edited = editor.fit_transform(texts, vectors, prompts=args.remove)
+    editor = SchurEditor(backbone, texts=texts, prompts=args.remove, ridge=args.ridge,
+                         cache=args.cache)
+    edited = editor.fit_transform(vectors)
     save_embeddings(args.out, edited, names, backbone.fingerprint, labels)
     print(f"wrote {len(edited)} edited embeddings (removed "
           f"{repr(args.remove) if args.remove else 'each image' + chr(39) + 's prompt'}) to "

@@ -23,6 +23,9 @@ from . import models, text_tower
 from .pipeline import EncodeReport, image_embeddings
 
 
+_LOADED = ("_model", "_preprocess", "_tokenizer", "_open_clip_name")  # built on first use
+
+
 class Backbone:
     """A frozen open_clip model.
 
@@ -91,6 +94,27 @@ class Backbone:
     def __deepcopy__(self, memo):
         # A frozen model is shared, never copied: scikit-learn's clone() deep-copies parameters.
         return self
+
+    def __getstate__(self) -> dict:
+        """Pickle (and joblib) by name, weights and fingerprint, as ``save()`` records a
+        backbone, never the torch model: an unpickled Backbone builds it on first use."""
+        state = {k: v for k, v in vars(self).items() if k not in _LOADED}
+        state["_fingerprint"] = self.fingerprint
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        """Restore unloaded; the weights must still have the pickled fingerprint."""
+        pickled = state["_fingerprint"]
+        self.__dict__.update(state, _fingerprint=None, **dict.fromkeys(_LOADED))
+        try:
+            now = self.fingerprint
+        except OSError as exc:
+            raise ModelLoadError(f"cannot unpickle {self!r}: '{exc.filename}' cannot be read "
+                                 f"({exc.strerror or exc}).") from None
+        if now != pickled:
+            raise ModelLoadError(f"cannot unpickle {self!r}: its checkpoint, model config or "
+                                 f"open_clip/torch version differs from when it was pickled "
+                                 f"(fingerprint {now}, pickled {pickled}).")
 
     # ------------------------------------------------------------------ identity
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import numbers
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Container, Mapping, Sequence
@@ -46,6 +47,7 @@ from ..text.parsing import Parse, make_parser
 
 log = logging.getLogger(__name__)
 
+_MAX_GRID = 10  # a g x g grid adds g² candidate regions per image to encode
 Box = tuple[int, int, int, int]
 Region = tuple[Box, ...]   # a union of boxes, in pixels of the original image
 Boxes = Sequence[Mapping[str, Sequence[float]] | None] | None
@@ -96,10 +98,12 @@ class ComCLIPMatcher(BaseEstimator):
     margin : how much a candidate's similarity to an entity must exceed the full image's.
     cache : embedding store directory for sub-image and text embeddings.
 
-    Nothing is learnt: ``fit`` only checks the parameters.
+    Nothing is learnt: ``fit`` checks the parameters and records ``parser_``, the callable
+    caption -> Parse in use; the scoring methods work fitted or not. X are images (paths, PIL
+    images, a folder or a manifest) and captions are strings, not 2-D arrays.
     """
 
-    def __init__(self, backbone: Backbone | None = None, parser="rules",
+    def __init__(self, backbone: Backbone | None = None, *, parser="rules",
                  components: Sequence[str] = COMPONENTS, weighting: str = "sum",
                  temperature: float = 0.01, mask_mode: str = "blackout",
                  grid: Sequence[int] = (2, 3), margin: float = 0.0, cache=None):
@@ -114,7 +118,9 @@ class ComCLIPMatcher(BaseEstimator):
         self.cache = cache
 
     def fit(self, X=None, y=None) -> "ComCLIPMatcher":
+        """Check the parameters; X and y are ignored (nothing is learnt)."""
         self._check_params()
+        self.parser_ = make_parser(self.parser)
         return self
 
     def _check_params(self) -> None:
@@ -129,9 +135,22 @@ class ComCLIPMatcher(BaseEstimator):
             raise InputError(f"mask_mode must be one of {MASK_MODES}, got {self.mask_mode!r}.")
         if not self.temperature > 0:
             raise InputError(f"temperature must be positive, got {self.temperature!r}.")
-        if any(int(g) < 1 for g in self.grid):
-            raise InputError(f"grid sizes must be positive integers, got {self.grid!r}.")
+        if (not isinstance(self.grid, Sequence) or isinstance(self.grid, str)
+                or not all(isinstance(g, numbers.Integral) and 1 <= g <= _MAX_GRID
+                           for g in self.grid)):
+            raise InputError(f"grid must be a sequence of grid sizes, integers from 1 to "
+                             f"{_MAX_GRID}, e.g. (2, 3); got {self.grid!r}.")
+        if not (isinstance(self.margin, numbers.Real) and np.isfinite(self.margin)):
+            raise InputError(f"margin must be a finite number, got {self.margin!r}.")
         make_parser(self.parser)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.one_d_array = True
+        tags.input_tags.string = True
+        tags.requires_fit = False
+        return tags
 
     # ------------------------------------------------------------------ public API
 

@@ -38,15 +38,19 @@ Fixes of the reference code (aziksh-ospanov/CLIP-DISSECTION):
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 from scipy.linalg import blas, cholesky, eigh, lapack, solve_triangular
+from scipy.sparse import issparse
 from scipy.sparse.linalg import LinearOperator, eigsh
-from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils.validation import check_is_fitted
+from sklearn.base import (BaseEstimator, ClassNamePrefixFeaturesOutMixin, OneToOneFeatureMixin,
+                          TransformerMixin)
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..choices import ENTROPIES, KERNELS
 from ..errors import InputError
@@ -62,15 +66,32 @@ _SIGMA_RANGE = 3.0  # warn when sigma is this many times above or below the medi
 # ---------------------------------------------------------------------- feature maps
 
 
-def draw_frequencies(dim: int, n_features: int, sigma: float, random_state: int | None = 0
+Seed = int | np.random.Generator | np.random.RandomState | None
+
+
+def draw_frequencies(dim: int, n_features: int, sigma: float, random_state: Seed = 0
                      ) -> np.ndarray:
-    """Ω (dim, n_features/2) with N(0, σ⁻²) entries: the frequencies of the random Fourier map."""
-    if n_features < 2 or n_features % 2:
+    """Ω (dim, n_features/2) with N(0, σ⁻²) entries: the frequencies of the random Fourier map.
+
+    random_state : an int seeds numpy's ``default_rng`` (so a seed draws the same Ω here, in
+        ``sce_score`` and in ``SchurEditor``); a Generator is used as is; None or a RandomState
+        go through scikit-learn's ``check_random_state``.
+    """
+    if not isinstance(n_features, numbers.Integral) or n_features < 2 or n_features % 2:
         raise InputError(f"n_features must be an even number >= 2 (cos and sin halves), "
                          f"got {n_features}.")
     if not sigma > 0:
         raise InputError(f"sigma must be positive, got {sigma}.")
-    rng = np.random.default_rng(random_state)
+    if isinstance(random_state, numbers.Integral):
+        rng = np.random.default_rng(random_state)
+    elif isinstance(random_state, np.random.Generator):
+        rng = random_state
+    else:
+        try:
+            rng = check_random_state(random_state)
+        except ValueError:
+            raise InputError(f"random_state must be None, an int, a numpy Generator or "
+                             f"RandomState, got {random_state!r}.") from None
     return rng.standard_normal((dim, n_features // 2)) / sigma
 
 
@@ -226,7 +247,7 @@ class SCEResult:
     ridge: float
     order: float
     entropy: str
-    random_state: int | None
+    random_state: Seed
 
     def modes(self, top: int = 50) -> np.ndarray:
         """(n_modes, top) image indices, each mode's most typical images first."""
@@ -260,10 +281,13 @@ def spectrum_entropy(eigenvalues: np.ndarray, order: float = 1.0, entropy: str =
 
 def sce_score(image_embeddings, text_embeddings, kernel: str = "gaussian", sigma: float = 0.5,
               order: float = 1.0, n_features: int | None = 5000, ridge: float = 1e-6,
-              random_state: int | None = 0, *, entropy: str = "reference",
+              random_state: Seed = 0, *, entropy: str = "reference",
               normalize: bool = True, center: bool = False, form: str = "auto",
               n_modes: int = 5) -> SCEResult:
     """Schur complement entropy of images (n, D) given their prompts' embeddings (n, D).
+
+    Rows pair up by position: text_embeddings[i] is the prompt (or caption) of
+    image_embeddings[i]. Images made from the same prompt repeat its row.
 
     kernel : "gaussian" (default; random Fourier features, or the exact kernel when
         ``n_features`` is None) or "cosine" (the linear kernel on unit rows).
@@ -443,12 +467,24 @@ def _check_sigma(images: np.ndarray, sigma: float) -> None:
 
 def _as_embeddings(X, name: str, dim: int | None = None) -> np.ndarray:
     """A finite (n, D) float64 array without zero rows, or an InputError naming ``name``."""
+    if issparse(X):
+        raise InputError(f"{name} must be a dense (n, D) array, not a sparse matrix.")
     try:
-        X = np.asarray(X, dtype=np.float64)
-    except (TypeError, ValueError):
+        X = np.asarray(X)
+        real = not np.iscomplexobj(X)
+        X = X.astype(np.float64 if real else np.complex128, copy=False)
+    except ValueError:
         raise InputError(f"{name} must be a numeric (n, D) array.") from None
+    except TypeError as exc:  # e.g. an object array holding a dict
+        raise TypeError(f"{name} must be a numeric (n, D) array: {exc}.") from None
+    if not real:
+        raise InputError(f"{name} must be real: Complex data not supported.")
     if X.ndim != 2:
-        raise InputError(f"{name} must be a 2-D (n, D) array, got shape {X.shape}.")
+        raise InputError(f"{name} must be a 2-D (n, D) array, got shape {X.shape}: Reshape "
+                         f"your data with reshape(1, -1) if it holds one embedding.")
+    if not X.size:
+        raise InputError(f"{name} is empty: {X.shape[0]} sample(s), {X.shape[1]} feature(s) "
+                         f"(shape={X.shape}) while a minimum of 1 is required.")
     if not np.isfinite(X).all():
         row = int(np.argwhere(~np.isfinite(X))[0, 0])
         raise InputError(f"{name} contains NaN or infinite values (row {row}).")
@@ -464,13 +500,13 @@ def _as_embeddings(X, name: str, dim: int | None = None) -> np.ndarray:
 def _check_pairs(images, texts, image_name: str = "image_embeddings",
                  text_name: str = "text_embeddings") -> tuple[np.ndarray, np.ndarray]:
     images = _as_embeddings(images, image_name)
+    if len(images) < 2:
+        raise InputError(f"the Schur complement needs at least 2 image-prompt pairs, got "
+                         f"{len(images)} (n_samples={len(images)}).")
     texts = _as_embeddings(texts, text_name, dim=images.shape[1])
     if len(images) != len(texts):
         raise InputError(f"{image_name} has {len(images)} rows but {text_name} has "
                          f"{len(texts)}: give one prompt per image.")
-    if len(images) < 2:
-        raise InputError(f"the Schur complement needs at least 2 image-prompt pairs, got "
-                         f"{len(images)}.")
     return images, texts
 
 
@@ -480,90 +516,130 @@ def _check_pairs(images, texts, image_name: str = "image_embeddings",
 class SchurEditor(TransformerMixin, BaseEstimator):
     """Remove a prompt's influence from image embeddings: φ̃(x) = φ(x) − Γ*ᵀφ(t_c).
 
-    ``fit(text_embeddings, image_embeddings)`` learns Γ* = (C_TT + λI)⁺ C_TI from n
-    reference pairs, the least-squares map from text features to image features;
-    ``transform(image_embeddings, prompts)`` subtracts what the prompts predict.
+    ``fit(X)`` learns Γ* = (C_TT + λI)⁺ C_TI, the least-squares map from text features to
+    image features, from n reference pairs: the rows of X (n, D) and ``texts``, paired by
+    position; ``transform(X)`` subtracts what ``prompts`` predict from each row of X (N, D).
+
+    How rows pair up: ``texts[i]`` is the prompt that made image X[i] (or a caption that
+    describes it), so ``texts`` has one entry per fit row, in the rows' order; images made
+    from the same prompt repeat it. At transform, ``prompts`` is either one prompt removed
+    from every row or one per row of the X given to transform, in its order.
+    ``fit_transform(X)`` with ``prompts=None`` removes from each fit row its own text (the
+    residuals Φ_I − Φ_TΓ*, orthogonal to the text features); ``transform`` needs ``prompts``.
+    Fit it, or the Pipeline it is a step of, on the rows its texts describe (cross-validation
+    fits on subsets of the rows and breaks the pairing); once fitted it transforms any images.
 
     Parameters
     ----------
-    backbone : Backbone that encodes prompts given as strings (to fit or to transform).
+    backbone : Backbone that encodes ``texts`` or ``prompts`` given as strings.
+    texts : the reference prompts paired with the fit rows: n strings or an (n, D) array of
+        text embeddings.
+    prompts : what ``transform`` removes: one string, a (D,) vector, or one per row (N
+        strings or (N, D)).
     kernel : "cosine" (default): φ(u) = u/‖u‖, the output stays in CLIP space, (N, D), so
         any Predictor accepts it. "gaussian": random Fourier features; the output lives in
         the (N, n_features) feature space (for kernel methods, not for CLIP text heads).
     sigma, n_features, random_state : the Gaussian map; Ω is drawn once at fit (``omega_``)
-        and reused by every transform.
+        and reused by every transform (random_state as in ``draw_frequencies``).
     ridge : λ / tr C_TT (tr C_TT = 1 for both maps).
-    prompts : default prompts to remove when ``transform`` is called without any.
-    cache : embedding store directory for prompt embeddings.
+    cache : embedding store directory for the text embeddings.
 
-    Fitted attributes: ``gamma_`` (p, p) float64, ``omega_`` (D, m) or None,
-    ``n_features_in_`` (D).
+    Fitted attributes: ``gamma_`` (p, p) float64, ``omega_`` (D, m) or None, ``ridge_`` (the
+    absolute λ), ``n_features_in_`` (D).
     """
 
-    def __init__(self, backbone=None, kernel: str = "cosine", sigma: float = 0.5,
-                 n_features: int = 5000, ridge: float = 1e-6, random_state: int | None = 0,
-                 prompts=None, cache=None):
+    def __init__(self, backbone=None, *, texts=None, prompts=None, kernel: str = "cosine",
+                 sigma: float = 0.5, n_features: int = 5000, ridge: float = 1e-6,
+                 random_state: Seed = 0, cache=None):
         self.backbone = backbone
+        self.texts = texts
+        self.prompts = prompts
         self.kernel = kernel
         self.sigma = sigma
         self.n_features = n_features
         self.ridge = ridge
         self.random_state = random_state
-        self.prompts = prompts
         self.cache = cache
 
-    def fit(self, text_embeddings, image_embeddings):
-        """Learn Γ* from reference pairs: texts (n, D) or n strings, images (n, D)."""
-        if self.kernel not in KERNELS:
-            raise InputError(f"kernel must be one of {', '.join(KERNELS)}, got '{self.kernel}'.")
-        if not self.ridge >= 0:
-            raise InputError(f"ridge must be a number >= 0, got {self.ridge}.")
-        texts = self._encode(text_embeddings, "text_embeddings")
-        images, texts = _check_pairs(image_embeddings, texts)
-        self.n_features_in_ = images.shape[1]
-        self.omega_ = (draw_frequencies(images.shape[1], self.n_features, self.sigma,
-                                        self.random_state)
-                       if self.kernel == "gaussian" else None)
-        feature = _feature_map(self.omega_)
-        texts, images = unit_rows(texts), unit_rows(images)
-        c_tt, _ = _second_moment(feature, texts, center=False)
-        c_ti, _ = _cross_moment(feature, texts, images, center=False)
-        self.ridge_ = self.ridge * float(np.trace(c_tt))
-        self.gamma_ = _RegularisedInverse(c_tt, self.ridge_).solve(c_ti)
+    def fit(self, X, y=None) -> "SchurEditor":
+        """Learn Γ* from the rows of X (n, D), each paired with its entry of ``texts``."""
+        self._fit(X)
         return self
 
-    def transform(self, image_embeddings, prompts=None) -> np.ndarray:
-        """Images (N, D) minus their prompts' influence -> unit rows, float32.
-
-        prompts : one prompt for all images or one per image: strings (encoded with the
-            backbone), a (D,) vector or an (N, D) array; default: the ``prompts`` parameter.
-        Returns (N, D) for the cosine kernel, (N, n_features) for the Gaussian one.
-        """
+    def transform(self, X) -> np.ndarray:
+        """X (N, D) minus the influence of ``prompts`` -> unit rows, float32: (N, D) for the
+        cosine kernel, (N, n_features) for the Gaussian one."""
         check_is_fitted(self)
-        images = _as_embeddings(image_embeddings, "image_embeddings", dim=self.n_features_in_)
-        prompts = self.prompts if prompts is None else prompts
-        if prompts is None:
-            raise InputError("SchurEditor.transform needs the prompts to remove (or the "
-                             "prompts parameter).")
-        texts = self._encode(prompts, "prompts")
+        images = self._check_X(X, reset=False)
+        if self.prompts is None:
+            raise InputError("SchurEditor.transform needs the prompts to remove (the prompts "
+                             "parameter); fit_transform without them removes each fit row's "
+                             "own text.")
+        texts = self._encode(self.prompts, "prompts")
         if np.ndim(texts) == 1:
             texts = np.asarray(texts)[None]
         texts = _as_embeddings(texts, "prompts", dim=self.n_features_in_)
         if len(texts) not in (1, len(images)):
             raise InputError(f"prompts has {len(texts)} rows for {len(images)} images: give "
                              f"one prompt for all images or one per image.")
+        return self._edit(images, texts)
+
+    def fit_transform(self, X, y=None) -> np.ndarray:
+        """``fit(X).transform(X)``; with ``prompts=None`` each row loses its own text."""
+        images, texts = self._fit(X)
+        return self.transform(X) if self.prompts is not None else self._edit(images, texts)
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        """The input names for the cosine kernel (the output stays in CLIP space);
+        "schureditor0", ... for the n_features Gaussian features."""
+        check_is_fitted(self)
+        if self.omega_ is None:
+            return OneToOneFeatureMixin.get_feature_names_out(self, input_features)
+        return ClassNamePrefixFeaturesOutMixin.get_feature_names_out(self, input_features)
+
+    @property
+    def _n_features_out(self) -> int:
+        return 2 * self.omega_.shape[1]
+
+    def _fit(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """Learn Γ*; returns the checked images and their texts (n, D) float64."""
+        if self.kernel not in KERNELS:
+            raise InputError(f"kernel must be one of {', '.join(KERNELS)}, got '{self.kernel}'.")
+        if not self.ridge >= 0:
+            raise InputError(f"ridge must be a number >= 0, got {self.ridge}.")
+        images = self._check_X(X, reset=True)
+        if self.texts is None:
+            raise InputError("SchurEditor needs texts, the reference prompts paired with the "
+                             "rows of X (n strings or an (n, D) array).")
+        images, texts = _check_pairs(images, self._encode(self.texts, "texts"))
+        self.omega_ = (draw_frequencies(images.shape[1], self.n_features, self.sigma,
+                                        self.random_state)
+                       if self.kernel == "gaussian" else None)
+        feature = _feature_map(self.omega_)
+        c_tt, _ = _second_moment(feature, unit_rows(texts), center=False)
+        c_ti, _ = _cross_moment(feature, unit_rows(texts), unit_rows(images), center=False)
+        self.ridge_ = self.ridge * float(np.trace(c_tt))
+        self.gamma_ = _RegularisedInverse(c_tt, self.ridge_).solve(c_ti)
+        return images, texts
+
+    def _check_X(self, X, reset: bool) -> np.ndarray:
+        """X as float64 (n, D) (``_as_embeddings``), recording or checking D and column names."""
+        images = _as_embeddings(X, "image_embeddings")
+        d = images.shape[1]
+        if not reset and d != self.n_features_in_:
+            raise InputError(f"image_embeddings has dimension {d}, but {self.n_features_in_} "
+                             f"was expected (X has {d} features, but SchurEditor is expecting "
+                             f"{self.n_features_in_} features as input).")
+        validate_data(self, X, reset=reset, skip_check_array=True)
+        return images
+
+    def _edit(self, images: np.ndarray, texts: np.ndarray) -> np.ndarray:
         edited = self._features(images) - self._features(texts) @ self.gamma_
         norms = np.linalg.norm(edited, axis=1, keepdims=True)
         if (norms < 1e-12).any():
             raise InputError(f"the edit removed all of image {int(np.argmin(norms))}: its "
                              f"prompt explains it entirely; use a larger ridge.")
         return (edited / norms).astype(np.float32)
-
-    def fit_transform(self, text_embeddings, image_embeddings, prompts=None) -> np.ndarray:
-        """Fit on the reference pairs, then edit those images; by default each image loses
-        its own prompt (the residuals Φ_I − Φ_TΓ*, orthogonal to the text features)."""
-        self.fit(text_embeddings, image_embeddings)
-        return self.transform(image_embeddings, text_embeddings if prompts is None else prompts)
 
     def _features(self, X: np.ndarray) -> np.ndarray:
         return _feature_map(self.omega_)(unit_rows(X))
@@ -581,7 +657,7 @@ class SchurEditor(TransformerMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.target_tags.required = True
+        tags.transformer_tags.preserves_dtype = ["float32"]
         return tags
 
 
