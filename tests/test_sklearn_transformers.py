@@ -1,16 +1,12 @@
-"""scikit-learn conformance of the transformers and ComCLIPMatcher, and pickling by name.
+"""The transformers and ComCLIPMatcher in scikit-learn's tools, and pickling by name.
 
-``CONFORMANCE`` lists, per estimator, how to build it for the checks (a factory of the test
-Backbone), the checks that apply, and the expected failures with their one-line reasons;
-benchmarks/conformance.py can import it to print the per-estimator table.
+Their check_estimator rows (expected failures with reasons) are in
+zeroshot_plus.evaluation.conformance, run by tests/test_sklearn_classifiers.py.
 """
 
 from __future__ import annotations
 
 import pickle
-import warnings
-from dataclasses import dataclass, field
-from typing import Callable
 
 import joblib
 import numpy as np
@@ -18,92 +14,19 @@ import pytest
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
-from sklearn.utils import estimator_checks
-from sklearn.utils.estimator_checks import check_estimator
 from sklearn.utils.validation import check_is_fitted
 
 from conftest import synthetic_image
 from zeroshot_plus import (Backbone, ComCLIPMatcher, ImageEmbedder, InputError, SchurEditor,
                            ZeroShotClassifier)
 from zeroshot_plus.errors import ModelLoadError
-
-PAIRED = ("texts pair with the fit rows: X must have their n rows and dimension D, and the "
-          "check feeds other shapes (passes when the texts pair with X)")
-ZERO_ROW = ("its integer data has an all-zero row, which has no direction to normalise: "
-            "refused, naming the row")
-SCHUR_EXPECTED_FAILURES = {name: PAIRED for name in (
-    "check_fit_score_takes_y", "check_estimators_overwrite_params",
-    "check_dont_overwrite_parameters", "check_estimators_fit_returns_self",
-    "check_readonly_memmap_input", "check_n_features_in_after_fitting",
-    "check_positive_only_tag_during_fit", "check_dtype_object", "check_pipeline_consistency",
-    "check_estimators_nan_inf", "check_estimators_pickle", "check_f_contiguous_array_estimator",
-    "check_transformer_data_not_an_array", "check_transformer_general",
-    "check_transformer_preserve_dtypes", "check_methods_sample_order_invariance",
-    "check_methods_subset_invariance", "check_fit2d_1feature", "check_dict_unchanged",
-    "check_fit_idempotent", "check_fit_check_is_fitted", "check_n_features_in",
-    "check_fit2d_predict1d")}
-SCHUR_EXPECTED_FAILURES["check_estimators_dtypes"] = f"{PAIRED}; and {ZERO_ROW}"
-
-# The checks that apply to estimators of images (no 2-D array input): the API ones.
-IMAGE_API_CHECKS = ("check_estimator_cloneable", "check_estimator_tags_renamed",
-                    "check_valid_tag_types", "check_estimator_repr",
-                    "check_no_attributes_set_in_init",
-                    "check_do_not_raise_errors_in_init_or_set_params",
-                    "check_mixin_order", "check_parameters_default_constructible",
-                    "check_get_params_invariance", "check_set_params")
-
+from zeroshot_plus.evaluation.conformance import run_checks
 
 def _reference_pairs(n: int = 30, dim: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(images, texts) (n, dim): each image is its text plus noise."""
     rng = np.random.default_rng(seed)
     texts = rng.standard_normal((n, dim))
     return texts + 0.5 * rng.standard_normal((n, dim)), texts
-
-
-def make_schur_editor(backbone: Backbone | None = None) -> SchurEditor:
-    """As a user builds it: reference texts (embeddings) for the fit rows, one prompt to remove."""
-    _, texts = _reference_pairs()
-    return SchurEditor(backbone, texts=texts, prompts=texts[0])
-
-
-@dataclass
-class ConformanceRow:
-    name: str
-    make: Callable[[Backbone], object]
-    checks: tuple[str, ...] | None  # None: all of check_estimator
-    expected_failures: dict[str, str] = field(default_factory=dict)
-
-
-CONFORMANCE = [
-    ConformanceRow("SchurEditor", make_schur_editor, None, SCHUR_EXPECTED_FAILURES),
-    ConformanceRow("ImageEmbedder", lambda bb: ImageEmbedder(bb), IMAGE_API_CHECKS),
-    ConformanceRow("ComCLIPMatcher", lambda bb: ComCLIPMatcher(bb), IMAGE_API_CHECKS),
-]
-
-
-def _run_checks(estimator, checks: tuple[str, ...] | None) -> dict[str, str]:
-    """check name -> "passed" or the failure, for all of check_estimator or the named checks."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if checks is None:
-            return {r["check_name"]: r["status"] if r["exception"] is None else str(r["exception"])
-                    for r in check_estimator(estimator, on_fail=None)
-                    if r["status"] != "skipped"}
-        outcome = {}
-        for name in checks:
-            try:
-                getattr(estimator_checks, name)(type(estimator).__name__, estimator)
-                outcome[name] = "passed"
-            except Exception as exc:  # noqa: BLE001 - reported per check
-                outcome[name] = f"{type(exc).__name__}: {exc}"
-        return outcome
-
-
-@pytest.mark.parametrize("row", CONFORMANCE, ids=lambda row: row.name)
-def test_conformance(row, backbone):
-    outcome = _run_checks(row.make(backbone), row.checks)
-    failed = {name for name, status in outcome.items() if status != "passed"}
-    assert failed == set(row.expected_failures), {n: outcome[n] for n in failed}
 
 
 class _TextsFromX(SchurEditor):
@@ -122,10 +45,10 @@ class _TextsFromX(SchurEditor):
 
 @pytest.mark.parametrize("kernel", ["cosine", "gaussian"])
 def test_schur_editor_passes_every_check_when_the_texts_pair_with_X(kernel):
-    outcome = _run_checks(_TextsFromX(texts="X rolled", prompts="ones", kernel=kernel,
-                                      n_features=16, sigma=1.0), None)
-    failed = {name: status for name, status in outcome.items() if status != "passed"}
-    assert set(failed) == {"check_estimators_dtypes"} and "all zeros" in failed.popitem()[1]
+    outcome = run_checks(_TextsFromX(texts="X rolled", prompts="ones", kernel=kernel,
+                                     n_features=16, sigma=1.0), {})
+    assert set(outcome.unexpected) == {"check_estimators_dtypes"}
+    assert "all zeros" in outcome.unexpected["check_estimators_dtypes"]
 
 
 # ---------------------------------------------------------------------- SchurEditor
