@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from sklearn.base import clone
@@ -261,6 +263,16 @@ def test_load_names_every_kind_of_wrong_file_in_one_sentence(tmp_path):
         with pytest.raises(InputError, match=f"'.*{name}' is not a predictor file written by save"):
             ZeroShotClassifier.load(tmp_path / name)
     assert isinstance(ZeroShotClassifier.load(saved), ZeroShotClassifier)
+
+
+def test_a_file_of_the_earlier_format_is_refused_not_misread(tmp_path):
+    """Format 1 kept the user's class order under per-method head names (weights_)."""
+    old = tmp_path / "old.npz"
+    meta = {"format": "zeroshot_plus.predictor/1", "class": "ZeroShotClassifier",
+            "backbone": None, "params": {}, "fitted": {}}
+    np.savez(old, __meta__=np.array(json.dumps(meta)), **{"fitted:weights_": np.eye(2)})
+    with pytest.raises(InputError, match="'.*old.npz' was saved by an earlier zeroshot_plus"):
+        ZeroShotClassifier.load(old)
 
 
 def test_images_given_to_an_embedding_classifier_point_to_the_embedder(tmp_path):

@@ -52,7 +52,9 @@ from ..text.classnames import parse_classnames
 from ..text.templates import class_prompts, load_templates
 from ..text.heads import class_weights, l2_normalise, unit_rows
 
-_FORMAT = "zeroshot_plus.predictor/1"
+# Format 2: sorted classes_ with the fitted head always ``text_head_`` (format 1 kept the
+# user's class order under per-method names); a format-1 file is refused, not misread.
+_FORMAT = "zeroshot_plus.predictor/2"
 
 
 class Predictor(ClassifierMixin, BaseEstimator):
@@ -293,6 +295,9 @@ def _read_saved(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
             arrays = {k: data[k] for k in data.files if k != "__meta__"}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         raise InputError(f"{not_saved}.") from None
+    if isinstance(meta, dict) and meta.get("format") == "zeroshot_plus.predictor/1":
+        raise InputError(f"'{path}' was saved by an earlier zeroshot_plus whose classifiers kept "
+                         f"the given class order; fit and save it again.")
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT \
             or meta.get("class") not in Predictor.registry:
         raise InputError(f"{not_saved}.")
