@@ -336,6 +336,18 @@ def test_embed_with_jpeg_draft_records_its_own_fingerprint(folder, model_args, b
     assert fingerprint != backbone.fingerprint
 
 
+def test_classifier_saved_with_jpeg_draft_predicts_with_it(folder, model_args, tiny_config,
+                                                          tmp_path):
+    from zeroshot_plus import ZeroShotClassifier
+
+    drafted = backbone_module.Backbone(tiny_config, "none", progress=False, jpeg_draft=True)
+    saved = tmp_path / "zs.npz"
+    ZeroShotClassifier(drafted, classnames=["cat", "dog"]).fit().save(saved)
+    # the file's setting is used, as its model is: the fingerprints match
+    assert main(["predict", str(folder), "--classifier", str(saved), "--out",
+                 str(tmp_path / "p.csv"), *model_args]) == 0
+
+
 def test_predict_to_stdout_with_cache(folder, model_args, tmp_path, capsys):
     cache = tmp_path / "cache"
     argv = ["predict", str(folder), "--classes", "cat,dog,fish", "--templates", "photo",
