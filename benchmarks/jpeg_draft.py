@@ -1,10 +1,11 @@
 """What JPEG draft decoding (``Backbone(jpeg_draft=True)``, ``--jpeg-draft``) gains and costs.
 
 On the ImageNet sample photos: CPU time per photo to decode it, alone and with the
-preprocessing, with and without draft decoding (one thread, medians of alternating rounds), and, on the photos it applies to (short side at least twice the encoder's input),
-the cosine between their embeddings with and without it and the top-1 agreement of a zero-shot
-head over the 1,000 ImageNet class names ("a photo of a {}."). Photos below that size are
-decoded identically either way. The checkout's library is used, not an installed copy.
+preprocessing, with and without draft decoding (one thread, medians of alternating rounds).
+On the photos it applies to (short side at least twice the encoder's input): the cosine
+between their embeddings with and without it, and the top-1 agreement of a zero-shot head over
+the 1,000 ImageNet class names ("a photo of a {}."). Photos below that size are decoded
+identically either way. The checkout's library is used, not an installed copy.
 
     python benchmarks/jpeg_draft.py [--model ViT-B-32] [--pretrained none] [--limit N]
 """

@@ -91,7 +91,8 @@ def workdir(tmp_path_factory) -> Path:
     pets_synonyms = SHARED_DATA / "real" / "oxford_pets" / "metrics-LAION400M.json"
     needed = [cifar / "train", cifar / "test", pets_descriptors, pets_synonyms]
     if not all(path.exists() for path in needed):
-        pytest.skip(f"the README examples need CIFAR-10 and the released Pets files in {SHARED_DATA}")
+        pytest.skip(f"the README examples need CIFAR-10 and the released Pets files in "
+                    f"{SHARED_DATA}")
     root = tmp_path_factory.mktemp("readme")
     classes = sorted(p.name for p in (cifar / "test").iterdir())
     for folder, split, first, count in (("support", "train", 0, 16), ("test", "test", 0, 2),

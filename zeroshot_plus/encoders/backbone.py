@@ -105,7 +105,8 @@ class Backbone:
         if self._fingerprint is None:
             self._fingerprint = models.fingerprint(
                 self.model_name, self.precision, config_file=self._config_file,
-                checkpoint=self.checkpoint, pretrained=self.pretrained, jpeg_draft=self.jpeg_draft)
+                checkpoint=self.checkpoint, pretrained=self.pretrained,
+                jpeg_draft=self.jpeg_draft)
         return self._fingerprint
 
     def describe(self) -> dict:
