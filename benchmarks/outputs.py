@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's library, not an installed copy
 SHARED = REPO.parent / "shared" / "data"
 TINY = str(REPO / "tests" / "zsp-tiny.json")
 

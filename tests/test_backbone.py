@@ -108,6 +108,26 @@ def test_fingerprint(backbone, tiny_config, tmp_path):
     described = backbone.describe()
     assert described["model"] == tiny_config and described["pretrained"] == "none"
     assert described["fingerprint"] == backbone.fingerprint and described["checkpoint"] is None
+    assert described["jpeg_draft"] is False
+
+
+def test_jpeg_draft_is_opt_in_and_part_of_the_identity(backbone, tiny_config, tmp_path):
+    # a photo large enough for draft decoding (short side >= 2 x the 32 px input)
+    path = tmp_path / "large.jpg"
+    synthetic_image(7, (300, 200)).save(path, quality=90)
+    drafted = Backbone(tiny_config, "none", progress=False, jpeg_draft=True)
+    assert backbone.jpeg_draft is False
+    assert drafted.fingerprint != backbone.fingerprint and drafted.describe()["jpeg_draft"]
+    # by default the photo goes through open_clip's transform exactly as decoded in full
+    with Image.open(path) as image:
+        full = backbone.encode_pixels(backbone.preprocess(image.convert("RGB"))[None])
+    np.testing.assert_array_equal(backbone.encode_images([path]), full)
+    assert not np.array_equal(drafted.encode_images([path]), full)
+    # one store, two settings: neither reads the other's embeddings
+    cache = tmp_path / "store"
+    np.testing.assert_array_equal(drafted.encode_images([path], cache=cache),
+                                  drafted.encode_images([path]))
+    np.testing.assert_array_equal(backbone.encode_images([path], cache=cache), full)
 
 
 def test_fingerprint_without_loading(tiny_config):
@@ -144,6 +164,7 @@ def test_local_checkpoint_round_trip(backbone, tiny_config, tmp_path):
     np.testing.assert_allclose(loaded.encode_texts(texts), backbone.encode_texts(texts), atol=1e-6)
     assert loaded.fingerprint != backbone.fingerprint
     assert loaded.describe()["checkpoint"] == str(path)
+    assert loaded.describe()["pretrained"] is None  # the checkpoint, not the default tag
 
 
 def test_checkpoint_weights_are_really_used(backbone, tiny_config, tmp_path):

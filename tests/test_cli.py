@@ -45,7 +45,8 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 COMMON_OPTIONS = ["--model", "--pretrained", "--checkpoint", "--device", "--precision",
-                  "--batch-size", "--workers", "--cache", "--no-progress", "--strict", "--verbose"]
+                  "--batch-size", "--workers", "--jpeg-draft", "--cache", "--no-progress",
+                  "--strict", "--verbose"]
 COMMAND_OPTIONS = {
     "embed": ["--out"],
     "predict": ["--classes", "--templates", "--method", "--top-k", "--out"],
@@ -324,6 +325,28 @@ def test_embed_synthetic_folder(folder, model_args, backbone, tmp_path, capsys):
     assert sorted(paths.tolist()) == expected_paths
     assert [Path(p).parent.name for p in paths] == labels.tolist()
     np.testing.assert_allclose(embeddings, backbone.encode_images(list(paths)), atol=1e-6)
+
+
+def test_embed_with_jpeg_draft_records_its_own_fingerprint(folder, model_args, backbone,
+                                                           tiny_config, tmp_path):
+    out = tmp_path / "emb.npz"
+    assert main(["embed", str(folder), "--out", str(out), "--jpeg-draft", *model_args]) == 0
+    with np.load(out) as data:
+        fingerprint = str(data["fingerprint"])
+    assert fingerprint == backbone_module.Backbone(tiny_config, "none", jpeg_draft=True).fingerprint
+    assert fingerprint != backbone.fingerprint
+
+
+def test_classifier_saved_with_jpeg_draft_predicts_with_it(folder, model_args, tiny_config,
+                                                          tmp_path):
+    from zeroshot_plus import ZeroShotClassifier
+
+    drafted = backbone_module.Backbone(tiny_config, "none", progress=False, jpeg_draft=True)
+    saved = tmp_path / "zs.npz"
+    ZeroShotClassifier(drafted, classnames=["cat", "dog"]).fit().save(saved)
+    # the file's setting is used, as its model is: the fingerprints match
+    assert main(["predict", str(folder), "--classifier", str(saved), "--out",
+                 str(tmp_path / "p.csv"), *model_args]) == 0
 
 
 def test_predict_to_stdout_with_cache(folder, model_args, tmp_path, capsys):

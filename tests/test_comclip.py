@@ -304,8 +304,7 @@ def test_cli_match_writes_scores_and_explanation_pngs(backbone, images, tiny_con
     pairs = tmp_path / "pairs.csv"
     pairs.write_text("image,caption\nim0.png,a red dog chases a ball\n"
                      "im1.png,a man is sitting at a table\nim2.png,a\n")
-    (tmp_path / "png").mkdir()
-    out = tmp_path / "scores.csv"
+    out = tmp_path / "scores.csv"  # --explain-dir is created by the command
     assert main(["match", str(pairs), "--model", tiny_config, "--pretrained", "none",
                  "--no-progress", "--out", str(out), "--explain-dir", str(tmp_path / "png"),
                  "--retrieval"]) == 0
@@ -357,3 +356,11 @@ def test_cli_retrieval_recall_is_the_library_protocol(backbone, images, tiny_con
         i2t, t2i = recall["image_to_text"], recall["text_to_image"]
         assert (f"{name}: image-to-text R@1 {i2t[1]:.2%} R@5 {i2t[5]:.2%}  text-to-image "
                 f"R@1 {t2i[1]:.2%} R@5 {t2i[5]:.2%}") in printed
+
+
+def test_cli_match_refuses_an_explain_dir_that_is_a_file(tiny_config, tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    assert main(["match", str(tmp_path / "pairs.csv"), "--model", tiny_config, "--pretrained",
+                 "none", "--explain-dir", str(taken)]) == 2
+    assert f"--explain-dir '{taken}' is a file, not a folder." in capsys.readouterr().err

@@ -81,7 +81,7 @@ def test_fit_from_backbone_builds_the_template_ensemble(backbone):
     templates = ["a photo of a {}.", "a sketch of the {}."]
     clf = ZeroShotClassifier(backbone, classnames=["cat", "sea_lion"], templates=templates).fit()
     assert list(clf.classes_) == ["cat", "sea_lion"] and clf.n_features_in_ == D
-    for c, name in enumerate(["cat", "sea lion"]):
+    for c, name in enumerate(["cat", "sea_lion"]):  # names as given, as in open_clip
         each = backbone.encode_texts([t.format(name) for t in templates]).astype(np.float64)
         mean = each.mean(axis=0)
         np.testing.assert_allclose(clf.text_head_[c], mean / np.linalg.norm(mean), atol=1e-5)

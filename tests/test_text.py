@@ -110,7 +110,8 @@ def test_unknown_template_set():
     assert "openai_imagenet" in str(info.value)
 
 
-@pytest.mark.parametrize("templates", [["a photo of a {}.", "a photo"], ["{} and {}"]])
+@pytest.mark.parametrize("templates", [["a photo of a {}.", "a photo"], ["{} and {}"],
+                                       ["{} and {c}"], ["{c}, {c}"]])
 def test_template_without_exactly_one_placeholder(templates):
     with pytest.raises(InputError, match=r"\{\}"):
         load_templates(templates)
@@ -131,10 +132,39 @@ def test_empty_template_file(tmp_path):
         load_templates(path)
 
 
-def test_class_prompts():
+def test_class_prompts_use_names_as_given():
     prompts = class_prompts(["golden_retriever", "cat"], ["a photo of a {}.", "{}!"])
-    assert prompts == [["a photo of a golden retriever.", "golden retriever!"],
+    assert prompts == [["a photo of a golden_retriever.", "golden_retriever!"],
                        ["a photo of a cat.", "cat!"]]
+
+
+def test_clip_benchmark_templates():
+    # CLIP_benchmark's templates name the class {c}; open_clip's use {}
+    assert load_templates(["a photo of a {c}.", "art of the {}."]) == ["a photo of a {}.",
+                                                                      "art of the {}."]
+    prompts = class_prompts(["sea_lion"], load_templates(["a bad photo of the {c}."]))
+    assert prompts == [["a bad photo of the sea_lion."]]
+
+
+def test_class_prompts_allow_repeated_names():
+    # open_clip's ImageNet list names "missile" twice; refusing repeats is the class list's call
+    assert class_prompts(["missile", "missile"], ["a {}."]) == [["a missile."], ["a missile."]]
+
+
+@pytest.mark.parametrize("form", ["open_clip", "clip_benchmark"])
+def test_text_head_equals_open_clip_zero_shot_classifier(backbone, form):
+    from open_clip import OPENAI_IMAGENET_TEMPLATES, build_zero_shot_classifier
+
+    classnames = ["great_white_shark", "tench", "missile", "sea lion"]
+    if form == "open_clip":  # open_clip's own callables
+        reference_templates, ours = OPENAI_IMAGENET_TEMPLATES, "openai_imagenet"
+    else:  # CLIP_benchmark's strings, filled as template.format(c=name)
+        ours = [t("{c}") for t in OPENAI_IMAGENET_TEMPLATES]
+        reference_templates = [lambda c, t=t: t.format(c=c) for t in ours]
+    expected = build_zero_shot_classifier(backbone.model, backbone.tokenizer, classnames,
+                                          reference_templates, num_classes_per_batch=None).T
+    weights = class_weights(backbone, class_prompts(classnames, load_templates(ours)))
+    np.testing.assert_allclose(weights, expected.numpy(), atol=1e-6)  # 0.15 with "_" -> " "
 
 
 # ---------------------------------------------------------------------- text head maths

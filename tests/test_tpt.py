@@ -61,6 +61,15 @@ def test_truncated_prompts_equal_full_77_token_features(backbone):
     np.testing.assert_allclose(initial, backbone.encode_texts(prompts), atol=2e-6)
 
 
+def test_prompt_learner_uses_class_names_as_given(backbone):
+    # as open_clip's zero-shot weights: "sea_lion" is not read as "sea lion"
+    learner = PromptLearner(backbone, ["sea_lion", "cat"], "a photo of a", 4, 0)
+    prompts = ["a photo of a sea_lion.", "a photo of a cat."]
+    with torch.no_grad():
+        initial = learner.text_features(learner.ctx_init[None], chunk=64)[0].numpy()
+    np.testing.assert_allclose(initial, backbone.encode_texts(prompts), atol=2e-6)
+
+
 @pytest.mark.parametrize("min_positions", [1, 40, 10_000])
 def test_length_sorted_pieces_equal_full_features_and_gradients(backbone, monkeypatch, min_positions):
     # names of 1..6 words: prompts of many lengths, cut into pieces of various sizes
@@ -361,6 +370,8 @@ def test_tpt_preset_has_the_papers_settings(backbone, tmp_path):
     assert settings(own) == (7, 1, 0.1, "a photo of a {}.") and own.random_state == 3
     assert tpt_preset(backbone, ["cat"], templates=["a drawing of a {}."]).ctx_init == \
         "a drawing of a {}."
+    assert tpt_preset(backbone, ["cat"], templates=["a drawing of a {c}."]).ctx_init == \
+        "a drawing of a {}."  # CLIP_benchmark's placeholder
     with pytest.raises(InputError, match="tunes one prompt, but the templates "
                                          "'simple_imagenet' hold 7"):
         tpt_preset(backbone, ["cat", "dog"], templates="simple_imagenet")

@@ -72,7 +72,8 @@ def load_backbone(args: argparse.Namespace) -> Backbone:
     return Backbone(args.model or saved["model"], args.pretrained or saved["pretrained"],
                     checkpoint=args.checkpoint or saved["checkpoint"], device=args.device,
                     precision=args.precision or saved["precision"], batch_size=args.batch_size,
-                    num_workers=args.workers, progress=not args.no_progress)
+                    num_workers=args.workers, progress=not args.no_progress,
+                    jpeg_draft=args.jpeg_draft or saved.get("jpeg_draft", False))
 
 
 def stream(args: argparse.Namespace, backbone: Backbone, images: ImageSet,

@@ -97,8 +97,9 @@ def edit(args: argparse.Namespace) -> int:
 
 def match(args: argparse.Namespace) -> int:
     check_output("--out", args.out, ".csv", ".jsonl")
-    if args.explain_dir is not None and not Path(args.explain_dir).is_dir():
-        raise InputError(f"--explain-dir '{args.explain_dir}' is not an existing folder.")
+    if args.explain_dir is not None and Path(args.explain_dir).exists() \
+            and not Path(args.explain_dir).is_dir():
+        raise InputError(f"--explain-dir '{args.explain_dir}' is a file, not a folder.")
     from ..evaluation.protocols import distinct, retrieval_recall
     from ..methods.comclip import ComCLIPMatcher, draw_explanation, read_pairs
 
@@ -125,6 +126,7 @@ def match(args: argparse.Namespace) -> int:
                 writer.writerow([explanation.image, explanation.caption,
                                  round(explanation.score, 6), round(explanation.clip_score, 6)])
     if args.explain_dir is not None:
+        Path(args.explain_dir).mkdir(parents=True, exist_ok=True)
         for row, (image, explanation) in enumerate(zip(images, explanations), 1):
             draw_explanation(image, explanation, Path(args.explain_dir) / f"pair{row}.png")
     if args.retrieval:

@@ -36,6 +36,10 @@ def _model_options() -> argparse.ArgumentParser:
     group.add_argument("--workers", type=int,
                        help="image-decoding processes that run ahead of the encoder; 0 decodes "
                             "in this process, one thread per core (default: 0 on CPU, 4 on CUDA)")
+    group.add_argument("--jpeg-draft", action="store_true",
+                       help="decode large JPEGs at a reduced size (PIL draft mode): faster, but "
+                            "embeddings differ slightly from open_clip's preprocessing "
+                            "(default: off, or as recorded in --classifier)")
     group.add_argument("--cache", metavar="DIR",
                        help="embedding store: images and prompts already encoded are read back, "
                             "not encoded again")
@@ -281,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also score every distinct image against every distinct caption and "
                             "print image-to-text and text-to-image recall@1/5 (rows = matches)")
     match.add_argument("--explain-dir", metavar="DIR",
-                       help="write each pair's regions drawn on its image as DIR/pairN.png")
+                       help="write each pair's regions drawn on its image as DIR/pairN.png "
+                            "(DIR is created if missing)")
     match.add_argument("--parser", choices=("rules", "llm"), default="rules",
                        help="caption parser: rules (default, offline) or llm (an OpenAI-"
                             "compatible endpoint from OPENAI_BASE_URL / OPENAI_API_KEY / "

@@ -44,13 +44,17 @@ class Backbone:
         uses every core, 4 on CUDA.
     progress : show progress bars on stderr.
     download_dir : where open_clip keeps downloaded weights (its default when None).
+    jpeg_draft : decode large JPEGs (short side at least twice the encoder's input) at a
+        reduced size in PIL's draft mode before the preprocessing: faster decoding, slightly
+        different embeddings (README, ``benchmarks/jpeg_draft.py``). Off by default, so that
+        images are preprocessed exactly as open_clip's transform does.
     """
 
     def __init__(self, model: str = "ViT-B-32", pretrained: str = "openai", *,
                  checkpoint: str | os.PathLike | None = None, device: str | None = None,
                  precision: str | None = None, batch_size: int = 64,
                  num_workers: int | None = None, progress: bool = True,
-                 download_dir: str | None = None):
+                 download_dir: str | None = None, jpeg_draft: bool = False):
         self.model_name = str(model)
         # A path to an open_clip model-config JSON registers that architecture under its stem.
         self._config_file = Path(model) if self.model_name.endswith(".json") else None
@@ -81,6 +85,7 @@ class Backbone:
                             else (0 if self.device.type == "cpu" else 4))
         self.progress = progress
         self.download_dir = download_dir
+        self.jpeg_draft = bool(jpeg_draft)
         self._model = None
         self._preprocess = None
         self._tokenizer = None
@@ -124,14 +129,18 @@ class Backbone:
         if self._fingerprint is None:
             self._fingerprint = models.fingerprint(
                 self.model_name, self.precision, config_file=self._config_file,
-                checkpoint=self.checkpoint, pretrained=self.pretrained)
+                checkpoint=self.checkpoint, pretrained=self.pretrained,
+                jpeg_draft=self.jpeg_draft)
         return self._fingerprint
 
     def describe(self) -> dict:
-        """What a saved predictor records about its backbone."""
-        return {"model": self.model_name, "pretrained": self.pretrained,
+        """What a saved predictor records about its backbone; ``pretrained`` is None when the
+        weights come from a local checkpoint."""
+        return {"model": self.model_name,
+                "pretrained": self.pretrained if self.checkpoint is None else None,
                 "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
-                "precision": self.precision, "fingerprint": self.fingerprint}
+                "precision": self.precision, "jpeg_draft": self.jpeg_draft,
+                "fingerprint": self.fingerprint}
 
     # ------------------------------------------------------------------ loading
 

@@ -8,8 +8,9 @@ regions. Decoding, batching, the store and the error policy live here once:
 - Decoding: each batch of images is decoded, and its views drawn, when it is asked for, by one
   thread per core between forward passes (the choice on a CPU, where the encoder already keeps
   every core busy), or ahead of the encoder by ``backbone.num_workers`` worker processes at a
-  lower priority (the choice for an accelerator). Only the preprocessed image may be decoded
-  from a JPEG's reduced DCT (``draft``); other views need the full picture.
+  lower priority (the choice for an accelerator). With ``backbone.jpeg_draft`` (off by
+  default), the preprocessed image may be decoded from a JPEG's reduced DCT (``draft``); other
+  views always need the full picture.
 - Batching: consecutive images form one forward pass until it holds ``backbone.batch_size``
   views to encode (an image's views are never split) or ``backbone.batch_size`` images.
 - Store: with ``cache``, views are kept under ``<cache>/<fingerprint>/<views.kind>`` by their
@@ -81,7 +82,8 @@ class ViewMaker:
     implement ``__call__``; the defaults describe views that are not stored.
 
     kind : the store's sub-folder for these views; None: they are not stored.
-    draft : the views only need the picture at the encoder's size (JPEG draft decoding).
+    draft : the views only need the picture at the encoder's size, so a backbone with
+        ``jpeg_draft`` may decode large JPEGs at a reduced size.
     keyed : the view keys derive from the image content, which is hashed even without a store.
     """
 
@@ -167,7 +169,8 @@ def encode_views(backbone: Backbone, items: ImageSource, views: ViewMaker, *,
     needs_model = len(skip) < n_images
     if needs_model:
         backbone.model  # load (or fail) before a progress bar is drawn
-    draft_size = backbone.image_size if views.draft and needs_model else None
+    draft_size = (backbone.image_size if views.draft and backbone.jpeg_draft and needs_model
+                  else None)
     dataset = _Decoder(image_set.items, views, contents, frozenset(skip), known, draft_size)
     passes = _Passes(backbone, image_set, store, copied, on_error, report)
     show = backbone.progress if progress is None else progress

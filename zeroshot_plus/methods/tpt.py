@@ -382,7 +382,7 @@ class PromptLearner:
         context = template.split("{}")[0].strip()
         context_tokens = tokenizer([context])[0]
         self.n_ctx = int(context_tokens.argmax()) - 1
-        tokens = tokenizer([template.replace("{}", display_name(name)) for name in classnames])
+        tokens = tokenizer([template.replace("{}", name) for name in classnames])
         eot = tokens.argmax(dim=-1)
         n_positions = tokens.shape[1]
         if (eot >= n_positions - 1).any() or (tokens[:, 1:1 + self.n_ctx]

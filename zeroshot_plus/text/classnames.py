@@ -1,10 +1,11 @@
-"""Class names: reading and checking a class list, the form prompts show, the form lookups
+"""Class names: reading and checking a class list, the form people read, the form lookups
 compare, and the closest name offered when a lookup fails.
 
-Two forms of a name are derived here and nowhere else:
+Template prompts use a class name exactly as given (``text.templates``), as open_clip and
+CLIP_benchmark do. Two other forms of a name are derived here and nowhere else:
 
-- ``display_name``: the name as prompts show it, '_' read as a space ("great_white_shark"
-  -> "great white shark"); nothing else changes.
+- ``display_name``: the name as a person reads it, '_' read as a space ("great_white_shark"
+  -> "great white shark"); nothing else changes. Descriptor prompts and LLM questions use it.
 - ``match_key``: the form in which a name matches a file's key, '_' read as a space, runs of
   whitespace made one space, ends stripped, case folded ("Great_White  shark" ->
   "great white shark").
@@ -62,7 +63,7 @@ def validate_classnames(names: Sequence[str], source: str = "class list") -> lis
 
 
 def display_name(name: str) -> str:
-    """A class name as it appears in a prompt: '_' read as a space."""
+    """A class name as a person reads it: '_' read as a space."""
     return name.replace("_", " ")
 
 

@@ -1,8 +1,10 @@
 """Class names and prompt templates -> per-class prompt lists.
 
 Template sets are named (``openai_imagenet`` and ``simple_imagenet`` from open_clip, the files
-in ``zeroshot_plus.prompt_data/templates``), given as a path to a text file (one template per line,
-``{}`` where the class name goes), or given directly as a list of template strings.
+in ``zeroshot_plus.prompt_data/templates``), given as a path to a text file (one template per line),
+or given directly as a list of template strings. The class name goes where a template has
+``{}`` (open_clip's form) or ``{c}`` (CLIP_benchmark's; read as ``{}``), and is used exactly
+as given, as open_clip's ``build_zero_shot_classifier`` and CLIP_benchmark use it.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import InputError
-from .classnames import display_name
 
 OPEN_CLIP_TEMPLATE_SETS = ("openai_imagenet", "simple_imagenet")
+PLACEHOLDERS = ("{}", "{c}")  # open_clip's and CLIP_benchmark's
 
 
 def available_template_sets() -> list[str]:
@@ -25,7 +27,8 @@ def available_template_sets() -> list[str]:
 
 
 def load_templates(spec: str | os.PathLike | Sequence[str]) -> list[str]:
-    """A template set by name, from a file, or as a list of template strings."""
+    """A template set by name, from a file, or as a list of template strings; each with
+    ``{}`` where the class name goes (a ``{c}`` is read as ``{}``)."""
     if not isinstance(spec, (str, os.PathLike)):
         return _validate_templates(list(spec), "template list")
     name = os.fspath(spec)
@@ -50,15 +53,18 @@ def _template_lines(text: str) -> list[str]:
 
 
 def _validate_templates(templates: list[str], source: str) -> list[str]:
+    """The templates with CLIP_benchmark's ``{c}`` written as ``{}``, the one form used inside."""
     if not templates:
         raise InputError(f"the {source} holds no templates.")
     for i, template in enumerate(templates, 1):
-        if template.count("{}") != 1:
+        if sum(template.count(p) for p in PLACEHOLDERS) != 1:
             raise InputError(f"template {i} of the {source} ('{template}') must contain '{{}}' "
-                             f"exactly once, where the class name goes.")
-    return templates
+                             f"or '{{c}}' exactly once, where the class name goes.")
+    return [t.replace("{c}", "{}") for t in templates]
 
 
 def class_prompts(classnames: Sequence[str], templates: Sequence[str]) -> list[list[str]]:
-    """Per class, every template filled with the class name ('_' read as a space)."""
-    return [[t.replace("{}", display_name(name)) for t in templates] for name in classnames]
+    """Per class, every template (as ``load_templates`` returns them) filled with the class
+    name as given. Repeated names are allowed here: whether a class list may repeat a name is
+    ``validate_classnames``'s call."""
+    return [[t.replace("{}", name) for t in templates] for name in classnames]
