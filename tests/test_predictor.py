@@ -219,6 +219,14 @@ def test_load_rebuilds_the_backbone(backbone, tmp_path):
     np.testing.assert_allclose(refit.text_head_, clf.text_head_, atol=1e-6)
 
 
+def test_load_rebuilds_a_jpeg_draft_backbone_as_saved(tiny_config, tmp_path):
+    drafted = Backbone(tiny_config, "none", jpeg_draft=True, progress=False)
+    ZeroShotClassifier(drafted, classnames=["cat", "dog"], templates="photo").fit().save(
+        tmp_path / "clf.npz")
+    loaded = ZeroShotClassifier.load(tmp_path / "clf.npz")
+    assert loaded.backbone.jpeg_draft and loaded.backbone.fingerprint == drafted.fingerprint
+
+
 def test_load_refuses_a_backbone_with_another_fingerprint(backbone, tiny_config, tmp_path):
     clf = ZeroShotClassifier(backbone, classnames=["cat", "dog"], templates="photo").fit()
     clf.save(tmp_path / "clf.npz")

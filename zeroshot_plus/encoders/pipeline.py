@@ -174,7 +174,8 @@ def encode_views(backbone: Backbone, items: ImageSource, views: ViewMaker, *,
     dataset = _Decoder(image_set.items, views, contents, frozenset(skip), known, draft_size)
     passes = _Passes(backbone, image_set, store, copied, on_error, report)
     show = backbone.progress if progress is None else progress
-    with tqdm(total=n_images, desc=desc, unit="img", disable=not show) as bar:
+    # a bar only for real work: a run answered from the store is over at once
+    with tqdm(total=n_images, desc=desc, unit="img", disable=not show or not needs_model) as bar:
         for batch in _decoded_batches(dataset, batch_size or backbone.batch_size,
                                       backbone.num_workers):
             for item in batch:

@@ -191,7 +191,8 @@ class Predictor(ClassifierMixin, BaseEstimator):
         if saved is not None:
             if backbone is None:
                 backbone = Backbone(saved["model"], saved["pretrained"],
-                                    checkpoint=saved["checkpoint"], precision=saved["precision"])
+                                    checkpoint=saved["checkpoint"], precision=saved["precision"],
+                                    jpeg_draft=saved.get("jpeg_draft", False))
             if backbone.fingerprint != saved["fingerprint"]:
                 raise InputError(f"'{path}' was fitted with {saved['model']} "
                                  f"({saved['checkpoint'] or saved['pretrained']}), which is not "
