@@ -63,6 +63,15 @@ def _is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
+def takes_images(tags):
+    """scikit-learn tags (``__sklearn_tags__``) of an estimator whose X is an image source:
+    paths (strings) or PIL images, one per sample, not a 2-D array."""
+    tags.input_tags.two_d_array = False
+    tags.input_tags.one_d_array = True
+    tags.input_tags.string = True
+    return tags
+
+
 def read_image_source(source: ImageSource) -> ImageSet:
     """Resolve a folder, manifest, image file or list of images into an ImageSet."""
     if isinstance(source, ImageSet):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 
+from ..data.sources import takes_images
 from ..errors import InputError
 from .backbone import Backbone
 
@@ -47,10 +48,7 @@ class ImageEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         return self.backbone
 
     def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.input_tags.one_d_array = True
-        tags.input_tags.string = True
+        tags = takes_images(super().__sklearn_tags__())
         tags.requires_fit = False
         tags.transformer_tags.preserves_dtype = []
         return tags

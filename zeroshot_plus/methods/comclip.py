@@ -38,7 +38,7 @@ from sklearn.base import BaseEstimator
 
 from ..choices import COMPONENTS, MASK_MODES, WEIGHTINGS
 from ..data.images import content_keys, open_image
-from ..data.sources import ImageInput, image_name, read_image_source
+from ..data.sources import ImageInput, image_name, read_image_source, takes_images
 from ..data.tables import read_table
 from ..encoders.backbone import Backbone
 from ..encoders.pipeline import Picture, View, ViewMaker, encode_views
@@ -145,10 +145,7 @@ class ComCLIPMatcher(BaseEstimator):
         make_parser(self.parser)
 
     def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.input_tags.one_d_array = True
-        tags.input_tags.string = True
+        tags = takes_images(super().__sklearn_tags__())
         tags.requires_fit = False
         return tags
 

@@ -44,7 +44,8 @@ from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from ..data.images import pil_key
-from ..data.sources import IMAGE_EXTENSIONS, ImageInput, ImageSource, read_image_source
+from ..data.sources import (IMAGE_EXTENSIONS, ImageInput, ImageSource, read_image_source,
+                            takes_images)
 from ..encoders.backbone import Backbone
 from ..encoders.pipeline import (EncodeReport, Picture, View, ViewMaker, encode_views,
                                  seeded_torch_rng)
@@ -152,10 +153,7 @@ class TPTClassifier(Predictor):
         return self
 
     def __sklearn_tags__(self) -> Tags:
-        tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.input_tags.string = True  # image paths
-        return tags
+        return takes_images(super().__sklearn_tags__())
 
     # ------------------------------------------------------------------ predict
 
