@@ -100,11 +100,21 @@ def test_classnames_as_comma_string_and_named_template_set(backbone):
     ({"text_weights": np.ones(5)}, "shape"),
     ({"text_weights": np.full((2, 4), np.nan)}, "finite"),
     ({"text_weights": np.eye(3), "classnames": ["a", "b"]}, "2 class names for 3 rows"),
-    ({"classnames": ["a", "a"], "text_weights": np.eye(2)}, "'a' more than once"),
 ])
 def test_bad_text_side(kwargs, message):
     with pytest.raises(InputError, match=message):
         ZeroShotClassifier(**kwargs).fit()
+
+
+def test_repeated_class_names_are_usable_and_label_classes_by_position(backbone):
+    """Standard lists repeat names (open_clip's ImageNet list has two "missile"s): the issue
+    asks that they work; classes_ are then the positions, classnames_ the names."""
+    clf = ZeroShotClassifier(text_weights=np.eye(3), classnames=["b", "a", "b"]).fit()
+    np.testing.assert_array_equal(clf.classes_, [0, 1, 2])
+    assert list(clf.classnames_) == ["b", "a", "b"]
+    np.testing.assert_array_equal(clf.predict(np.eye(3)[[2, 0]]), [2, 0])
+    names = ZeroShotClassifier(backbone, classnames=["cat", "dog", "cat"], templates="photo").fit()
+    np.testing.assert_allclose(names.text_head_[0], names.text_head_[2])
 
 
 def test_backbone_without_classnames(backbone):

@@ -314,7 +314,7 @@ def given_text_weights(owner: str, text_weights, classnames) -> tuple[np.ndarray
                          f"got shape {weights.shape}.")
     if classnames is None:
         return l2_normalise(weights), list(range(len(weights)))
-    names = parse_classnames(classnames)
+    names = parse_classnames(classnames, repeats=True)
     if len(names) != len(weights):
         raise InputError(f"{owner}: {len(names)} class names for {len(weights)} rows of "
                          f"text_weights.")
@@ -333,6 +333,6 @@ def resolve_text_weights(owner: str, text_weights, backbone: Backbone | None, cl
         return given_text_weights(owner, text_weights, classnames)
     if backbone is None or classnames is None:
         raise InputError(f"{owner} needs either text_weights, or a backbone and classnames.")
-    names = parse_classnames(classnames)
+    names = parse_classnames(classnames, repeats=True)
     prompts = class_prompts(names, load_templates(templates))
     return class_weights(backbone, prompts, cache=cache), names

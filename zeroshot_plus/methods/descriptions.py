@@ -115,7 +115,8 @@ class DescriptionClassifier(Predictor):
         check_prompt_style(self.prompt_style)
         if self.backbone is None or self.descriptors is None:
             raise InputError(f"{name} needs either text_weights, or a backbone and descriptors.")
-        names = None if self.classnames is None else parse_classnames(self.classnames)
+        names = (None if self.classnames is None
+                 else parse_classnames(self.classnames, repeats=True))
         match = match_descriptors(self.descriptors, names, allow_missing=self.allow_missing)
         prompts, shown = [], []
         for classname, items in zip(match.classnames, match.descriptors):

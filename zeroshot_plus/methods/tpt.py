@@ -138,7 +138,7 @@ class TPTClassifier(Predictor):
         if self.diffusion_views is not None and not callable(self.diffusion_views) \
                 and not Path(self.diffusion_views).is_dir():
             raise InputError(f"diffusion views folder '{self.diffusion_views}' does not exist.")
-        names = parse_classnames(self.classnames)
+        names = parse_classnames(self.classnames, repeats=True)
         prompt_names = names if self.prompt_names is None else [str(n) for n in self.prompt_names]
         if len(prompt_names) != len(names):
             raise InputError(f"{owner}: {len(prompt_names)} prompt names for {len(names)} classes.")

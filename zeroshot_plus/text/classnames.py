@@ -22,8 +22,13 @@ from typing import Iterable, Sequence
 from ..errors import InputError
 
 
-def parse_classnames(spec: str | os.PathLike | Sequence[str]) -> list[str]:
-    """Class names from a file (one per line, or a JSON list), a comma list, or a sequence."""
+def parse_classnames(spec: str | os.PathLike | Sequence[str], *, repeats: bool = False
+                     ) -> list[str]:
+    """Class names from a file (one per line, or a JSON list), a comma list, or a sequence.
+
+    repeats : allow a name more than once (standard lists do: open_clip's ImageNet list names
+        "missile" twice; the classifiers then label classes by position).
+    """
     if isinstance(spec, (str, os.PathLike)) and Path(spec).is_file():
         path = Path(spec)
         text = path.read_text(encoding="utf-8-sig")
@@ -44,18 +49,20 @@ def parse_classnames(spec: str | os.PathLike | Sequence[str]) -> list[str]:
         names, source = [n.strip() for n in spec.split(",")], "class list"
     else:
         names, source = [str(n).strip() for n in spec], "class list"
-    return validate_classnames(names, source)
+    return validate_classnames(names, source, repeats=repeats)
 
 
-def validate_classnames(names: Sequence[str], source: str = "class list") -> list[str]:
-    """Stripped names; an empty list, an empty name or a repeated name is an InputError."""
+def validate_classnames(names: Sequence[str], source: str = "class list", *,
+                        repeats: bool = False) -> list[str]:
+    """Stripped names; an empty list, an empty name or (unless ``repeats``) a repeated name
+    is an InputError."""
     names = [str(n).strip() for n in names]
     if not names or not any(names):
         raise InputError(f"the {source} is empty.")
     if "" in names:
         raise InputError(f"the {source} has an empty class name at position {names.index('') + 1}.")
     seen: set[str] = set()
-    for name in names:
+    for name in [] if repeats else names:
         if name in seen:
             raise InputError(f"the {source} names class '{name}' more than once.")
         seen.add(name)
