@@ -102,3 +102,19 @@ def test_folder_labels_that_are_not_utf8_are_written_as_text(hostile_folder, mod
     capsys.readouterr()
     report = json.loads(out.read_bytes().decode("utf-8"))
     assert set(report["per_class_accuracy"]) == {"cat", "dog\\xe9"}
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_match_output_reads_back_as_the_same_pairs(hostile_folder, model_args, suffix, tmp_path):
+    from zeroshot_plus.methods.comclip import read_pairs
+
+    _, paths = hostile_folder
+    captions = [f"a dog, \"chasing\"\n\ta ball {i}\r" for i in range(len(paths))]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"image": path_text(p), "caption": c}) + "\n"
+                             for p, c in zip(paths, captions)), encoding="utf-8")
+    assert read_pairs(pairs) == (paths, [c.strip() for c in captions])
+    out = tmp_path / f"match{suffix}"
+    assert main(["match", str(pairs), "--out", str(out), *model_args]) == 0
+    out.read_bytes().decode("utf-8")
+    assert read_pairs(out) == read_pairs(pairs)

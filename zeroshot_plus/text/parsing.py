@@ -344,8 +344,8 @@ class LLMParser:
                 raise LLMError(f"the LLM gave no valid parse of '{caption}'.") from None
             if not self._fell_back:
                 self._fell_back = True
-                log.warning("the LLM caption parser failed (%s); captions it cannot parse are "
-                            "parsed by the rule parser instead (said once)",
+                log.warning("the LLM caption parser failed (%s); this caption, and any other "
+                            "it gives no parse of, is parsed by the rule parser",
                             str(exc).rstrip("."))
             return parse_caption(caption)
         self.cache.put(key, [json.dumps(data)])
