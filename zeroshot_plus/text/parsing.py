@@ -332,13 +332,13 @@ class LLMParser:
 
     def __call__(self, caption: str) -> Parse:
         key = self.key(caption)
-        cached = self.cache.get(key, _cached_parse)
+        cached = self.cache.get(key, lambda items: _cached_parse(items, caption))
         if cached is not None:
             return Parse.from_dict(caption, cached)
         messages = [{"role": "system", "content": _PARSE_SYSTEM},
                     {"role": "user", "content": f"{_PARSE_EXAMPLE}\nCaption: \"{caption}\""}]
         try:
-            data = self.client.ask(messages, _parse_answer)
+            data = self.client.ask(messages, lambda content: _parse_answer(content, caption))
         except LLMError as exc:
             if not self.fallback:
                 raise LLMError(f"the LLM gave no valid parse of '{caption}'.") from None
@@ -352,23 +352,23 @@ class LLMParser:
         return Parse.from_dict(caption, data)
 
 
-def _parse_answer(content: str | None) -> dict:
+def _parse_answer(content: str | None, caption: str) -> dict:
     """An answer -> a parse dict that ``Parse.from_dict`` reads; BadAnswer otherwise."""
     data = json_answer(content)
     if not isinstance(data, dict) or not isinstance(data.get("objects"), dict):
         raise BadAnswer('the answer had no "objects" map')
     try:
-        Parse.from_dict("", data)
+        Parse.from_dict(caption, data)
     except InputError as exc:
-        raise BadAnswer(str(exc).replace("the parse of '' ", "the answer ").rstrip(".")) from None
+        raise BadAnswer(str(exc).rstrip(".")) from None
     return data
 
 
-def _cached_parse(items: object) -> dict:
+def _cached_parse(items: object, caption: str) -> dict:
     """A cache entry (one JSON text) -> its parse dict; BadAnswer if it is not one."""
     if not isinstance(items, list) or len(items) != 1 or not isinstance(items[0], str):
         raise BadAnswer("it does not hold one JSON text")
-    return _parse_answer(items[0])
+    return _parse_answer(items[0], caption)
 
 
 def make_parser(parser: str | Callable[[str], Parse]) -> Callable[[str], Parse]:
