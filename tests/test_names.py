@@ -118,3 +118,16 @@ def test_match_output_reads_back_as_the_same_pairs(hostile_folder, model_args, s
     assert main(["match", str(pairs), "--out", str(out), *model_args]) == 0
     out.read_bytes().decode("utf-8")
     assert read_pairs(out) == read_pairs(pairs)
+
+
+def test_class_names_from_bytes_match_the_folder_labels(hostile_folder, model_args, tmp_path,
+                                                        capsys):
+    root, _ = hostile_folder
+    out = tmp_path / "p.jsonl"
+    classes = os.fsdecode(b"cat,dog\xe9")            # a command line that is not UTF-8
+    assert main(["predict", str(root), "--classes", classes, "--out", str(out),
+                 *model_args]) == 0
+    rows = [json.loads(line) for line in out.read_bytes().decode("utf-8").splitlines()]
+    assert {label for row in rows for label in row["labels"]} == {"cat", "dog\\xe9"}
+    assert main(["evaluate", str(root), "--classes", classes, *model_args]) == 0
+    assert "dog\\xe9" in capsys.readouterr().out
