@@ -329,7 +329,7 @@ def test_cache_entries_of_the_wrong_shape_are_asked_again_with_a_warning(llm, tm
     assert dict(llm.requests) == {"tench": 2, "goldfish": 2, "great white shark": 2,
                                   "tiger shark": 1}
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(warnings) == 2 and all("asked again" in w for w in warnings)
+    assert len(warnings) == 3 and all("asked again" in w for w in warnings)
     assert json.loads(files["tench"].read_text()) == {"key": key, "items": llm.items("tench")}
     caplog.clear()
     assert _generate(llm, tmp_path) == result and not caplog.records   # repaired for good
@@ -430,3 +430,26 @@ def test_ctrl_c_while_the_server_hangs_stops_at_once(llm, tmp_path):
     assert "interrupted; the answers received so far are cached" in err
     assert "Traceback" not in err
     assert [json.loads(f.read_text())["key"]["class"] for f in cache.rglob("*.json")] == ["tench"]
+
+
+def test_answers_with_lone_surrogates_are_asked_again_not_cached(llm, tmp_path, caplog):
+    from zeroshot_plus.text.llm import BadAnswer, parse_items
+    from zeroshot_plus.text.parsing import LLMParser
+
+    with pytest.raises(BadAnswer, match="lone surrogate"):
+        parse_items('{"synonyms": ["ok", "bad \\ud800"]}', "synonyms")
+    _generate(llm, tmp_path, classes=["tench"])
+    entry = next((tmp_path / "cache").rglob("*.json"))
+    record = json.loads(entry.read_text())
+    entry.write_text(json.dumps({**record, "items": ["bad \ud800"]}))   # written as \\ud800
+    caplog.set_level("WARNING")
+    assert _generate(llm, tmp_path, classes=["tench"]) == {"tench": llm.items("tench")}
+    assert llm.requests["tench"] == 2 and "lone surrogate" in caplog.records[0].getMessage()
+    caption = "a dog chasing a ball"
+    server = _parse_server(caption, [{"dog\ud800": {}}, {"dog": {}}])
+    try:
+        parser = LLMParser(base_url=server.url, model="m", cache_dir=tmp_path, timeout=0.3)
+        assert [e.name for e in parser(caption).entities] == ["dog"]
+        assert server.requests[caption] == 2
+    finally:
+        server.close()

@@ -125,10 +125,10 @@ class LLMCache:
         except (OSError, ValueError):
             log.warning("LLM cache: unreadable entry %s is asked again", path)
             return None
-        if not isinstance(record, dict) or record.get("key") != key:
-            return None
         try:
-            return check(record.get("items"))
+            if not isinstance(record, dict) or "key" not in record:
+                raise BadAnswer("not a {key, items} record")
+            return check(record.get("items")) if record["key"] == key else None
         except BadAnswer as exc:
             log.warning("LLM cache: entry %s is not a valid answer (%s); it is asked again",
                         path, exc)
@@ -243,6 +243,15 @@ def json_answer(content: str | None):
         raise BadAnswer(f"the answer was not JSON ({exc.msg})") from None
 
 
+def check_text(data: object) -> None:
+    """BadAnswer if a JSON value holds a lone surrogate (``"\\ud800"``): no UTF-8 file, and
+    no strict JSON reader, takes one."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadAnswer("the answer held a lone surrogate, which is not text") from None
+
+
 def _message(exc) -> str:
     body = exc.body
     if isinstance(body, dict):
@@ -304,6 +313,7 @@ def valid_items(items: object, kind: str) -> list[str]:
         raise BadAnswer(f'the answer had no non-empty list under "{kind}"')
     if not all(isinstance(item, str) and item.strip() for item in items):
         raise BadAnswer(f'the "{kind}" list held something other than non-empty strings')
+    check_text(items)
     unique: dict[str, str] = {}
     for item in items:
         unique.setdefault(item.strip().lower(), item.strip())

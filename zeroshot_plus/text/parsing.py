@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 from ..errors import InputError
-from .llm import (BadAnswer, ChatClient, LLMCache, LLMError, default_cache_dir, json_answer,
-                  resolve_endpoint)
+from .llm import (BadAnswer, ChatClient, LLMCache, LLMError, check_text, default_cache_dir,
+                  json_answer, resolve_endpoint)
 
 log = logging.getLogger(__name__)
 
@@ -357,6 +357,7 @@ def _parse_answer(content: str | None, caption: str) -> dict:
     data = json_answer(content)
     if not isinstance(data, dict) or not isinstance(data.get("objects"), dict):
         raise BadAnswer('the answer had no "objects" map')
+    check_text(data)
     try:
         Parse.from_dict(caption, data)
     except InputError as exc:
