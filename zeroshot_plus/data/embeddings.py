@@ -1,7 +1,8 @@
 """The embeddings file: image embeddings with their paths, labels and model fingerprint.
 
-One ``.npz`` archive (no pickle) holding ``embeddings`` (N, D) float32, ``paths`` (N,) str,
-(written as ``names.path_text``), ``fingerprint`` () str (``Backbone.fingerprint``) and, for labelled images, ``labels`` (N,).
+One ``.npz`` archive (no pickle) holding ``embeddings`` (N, D) float32, ``paths`` (N,) str
+(as ``names.path_text`` writes them), ``fingerprint`` () str (``Backbone.fingerprint``) and,
+for labelled images, ``labels`` (N,).
 ``zeroshot-plus embed`` and ``edit`` write it; ``edit --embeddings`` reads it.
 """
 
@@ -34,7 +35,8 @@ class Embeddings(NamedTuple):
 def save_embeddings(path: str | os.PathLike, embeddings: np.ndarray, paths: Sequence[str],
                     fingerprint: str, labels: Sequence | None = None) -> None:
     """Write an embeddings file; it appears at ``path`` only once complete."""
-    arrays = {"embeddings": np.asarray(embeddings), "paths": np.array([path_text(p) for p in paths]),
+    arrays = {"embeddings": np.asarray(embeddings),
+              "paths": np.array([path_text(p) for p in paths]),
               "fingerprint": np.array(fingerprint)}
     if labels is not None:
         arrays["labels"] = np.asarray(labels)

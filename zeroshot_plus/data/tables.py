@@ -5,7 +5,8 @@ image-caption pairs (``image,caption``). A CSV header is recognised by its first
 ``path`` or ``image``; the columns after it may come in any order, and others are ignored.
 Without a header, the columns come in the order the caller names them. A JSONL line is an object keyed by the column names (the
 path under ``path`` or ``image``). Relative paths are taken relative to the table's folder.
-Paths are read back from their written form (``names.text_path``).
+A path is read back from its written form (``names.text_path``), so the outputs of
+``predict`` and ``match`` are tables too.
 """
 
 from __future__ import annotations
