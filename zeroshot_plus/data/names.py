@@ -30,6 +30,7 @@ def text_path(text: str) -> str:
 
 
 def label_text(name: str) -> str:
-    """A name decoded from a file name (``os.fsdecode``) as UTF-8 text: each undecodable byte
-    as ``\\xNN``. Class names taken from folder names are written this way."""
+    """Text decoded from bytes (``os.fsdecode``: a file name, a command-line argument) as
+    UTF-8 text, each byte that is not UTF-8 as ``\\xNN``: the form of class names taken from
+    folder names or given on a command line that is not UTF-8."""
     return os.fsencode(name).decode("utf-8", "backslashreplace")
