@@ -308,3 +308,148 @@ def test_caption_parser_shares_the_client_retries_and_cache(tmp_path):
         assert server.requests[caption] == 5
     finally:
         server.close()
+
+
+# ---------------------------------------------------------------------- validation and fallback
+
+
+def test_cache_entries_of_the_wrong_shape_are_asked_again_with_a_warning(llm, tmp_path, caplog):
+    _generate(llm, tmp_path)
+    files = {json.loads(f.read_text())["key"]["class"]: f
+             for f in (tmp_path / "cache").rglob("*.json")}
+    key = json.loads(files["tench"].read_text())["key"]
+    files["tench"].write_text("[1, 2]")                                   # not a record
+    files["goldfish"].write_text(json.dumps({"key": json.loads(
+        files["goldfish"].read_text())["key"], "items": "a goldfish"}))    # not a list
+    record = json.loads(files["great white shark"].read_text())
+    files["great white shark"].write_text(json.dumps({**record, "items": ["fine", "", 3]}))
+    caplog.set_level("WARNING")
+    result = _generate(llm, tmp_path)
+    assert result == {c: llm.items(c) for c in CLASSES}
+    assert dict(llm.requests) == {"tench": 2, "goldfish": 2, "great white shark": 2,
+                                  "tiger shark": 1}
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 3 and all("asked again" in w for w in warnings)
+    assert json.loads(files["tench"].read_text()) == {"key": key, "items": llm.items("tench")}
+    caplog.clear()
+    assert _generate(llm, tmp_path) == result and not caplog.records   # repaired for good
+
+
+def _parse_server(caption, answers):
+    """A FakeLLM whose answers to ``caption`` are the parse dicts in ``answers``, in turn."""
+    server = FakeLLM([caption], kind="objects")
+    server.items = lambda name: answers.pop(0) if len(answers) > 1 else answers[0]
+    return server
+
+
+def test_a_caption_parse_is_validated_before_it_is_cached_and_when_read(tmp_path, caplog):
+    from zeroshot_plus.text.parsing import LLMParser
+
+    caption = "a dog chasing a ball"
+    good = {"dog": {"attributes": []}, "ball": {"attributes": ["red"]}}
+    server = _parse_server(caption, [{"dog": {"attributes": 5}}, good])
+    try:
+        parser = LLMParser(base_url=server.url, model="m", cache_dir=tmp_path, timeout=0.3)
+        assert [e.text for e in parser(caption).entities] == ["dog", "red ball"]
+        assert server.requests[caption] == 2            # the bad answer was asked again
+        entry = next(tmp_path.rglob("*.json"))
+        record = json.loads(entry.read_text())
+        assert json.loads(record["items"][0])["objects"] == good
+        for bad in (["not json"], [json.dumps({"objects": {"dog": {}}, "connections": 3})],
+                    "text", [1]):
+            entry.write_text(json.dumps({**record, "items": bad}))
+            caplog.clear()
+            assert [e.text for e in parser(caption).entities] == ["dog", "red ball"]
+            assert [r.levelname for r in caplog.records] == ["WARNING"]
+        assert server.requests[caption] == 6
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("failure,cause", [("401", "HTTP 401"), ("500", "HTTP 500"),
+                                           ("unreachable", "could not connect")])
+def test_a_fallback_to_the_rule_parser_is_announced_once_with_its_cause(failure, cause,
+                                                                        tmp_path, caplog):
+    from zeroshot_plus.text.parsing import LLMParser, parse_caption
+
+    captions = ["a dog chasing a ball", "a cat on a mat"]
+    server = FakeLLM(captions, kind="objects")
+    for caption in captions:
+        server.script[caption] = [failure] * 5
+    url = server.url
+    if failure == "unreachable":
+        server.close()
+    try:
+        parser = LLMParser(base_url=url, model="m", cache_dir=tmp_path, max_attempts=1,
+                           timeout=0.3)
+        caplog.set_level("WARNING")
+        for caption in captions:
+            assert parser(caption) == parse_caption(caption)
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1 and cause in warnings[0] and "rule parser" in warnings[0]
+    finally:
+        if failure != "unreachable":
+            server.close()
+
+
+@pytest.mark.parametrize("option,value", [("--timeout", "inf"), ("--timeout", "nan"),
+                                          ("--timeout", "0"), ("--items", "-5"),
+                                          ("--items", "0"), ("--concurrency", "0"),
+                                          ("--attempts", "0"), ("--attempts", "x")])
+def test_describe_numbers_are_range_checked_when_parsed(option, value, llm, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["describe", "--classes", "tench", "--out", str(tmp_path / "d.json"),
+              "--base-url", llm.url, "--model", "m", "--cache", str(tmp_path), option, value])
+    assert info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"zeroshot-plus describe: error: argument {option}: ")
+    assert "Traceback" not in last and not llm.requests
+    with pytest.raises(InputError, match="timeout must be a finite number"):
+        _generate(llm, tmp_path, timeout=float("inf"))
+    with pytest.raises(InputError, match="n_items must be an integer >= 1"):
+        _generate(llm, tmp_path, n_items=-5)
+
+
+def test_ctrl_c_while_the_server_hangs_stops_at_once(llm, tmp_path):
+    llm.script["goldfish"] = ["hang"]
+    cache = tmp_path / "cache"
+    command = [sys.executable, "-m", "zeroshot_plus.cli", "describe", "--classes",
+               ",".join(CLASSES), "--out", str(tmp_path / "d.json"), "--base-url", llm.url,
+               "--model", "fake-model", "--cache", str(cache), "--concurrency", "1",
+               "--timeout", "60", "--no-progress"]
+    process = subprocess.Popen(command, cwd=REPO_DIR, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(REPO_DIR)})
+    deadline = time.time() + 30
+    while llm.requests["goldfish"] == 0 and time.time() < deadline:
+        time.sleep(0.05)
+    start = time.perf_counter()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=20)
+    assert time.perf_counter() - start < 5          # the hanging request is not waited for
+    assert process.returncode == 130
+    assert "interrupted; the answers received so far are cached" in err
+    assert "Traceback" not in err
+    assert [json.loads(f.read_text())["key"]["class"] for f in cache.rglob("*.json")] == ["tench"]
+
+
+def test_answers_with_lone_surrogates_are_asked_again_not_cached(llm, tmp_path, caplog):
+    from zeroshot_plus.text.llm import BadAnswer, parse_items
+    from zeroshot_plus.text.parsing import LLMParser
+
+    with pytest.raises(BadAnswer, match="lone surrogate"):
+        parse_items('{"synonyms": ["ok", "bad \\ud800"]}', "synonyms")
+    _generate(llm, tmp_path, classes=["tench"])
+    entry = next((tmp_path / "cache").rglob("*.json"))
+    record = json.loads(entry.read_text())
+    entry.write_text(json.dumps({**record, "items": ["bad \ud800"]}))   # written as \\ud800
+    caplog.set_level("WARNING")
+    assert _generate(llm, tmp_path, classes=["tench"]) == {"tench": llm.items("tench")}
+    assert llm.requests["tench"] == 2 and "lone surrogate" in caplog.records[0].getMessage()
+    caption = "a dog chasing a ball"
+    server = _parse_server(caption, [{"dog\ud800": {}}, {"dog": {}}])
+    try:
+        parser = LLMParser(base_url=server.url, model="m", cache_dir=tmp_path, timeout=0.3)
+        assert [e.name for e in parser(caption).entities] == ["dog"]
+        assert server.requests[caption] == 2
+    finally:
+        server.close()

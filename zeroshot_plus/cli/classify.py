@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
+from ..data.names import path_text
 from ..data.sources import ImageSet, read_image_source
 from ..errors import InputError
 from ..text.classnames import parse_classnames
@@ -56,7 +57,7 @@ def predict(args: argparse.Namespace) -> int:
     backbone, report = load_backbone(args), EncodeReport()
     classifier = _classifier(args, backbone, classnames)
     k = min(args.top_k, len(classifier.classes_))
-    names = images.names()
+    names = [path_text(name) for name in images.names()]
     jsonl = args.out is not None and args.out.lower().endswith(".jsonl")
     with output(args.out) as handle:
         writer = None if jsonl else csv.writer(handle)
@@ -108,7 +109,7 @@ def evaluate(args: argparse.Namespace) -> int:
                          f"{' ...' if len(unknown) > 10 else ''}.")
     classifier = _classifier(args, backbone, classnames)
     index = {str(c): i for i, c in enumerate(classifier.classnames_)}  # label -> column
-    explain, names = _explain_count(args, classifier), images.names()
+    explain, names = _explain_count(args, classifier), [path_text(n) for n in images.names()]
     y_true, scores, explanations = [], [], []
     for positions, logits, vectors in _scored(args, backbone, classifier, images, report):
         y_true.extend(index[images.labels[p]] for p in positions)
@@ -127,7 +128,7 @@ def evaluate(args: argparse.Namespace) -> int:
                                      classifier.classnames_)
     summary.update(method=f"classifier {args.classifier}" if args.classifier else args.method,
                    model=backbone.describe(), templates=args.templates,
-                   skipped=[f.name for f in report.failures])
+                   skipped=[path_text(f.name) for f in report.failures])
     if args.method == "descriptions" and not args.classifier:
         summary.update(descriptors=classifier.report_, prompt_style=args.prompt_style)
     if explain:

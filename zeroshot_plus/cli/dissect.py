@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..data.names import path_text
 from ..data.sources import ImageSet
 from ..data.tables import image_prompts
 from ..errors import InputError
@@ -53,7 +54,7 @@ def sce(args: argparse.Namespace) -> int:
         report = {k: v.tolist() if isinstance(v, np.ndarray) else v
                   for k, v in vars(result).items() if k != "mode_scores"}
         names = images.names()
-        report.update(model=backbone.describe(), images=[names[i] for i in kept])
+        report.update(model=backbone.describe(), images=[path_text(names[i]) for i in kept])
         with output(args.out) as handle:
             json.dump(report, handle, indent=2)
     return status
@@ -121,9 +122,10 @@ def match(args: argparse.Namespace) -> int:
             writer.writerow(["image", "caption", "score", "clip_score"])
         for explanation in explanations:
             if jsonl:
-                handle.write(json.dumps(explanation.to_dict()) + "\n")
+                record = explanation.to_dict()
+                handle.write(json.dumps({**record, "image": path_text(record["image"])}) + "\n")
             else:
-                writer.writerow([explanation.image, explanation.caption,
+                writer.writerow([path_text(explanation.image), explanation.caption,
                                  round(explanation.score, 6), round(explanation.clip_score, 6)])
     if args.explain_dir is not None:
         Path(args.explain_dir).mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ light modules, so `--help` and argument errors answer at once.
 from __future__ import annotations
 
 import argparse
+import math
 
 from ..choices import COMPONENTS, ENTROPIES, KERNELS, MASK_MODES, PRECISIONS, WEIGHTINGS
 from ..errors import InputError
@@ -15,6 +16,28 @@ from ..text.frequency import CAPTION_COLUMN, STRATEGIES
 from ..text.llm import KINDS
 
 METHODS = ("zeroshot", "gda", "real", "descriptions", "tpt")
+
+
+def _count(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got '{text}'") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got '{text}'")
+    return value
 
 
 def _model_options() -> argparse.ArgumentParser:
@@ -251,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="what to ask for (default: descriptors)")
     describe.add_argument("--context", metavar="TEXT",
                           help="words that tell the LLM what the classes are, e.g. 'a type of bird'")
-    describe.add_argument("--items", type=int, metavar="N",
+    describe.add_argument("--items", type=_count, metavar="N",
                           help="items to ask for per class (default: 8 descriptors, 5 synonyms, "
                                "10 sentences)")
     describe.add_argument("--base-url", metavar="URL",
@@ -262,11 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="API key (default: $OPENAI_API_KEY; a --base-url server may need none)")
     describe.add_argument("--cache", metavar="DIR",
                           help="answer cache (default: ~/.cache/zeroshot_plus/llm)")
-    describe.add_argument("--concurrency", type=int, default=4,
+    describe.add_argument("--concurrency", type=_count, default=4,
                           help="requests in flight at once (default: 4)")
-    describe.add_argument("--attempts", type=int, default=6,
+    describe.add_argument("--attempts", type=_count, default=6,
                           help="requests per class before giving up on it (default: 6)")
-    describe.add_argument("--timeout", type=float, default=60.0,
+    describe.add_argument("--timeout", type=_seconds, default=60.0,
                           help="seconds per request (default: 60)")
     describe.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     describe.add_argument("-v", "--verbose", action="store_true", help="log retries")

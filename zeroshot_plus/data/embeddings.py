@@ -1,7 +1,8 @@
 """The embeddings file: image embeddings with their paths, labels and model fingerprint.
 
-One ``.npz`` archive (no pickle) holding ``embeddings`` (N, D) float32, ``paths`` (N,) str,
-``fingerprint`` () str (``Backbone.fingerprint``) and, for labelled images, ``labels`` (N,).
+One ``.npz`` archive (no pickle) holding ``embeddings`` (N, D) float32, ``paths`` (N,) str
+(as ``names.path_text`` writes them), ``fingerprint`` () str (``Backbone.fingerprint``) and,
+for labelled images, ``labels`` (N,).
 ``zeroshot-plus embed`` and ``edit`` write it; ``edit --embeddings`` reads it.
 """
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from ..errors import InputError
 from .files import atomic_output
+from .names import path_text, text_path
 
 if TYPE_CHECKING:
     from ..encoders.backbone import Backbone
@@ -33,7 +35,8 @@ class Embeddings(NamedTuple):
 def save_embeddings(path: str | os.PathLike, embeddings: np.ndarray, paths: Sequence[str],
                     fingerprint: str, labels: Sequence | None = None) -> None:
     """Write an embeddings file; it appears at ``path`` only once complete."""
-    arrays = {"embeddings": np.asarray(embeddings), "paths": np.array(list(paths)),
+    arrays = {"embeddings": np.asarray(embeddings),
+              "paths": np.array([path_text(p) for p in paths]),
               "fingerprint": np.array(fingerprint)}
     if labels is not None:
         arrays["labels"] = np.asarray(labels)
@@ -55,7 +58,7 @@ def load_embeddings(path: str | os.PathLike, backbone: Backbone | None = None) -
         if not isinstance(data, np.lib.npyio.NpzFile):  # a single .npy array
             raise ValueError("not an .npz archive")
         with data:
-            loaded = Embeddings(data["embeddings"], [str(p) for p in data["paths"]],
+            loaded = Embeddings(data["embeddings"], [text_path(str(p)) for p in data["paths"]],
                                 str(data["fingerprint"]),
                                 data["labels"] if "labels" in data.files else None)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:

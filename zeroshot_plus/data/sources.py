@@ -16,6 +16,7 @@ from typing import Sequence, Union
 from PIL import Image
 
 from ..errors import InputError
+from .names import label_text
 from .tables import read_table
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,8 @@ def read_image_source(source: ImageSource) -> ImageSet:
 
 def _read_folder(root: Path) -> ImageSet:
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    labelled = [(d.name, f) for d in class_dirs for f in sorted(d.rglob("*")) if _is_image_file(f)]
+    labelled = [(label_text(d.name), f) for d in class_dirs for f in sorted(d.rglob("*"))
+                if _is_image_file(f)]
     loose = sorted(f for f in root.iterdir() if f.is_file() and _is_image_file(f))
     if labelled:
         if loose:

@@ -5,6 +5,8 @@ image-caption pairs (``image,caption``). A CSV header is recognised by its first
 ``path`` or ``image``; the columns after it may come in any order, and others are ignored.
 Without a header, the columns come in the order the caller names them. A JSONL line is an object keyed by the column names (the
 path under ``path`` or ``image``). Relative paths are taken relative to the table's folder.
+A path is read back from its written form (``names.text_path``), so the outputs of
+``predict`` and ``match`` are tables too.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
 from ..errors import InputError
+from .names import text_path
 
 PATH_COLUMNS = ("path", "image")
 
@@ -41,14 +44,15 @@ def read_table(path: str | os.PathLike, columns: Sequence[str], *, what: str,
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        with open(path, encoding="utf-8-sig", newline="") as handle:  # "\r" in a cell is kept
+            text = handle.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read {what} '{path}': {exc}.") from None
     rows = []
     for where, cells in (_jsonl_rows(text, path, columns, what)
                          if path.suffix.lower() == ".jsonl"
                          else _csv_rows(text, path, columns, what, required)):
-        image = (cells[0] or "").strip()
+        image = text_path((cells[0] or "").strip())
         values = tuple((v or "").strip() or None for v in cells[1:])
         missing = [c for c, v in zip(columns, values) if c in required and v is None]
         if not image or missing:
@@ -77,7 +81,7 @@ def _csv_rows(text: str, path: Path, columns: Sequence[str], what: str,
 
 def _jsonl_rows(text: str, path: Path, columns: Sequence[str], what: str
                 ) -> Iterator[tuple[str, list[str | None]]]:
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:

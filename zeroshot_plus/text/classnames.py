@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ..data.names import label_text
 from ..errors import InputError
 
 
@@ -54,9 +55,14 @@ def parse_classnames(spec: str | os.PathLike | Sequence[str], *, repeats: bool =
 
 def validate_classnames(names: Sequence[str], source: str = "class list", *,
                         repeats: bool = False) -> list[str]:
-    """Stripped names; an empty list, an empty name or (unless ``repeats``) a repeated name
-    is an InputError."""
-    names = [str(n).strip() for n in names]
+    """Stripped names, bytes that are not UTF-8 (from a command line or a file name) written
+    as ``\\xNN`` (``names.label_text``); an empty list, an empty name or (unless ``repeats``)
+    a repeated name is an InputError."""
+    try:
+        names = [label_text(str(n)).strip() for n in names]
+    except UnicodeEncodeError:
+        raise InputError(f"the {source} has a class name that is not text (a lone "
+                         f"surrogate).") from None
     if not names or not any(names):
         raise InputError(f"the {source} is empty.")
     if "" in names:

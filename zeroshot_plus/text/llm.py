@@ -18,8 +18,10 @@ out in the prompt); an answer that is not such an object holding a non-empty lis
 non-empty strings is asked again. Requests run on ``concurrency`` threads. Every valid answer
 is written at once to its own JSON file in the cache (``LLMCache``: temporary file, fsync,
 rename, so a file is whole or absent), keyed by (model, kind, class, prompt version and
-prompt options): a run that is interrupted resumes where it stopped, and nothing already
-answered is asked twice.
+prompt options): a run that is interrupted (Ctrl-C does not wait for the requests in
+flight) resumes where it stopped, and nothing already answered is asked twice. An entry is
+checked again when it is read: one that does not fit the schema is asked again, with a
+warning.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -111,7 +114,9 @@ class LLMCache:
         slug = re.sub(r"[^A-Za-z0-9]+", "-", key["class"]).strip("-")[:40] or "class"
         return self.directory / key["kind"] / f"{slug}-{digest}.json"
 
-    def get(self, key: dict) -> list[str] | None:
+    def get(self, key: dict, check: Callable[[object], T]) -> T | None:
+        """``check(items)`` of the entry for ``key``; None when there is none, or (with one
+        warning) when it is unreadable or ``check`` rejects it with BadAnswer."""
         path = self.path(key)
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
@@ -120,7 +125,14 @@ class LLMCache:
         except (OSError, ValueError):
             log.warning("LLM cache: unreadable entry %s is asked again", path)
             return None
-        return record["items"] if record.get("key") == key else None
+        try:
+            if not isinstance(record, dict) or "key" not in record:
+                raise BadAnswer("not a {key, items} record")
+            return check(record.get("items")) if record["key"] == key else None
+        except BadAnswer as exc:
+            log.warning("LLM cache: entry %s is not a valid answer (%s); it is asked again",
+                        path, exc)
+            return None
 
     def put(self, key: dict, items: list[str]) -> None:
         path = self.path(key)
@@ -145,6 +157,7 @@ class ChatClient:
     """
 
     def __init__(self, endpoint: Endpoint, *, max_attempts: int, timeout: float):
+        check_limits(timeout=timeout, max_attempts=max_attempts)
         import openai  # optional dependency, imported only when an LLM is really asked
 
         self.endpoint = endpoint
@@ -207,6 +220,18 @@ class ChatClient:
         return getattr(getattr(choices[0], "message", None), "content", None)
 
 
+def check_limits(*, timeout: float, **counts: int | None) -> None:
+    """InputError unless ``timeout`` is a finite number of seconds > 0 and each count (None:
+    its default) an integer >= 1."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+            or not math.isfinite(timeout) or timeout <= 0:
+        raise InputError(f"timeout must be a finite number of seconds > 0, got {timeout!r}.")
+    for option, value in counts.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise InputError(f"{option} must be an integer >= 1, got {value!r}.")
+
+
 def json_answer(content: str | None):
     """The JSON value of an answer (inside a ```json fence or bare); BadAnswer if none."""
     if not content:
@@ -216,6 +241,15 @@ def json_answer(content: str | None):
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise BadAnswer(f"the answer was not JSON ({exc.msg})") from None
+
+
+def check_text(data: object) -> None:
+    """BadAnswer if a JSON value holds a lone surrogate (``"\\ud800"``): no UTF-8 file, and
+    no strict JSON reader, takes one."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadAnswer("the answer held a lone surrogate, which is not text") from None
 
 
 def _message(exc) -> str:
@@ -269,11 +303,17 @@ def build_messages(classname: str, kind: str = "descriptors", n_items: int | Non
 def parse_items(content: str | None, kind: str) -> list[str]:
     """``{"<kind>": [str, ...]}`` -> the stripped, de-duplicated strings; BadAnswer if invalid."""
     data = json_answer(content)
-    items = data.get(kind) if isinstance(data, dict) else None
+    return valid_items(data.get(kind) if isinstance(data, dict) else None, kind)
+
+
+def valid_items(items: object, kind: str) -> list[str]:
+    """A non-empty list of non-empty strings -> stripped and de-duplicated; BadAnswer if not
+    (an answer before it is cached, and a cache entry when it is read)."""
     if not isinstance(items, list) or not items:
         raise BadAnswer(f'the answer had no non-empty list under "{kind}"')
     if not all(isinstance(item, str) and item.strip() for item in items):
         raise BadAnswer(f'the "{kind}" list held something other than non-empty strings')
+    check_text(items)
     unique: dict[str, str] = {}
     for item in items:
         unique.setdefault(item.strip().lower(), item.strip())
@@ -301,15 +341,15 @@ def generate(classnames: Sequence[str], kind: str = "descriptors", *,
     names = validate_classnames(classnames)
     if kind not in KINDS:
         raise InputError(f"unknown kind '{kind}'; use one of {', '.join(KINDS)}.")
-    for option, value, low in (("concurrency", concurrency, 1), ("max_attempts", max_attempts, 1)):
-        if not isinstance(value, int) or value < low:
-            raise InputError(f"{option} must be an integer >= {low}, got {value!r}.")
+    check_limits(timeout=timeout, concurrency=concurrency, max_attempts=max_attempts,
+                 n_items=n_items)
     endpoint = resolve_endpoint(base_url, model, api_key)
     cache = LLMCache(cache_dir if cache_dir is not None else default_cache_dir())
     keys = {name: {"model": endpoint.model, "kind": kind, "class": name,
                    "prompt_version": PROMPT_VERSION, "n_items": n_items, "context": context,
                    "temperature": temperature} for name in names}
-    results = {name: cache.get(keys[name]) for name in names}
+    results = {name: cache.get(keys[name], lambda items: valid_items(items, kind))
+               for name in names}
     todo = [name for name in names if results[name] is None]
     log.info("%s for %d classes: %d cached, %d to ask %s", kind, len(names),
              len(names) - len(todo), len(todo), endpoint.model)
@@ -338,9 +378,13 @@ def generate(classnames: Sequence[str], kind: str = "descriptors", *,
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             for future in done:
                 future.result()  # a fatal LLMError surfaces here
-        finally:
+        except BaseException as exc:
             stop.set()
-            pool.shutdown(wait=True, cancel_futures=True)
+            # Ctrl-C stops at once, not after a hanging request; a fatal answer lets the
+            # requests in flight finish (and be cached)
+            pool.shutdown(wait=not isinstance(exc, KeyboardInterrupt), cancel_futures=True)
+            raise
+        pool.shutdown()
     if failures:
         shown = "; ".join(f"'{n}': {e}" for n, e in list(failures.items())[:5])
         more = f" and {len(failures) - 5} more" if len(failures) > 5 else ""

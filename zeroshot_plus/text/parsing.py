@@ -14,14 +14,17 @@ which reads and writes the reference's JSON schema::
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 from ..errors import InputError
-from .llm import (BadAnswer, ChatClient, LLMCache, LLMError, default_cache_dir, json_answer,
-                  resolve_endpoint)
+from .llm import (BadAnswer, ChatClient, LLMCache, LLMError, check_text, default_cache_dir,
+                  json_answer, resolve_endpoint)
+
+log = logging.getLogger(__name__)
 
 DETERMINERS = frozenset(
     "a an the this that these those some any his her its their my your our one two three four "
@@ -117,11 +120,16 @@ class Parse:
         """Read the reference's schema (attributes may be a string, a list or null)."""
         if not isinstance(data, dict) or not isinstance(data.get("objects", {}), dict):
             raise InputError(f"the parse of '{caption}' is not an object with an \"objects\" map.")
+        if not isinstance(data.get("connections", []), (list, type(None))):
+            raise InputError(f"the parse of '{caption}' has \"connections\" that are not a list.")
         entities, index = [], {}
         for name, info in data.get("objects", {}).items():
             attributes = (info or {}).get("attributes") if isinstance(info, dict) else None
             if isinstance(attributes, str):
                 attributes = attributes.split()
+            if not isinstance(attributes, (list, type(None))):
+                raise InputError(f"the parse of '{caption}' gives \"{name}\" attributes that "
+                                 f"are neither a list nor a string.")
             words = [str(a).strip() for a in attributes or [] if str(a).strip()]
             index[str(name)] = len(entities)
             entities.append(Entity(re.sub(r"#\d+$", "", str(name)).strip(), words))
@@ -305,8 +313,8 @@ class LLMParser:
     base_url / model / api_key : as ``zeroshot_plus.text.llm.resolve_endpoint``.
     cache_dir : answer cache (default ``~/.cache/zeroshot_plus/llm``).
     max_attempts, timeout : requests per caption and seconds per request (``ChatClient``).
-    fallback : on an endpoint that keeps failing, return the rule-based parse (True), or
-        raise LLMError (False).
+    fallback : on an endpoint that keeps failing, return the rule-based parse (True; the
+        first fallback is announced with its cause as a warning), or raise LLMError (False).
     """
 
     def __init__(self, base_url: str | None = None, model: str | None = None,
@@ -316,6 +324,7 @@ class LLMParser:
         self.cache = LLMCache(cache_dir if cache_dir is not None else default_cache_dir())
         self.client = ChatClient(self.endpoint, max_attempts=max_attempts, timeout=timeout)
         self.fallback = fallback
+        self._fell_back = False
 
     def key(self, caption: str) -> dict:
         return {"model": self.endpoint.model, "kind": "parses", "class": caption,
@@ -323,27 +332,44 @@ class LLMParser:
 
     def __call__(self, caption: str) -> Parse:
         key = self.key(caption)
-        cached = self.cache.get(key)
+        cached = self.cache.get(key, lambda items: _cached_parse(items, caption))
         if cached is not None:
-            return Parse.from_dict(caption, json.loads(cached[0]))
+            return Parse.from_dict(caption, cached)
         messages = [{"role": "system", "content": _PARSE_SYSTEM},
                     {"role": "user", "content": f"{_PARSE_EXAMPLE}\nCaption: \"{caption}\""}]
         try:
-            data = self.client.ask(messages, _parse_answer)
-        except LLMError:
+            data = self.client.ask(messages, lambda content: _parse_answer(content, caption))
+        except LLMError as exc:
             if not self.fallback:
                 raise LLMError(f"the LLM gave no valid parse of '{caption}'.") from None
+            if not self._fell_back:
+                self._fell_back = True
+                log.warning("the LLM caption parser failed (%s); this caption, and any other "
+                            "it gives no parse of, is parsed by the rule parser",
+                            str(exc).rstrip("."))
             return parse_caption(caption)
         self.cache.put(key, [json.dumps(data)])
         return Parse.from_dict(caption, data)
 
 
-def _parse_answer(content: str | None) -> dict:
-    """An answer -> a parse dict with an "objects" map; BadAnswer otherwise."""
+def _parse_answer(content: str | None, caption: str) -> dict:
+    """An answer -> a parse dict that ``Parse.from_dict`` reads; BadAnswer otherwise."""
     data = json_answer(content)
     if not isinstance(data, dict) or not isinstance(data.get("objects"), dict):
         raise BadAnswer('the answer had no "objects" map')
+    check_text(data)
+    try:
+        Parse.from_dict(caption, data)
+    except InputError as exc:
+        raise BadAnswer(str(exc).rstrip(".")) from None
     return data
+
+
+def _cached_parse(items: object, caption: str) -> dict:
+    """A cache entry (one JSON text) -> its parse dict; BadAnswer if it is not one."""
+    if not isinstance(items, list) or len(items) != 1 or not isinstance(items[0], str):
+        raise BadAnswer("it does not hold one JSON text")
+    return _parse_answer(items[0], caption)
 
 
 def make_parser(parser: str | Callable[[str], Parse]) -> Callable[[str], Parse]:
