@@ -74,7 +74,11 @@ class EmbeddingStore:
         self.refresh()
 
     def refresh(self) -> None:
-        """Index shards written since the last scan (by this or another process)."""
+        """Index shards written since the last scan (by this or another process).
+
+        Until ``expect`` gives the model's dimension, that of most stored rows is served and
+        shards of another are left unindexed.
+        """
         loaded = []
         for shard in sorted(self.directory.glob("*.npz")):
             if shard in self._scanned:
@@ -82,6 +86,7 @@ class EmbeddingStore:
             self._scanned.add(shard)
             arrays = self._load(shard)
             if arrays is not None:
+                self._dims[shard] = arrays[1].shape[1]
                 loaded.append((shard, *arrays))
         if self.dim is None and loaded:
             rows = Counter()
@@ -89,18 +94,18 @@ class EmbeddingStore:
                 rows[embeddings.shape[1]] += len(keys)
             self.dim = rows.most_common(1)[0][0]
         for shard, keys, embeddings in loaded:
-            if embeddings.shape[1] != self.dim:
-                self._set_aside(shard, f"{embeddings.shape[1]} dimensions, the store's are "
-                                       f"{self.dim}")
-                continue
-            valid = np.isfinite(embeddings).all(axis=1) & (
-                np.abs(np.linalg.norm(embeddings, axis=1) - 1.0) < _NORM_TOLERANCE)
-            if not valid.all():
-                log.warning("embedding cache: %d damaged entries in %s will be recomputed",
-                            int((~valid).sum()), shard.name)
-            self._dims[shard] = self.dim
-            for row in np.flatnonzero(valid):
-                self._index[str(keys[row])] = (shard, int(row))
+            if embeddings.shape[1] == self.dim:
+                self._add(shard, keys, embeddings)
+
+    def _add(self, shard: Path, keys: np.ndarray, embeddings: np.ndarray) -> None:
+        """Index the rows of a loaded shard that are finite unit vectors."""
+        valid = np.isfinite(embeddings).all(axis=1) & (
+            np.abs(np.linalg.norm(embeddings, axis=1) - 1.0) < _NORM_TOLERANCE)
+        if not valid.all():
+            log.warning("embedding cache: %d damaged entries in %s will be recomputed",
+                        int((~valid).sum()), shard.name)
+        for row in np.flatnonzero(valid):
+            self._index[str(keys[row])] = (shard, int(row))
 
     def _load(self, shard: Path) -> tuple[np.ndarray, np.ndarray] | None:
         try:
@@ -155,14 +160,17 @@ class EmbeddingStore:
 
     def expect(self, dim: int) -> bool:
         """Serve only embeddings of ``dim`` dimensions (the model's); shards of another are
-        set aside. True when entries were dropped."""
-        self.dim = dim
-        wrong = [shard for shard, d in self._dims.items() if d != dim]
-        for shard in wrong:
+        set aside. True when the served entries changed."""
+        changed = dim != self.dim
+        if changed:
+            self.dim, self._index = dim, {}
+            for shard in [s for s, d in self._dims.items() if d == dim]:
+                arrays = self._load(shard)
+                if arrays is not None:
+                    self._add(shard, *arrays)
+        for shard in [s for s, d in self._dims.items() if d != dim]:
             self._set_aside(shard, f"{self._dims.pop(shard)} dimensions, the model's are {dim}")
-        if wrong:
-            self._index = {k: v for k, v in self._index.items() if v[0] in self._dims}
-        return bool(wrong)
+        return changed
 
     def put(self, keys: list[str], embeddings: np.ndarray) -> None:
         """Write one shard atomically and index it; a write that fails turns writing off."""
