@@ -46,7 +46,7 @@ def _stop_writing(root: str | os.PathLike, failure: str) -> None:
     key = os.path.abspath(root)
     if key not in _UNWRITABLE:
         _UNWRITABLE.add(key)
-        log.warning("embedding cache: %s; the run goes on without caching embeddings", failure)
+        log.warning("%s; the run goes on without caching embeddings", failure)
 
 
 class EmbeddingStore:
@@ -181,7 +181,7 @@ class EmbeddingStore:
             with atomic_output(final, binary=True) as handle:
                 np.savez(handle, keys=np.asarray(keys), embeddings=embeddings.astype(np.float32))
         except InputError as exc:
-            _stop_writing(self.root, str(exc).rstrip("."))
+            _stop_writing(self.root, f"embedding cache: {str(exc).rstrip('.')}")
             return
         self._scanned.add(final)
         self._dims[final] = embeddings.shape[1]
