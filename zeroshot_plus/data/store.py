@@ -67,7 +67,7 @@ class EmbeddingStore:
         except OSError as exc:
             raise InputError(f"cannot create the embedding cache '{root}': "
                              f"{os_error_cause(exc)}.") from None
-        self.dim: int | None = None  # the embeddings' dimension, set by the first shard
+        self.dim: int | None = None  # of the embeddings served: most rows, or the model's
         self._index: dict[str, tuple[Path, int]] = {}
         self._dims: dict[Path, int] = {}
         self._scanned: set[Path] = set()
