@@ -137,7 +137,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         outputs = record(Path(tmp))
     if args.out:
-        np.savez(args.out, **outputs)
+        from zeroshot_plus.data.files import atomic_output
+
+        with atomic_output(args.out, binary=True) as handle:
+            np.savez(handle, **outputs)
     if not args.compare:
         for key, value in outputs.items():
             print(f"{key:<22} {str(value.shape):<14} checksum {float(np.abs(value).sum()):.9g}")

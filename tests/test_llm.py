@@ -453,3 +453,20 @@ def test_answers_with_lone_surrogates_are_asked_again_not_cached(llm, tmp_path, 
         assert server.requests[caption] == 2
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("blocked", ["cache", "kind"])
+def test_a_cache_that_cannot_be_written_warns_once_and_answers(llm, tmp_path, caplog, blocked):
+    """The cache folder (or its descriptors folder) is a regular file: every answer is still
+    used, and one warning says the run goes on without caching."""
+    if blocked == "cache":
+        (tmp_path / "cache").write_text("in the way")
+    else:
+        (tmp_path / "cache").mkdir()
+        (tmp_path / "cache" / "descriptors").write_text("in the way")
+    result = _generate(llm, tmp_path, concurrency=4)
+    assert result["tench"] == llm.items("tench") and len(result) == len(CLASSES)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "without caching" in warnings[0]
+    left = sorted(p.name for p in tmp_path.rglob("*"))
+    assert left == (["cache"] if blocked == "cache" else ["cache", "descriptors"])

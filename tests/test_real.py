@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 import math
 import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -412,3 +416,37 @@ def test_retrieval_with_a_metrics_file_uses_its_alternates_as_written(backbone, 
                                       templates=TEMPLATES, max_iter=0,
                                       mention="any", n_samples=60).fit(X, captions=captions)
     assert everything.sample_counts_.max() > 10  # every caption is a candidate of every class
+
+
+def test_a_full_disk_while_indexing_keeps_the_indexed_files(tmp_path):
+    """The index's unit is SQLite's transaction: a file whose insert fails (RLIMIT_FSIZE in a
+    child, like a full disk) is rolled back with one sentence, and the next run resumes."""
+    small, large = tmp_path / "small.txt", tmp_path / "large.txt"
+    small.write_text("a blue jay\n")
+    large.write_text("".join(f"a photo of a blue jay, number {i}, in a park\n"
+                             for i in range(5000)))
+    index = tmp_path / "captions.db"
+    code = f"""
+        import resource, signal
+        from zeroshot_plus import InputError
+        from zeroshot_plus.text.frequency import build_index
+        build_index([{str(small)!r}], {str(index)!r}, progress=False).close()
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+        try:
+            build_index([{str(small)!r}, {str(large)!r}], {str(index)!r}, progress=False)
+        except InputError as exc:
+            print(exc)
+        """
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                            text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"cannot write the caption index '{index}': the disk "
+                                    f"refused a write")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["captions.db", "large.txt", "small.txt"]
+    with CaptionIndex(index) as captions:
+        assert len(captions) == 1 and list(captions.sources()) == [str(small.resolve())]
+    with build_index([small, large], index, progress=False) as captions:
+        assert len(captions) == 5001 and captions.count("blue jay") == 5001
+    with pytest.raises(InputError, match="it is a directory"):
+        CaptionIndex(tmp_path)

@@ -273,3 +273,90 @@ def test_killed_run_resumes(backbone, tiny_config, tmp_path):
     assert report.failures == []
     fresh = backbone.encode_images(folder)
     np.testing.assert_allclose(resumed, fresh, atol=1e-6)
+
+
+# ---------------------------------------------------------------------- a cache never fails a run
+
+
+def _tamper_dimension(shard: Path, dim: int) -> int:
+    """Rewrite a shard with its keys but embeddings of ``dim`` dimensions; its row count."""
+    with np.load(shard) as data:
+        keys = data["keys"]
+    np.savez(shard.with_suffix(""), keys=keys, embeddings=_unit_rows(len(keys), d=dim))
+    return len(keys)
+
+
+@pytest.mark.parametrize("victim", ["larger", "smaller"])
+def test_a_shard_of_another_dimension_is_set_aside(backbone, image_folder, tmp_path, caplog,
+                                                   victim):
+    """The tampered shard holds most rows or fewest: either way it is set aside and its
+    images are encoded again."""
+    cache = tmp_path / "cache"
+    expected, _ = _run(backbone, image_folder, cache)  # shards of 16 and 4 images
+    shards = sorted(_shards(cache), key=lambda s: s.stat().st_size)
+    shard = shards[-1] if victim == "larger" else shards[0]
+    n_victim = _tamper_dimension(shard, expected.shape[1] + 3)
+    embeddings, report = _run(backbone, image_folder, cache)
+    assert report.n_encoded == n_victim and report.n_cached == 20 - n_victim
+    np.testing.assert_allclose(embeddings, expected, atol=1e-6)
+    assert shard.with_suffix(".damaged").exists()
+    assert "dimensions" in caplog.text
+
+
+def test_a_text_shard_of_another_dimension_is_set_aside(backbone, tmp_path):
+    cache = tmp_path / "cache"
+    expected = backbone.encode_texts(["a cat.", "a dog."], cache=cache)
+    _tamper_dimension(_shards(cache)[0], expected.shape[1] + 3)
+    again = backbone.encode_texts(["a cat.", "a dog.", "a bird."], cache=cache)
+    np.testing.assert_allclose(again[:2], expected, atol=1e-6)
+
+
+def test_a_store_that_cannot_be_created_is_a_warning(backbone, image_folder, tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    embeddings, report = _run(backbone, image_folder, blocker / "cache")
+    np.testing.assert_allclose(embeddings, backbone.encode_images(image_folder), atol=1e-6)
+    assert report.n_encoded == 20
+    backbone.encode_texts(["a cat."], cache=blocker / "cache")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "without caching" in warnings[0]
+    assert "not a directory" in warnings[0]
+    assert blocker.read_text() == "x"
+
+
+def test_a_store_that_cannot_be_written_is_a_warning(tmp_path, caplog):
+    """The store's folder becomes a file (ENOTDIR): writing stops after one warning."""
+    store = EmbeddingStore(tmp_path / "cache", "fp", "images")
+    store.put(["a"], _unit_rows(1))
+    shutil.rmtree(store.directory)
+    store.directory.write_text("in the way")
+    store.put(["b"], _unit_rows(1, seed=1))
+    store.put(["c"], _unit_rows(1, seed=2))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "not a directory" in warnings[0]
+    assert "b" not in store and "c" not in store
+
+
+def test_a_full_disk_under_the_cache_does_not_change_the_output(labelled_folder, tiny_config,
+                                                                tmp_path):
+    """predict with --cache on a 'disk' that holds no shard (RLIMIT_FSIZE in the child): it
+    warns once, writes its real output, and leaves no temporary file in the cache."""
+    command = [sys.executable, "-c",
+               "import resource, signal, sys\n"
+               "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+               "resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))\n"
+               "from zeroshot_plus.cli.main import main\n"
+               "sys.exit(main(sys.argv[1:]))",
+               "predict", str(labelled_folder), "--classes", "cat,dog,fish", "--model",
+               tiny_config, "--pretrained", "none", "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    plain = subprocess.run(command, cwd=REPO_DIR, env=env, capture_output=True, text=True,
+                           timeout=300)
+    cache = tmp_path / "cache"
+    cached = subprocess.run(command + ["--cache", str(cache)], cwd=REPO_DIR, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 0 and cached.returncode == 0, cached.stderr
+    assert cached.stdout == plain.stdout and plain.stdout.count("\n") == 13
+    assert cached.stderr.count("without caching") == 1
+    assert "no space left on device" in cached.stderr and "Traceback" not in cached.stderr
+    assert [p for p in cache.rglob("*") if p.is_file()] == []

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..data.files import write_error
 from ..data.names import path_text
 from ..data.sources import ImageSet
 from ..data.tables import image_prompts
@@ -128,7 +129,10 @@ def match(args: argparse.Namespace) -> int:
                 writer.writerow([path_text(explanation.image), explanation.caption,
                                  round(explanation.score, 6), round(explanation.clip_score, 6)])
     if args.explain_dir is not None:
-        Path(args.explain_dir).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(args.explain_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_error(args.explain_dir, exc) from None
         for row, (image, explanation) in enumerate(zip(images, explanations), 1):
             draw_explanation(image, explanation, Path(args.explain_dir) / f"pair{row}.png")
     if args.retrieval:

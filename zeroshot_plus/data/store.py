@@ -1,11 +1,16 @@
 """On-disk embedding store, keyed by backbone fingerprint and content hash.
 
 Layout: ``ROOT/<fingerprint>/<kind>/<shard>.npz``. Every encoded batch becomes one shard,
-written to a temporary name and renamed into place, so a shard is either whole or absent:
-a run killed half-way loses at most the batch in flight, and two processes can share a store
-(each writes its own shards; a key written twice is harmless). Shards are zip files whose
-members carry a CRC-32, so a damaged shard fails to load; it is then set aside and its
-entries are recomputed.
+written by ``atomic_output``, so a shard is either whole or absent: a run killed half-way
+loses at most the batch in flight, and two processes can share a store (each writes its own
+shards; a key written twice is harmless). Shards are zip files whose members carry a CRC-32,
+so a damaged shard fails to load; it is then set aside (renamed ``*.damaged``) and its
+entries are recomputed; so is a shard whose embeddings have another dimension than the
+store's.
+
+The store is a cache and never fails a run: when a shard cannot be written (no space,
+read-only, permission denied, ...) or the store cannot be created, one warning is logged
+and the process goes on without writing to that cache root.
 """
 
 from __future__ import annotations
@@ -14,15 +19,34 @@ import logging
 import os
 import uuid
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
+from .files import atomic_output, os_error_cause
 
 log = logging.getLogger(__name__)
 
 _NORM_TOLERANCE = 1e-3
+_UNWRITABLE: set[str] = set()  # cache roots that failed a write in this process
+
+
+def open_store(root: str | os.PathLike, fingerprint: str, kind: str) -> EmbeddingStore | None:
+    """The store under ``root``, or None (after one warning) when it cannot be created."""
+    try:
+        return EmbeddingStore(root, fingerprint, kind)
+    except InputError as exc:
+        _stop_writing(root, str(exc).rstrip("."))
+        return None
+
+
+def _stop_writing(root: str | os.PathLike, failure: str) -> None:
+    key = os.path.abspath(root)
+    if key not in _UNWRITABLE:
+        _UNWRITABLE.add(key)
+        log.warning("%s; the run goes on without caching embeddings", failure)
 
 
 class EmbeddingStore:
@@ -36,32 +60,52 @@ class EmbeddingStore:
     """
 
     def __init__(self, root: str | os.PathLike, fingerprint: str, kind: str):
+        self.root = root
         self.directory = Path(root) / fingerprint / kind
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise InputError(f"cannot create the embedding cache '{root}': {exc.strerror}.") from None
+            raise InputError(f"cannot create the embedding cache '{root}': "
+                             f"{os_error_cause(exc)}.") from None
+        self.dim: int | None = None  # of the embeddings served: most rows, or the model's
         self._index: dict[str, tuple[Path, int]] = {}
+        self._dims: dict[Path, int] = {}
         self._scanned: set[Path] = set()
         self.refresh()
 
     def refresh(self) -> None:
-        """Index shards written since the last scan (by this or another process)."""
+        """Index shards written since the last scan (by this or another process).
+
+        Until ``expect`` gives the model's dimension, that of most stored rows is served and
+        shards of another are left unindexed.
+        """
+        loaded = []
         for shard in sorted(self.directory.glob("*.npz")):
             if shard in self._scanned:
                 continue
             self._scanned.add(shard)
             arrays = self._load(shard)
-            if arrays is None:
-                continue
-            keys, embeddings = arrays
-            valid = np.isfinite(embeddings).all(axis=1) & (
-                np.abs(np.linalg.norm(embeddings, axis=1) - 1.0) < _NORM_TOLERANCE)
-            if not valid.all():
-                log.warning("embedding cache: %d damaged entries in %s will be recomputed",
-                            int((~valid).sum()), shard.name)
-            for row in np.flatnonzero(valid):
-                self._index[str(keys[row])] = (shard, int(row))
+            if arrays is not None:
+                self._dims[shard] = arrays[1].shape[1]
+                loaded.append((shard, *arrays))
+        if self.dim is None and loaded:
+            rows = Counter()
+            for _, keys, embeddings in loaded:
+                rows[embeddings.shape[1]] += len(keys)
+            self.dim = rows.most_common(1)[0][0]
+        for shard, keys, embeddings in loaded:
+            if embeddings.shape[1] == self.dim:
+                self._add(shard, keys, embeddings)
+
+    def _add(self, shard: Path, keys: np.ndarray, embeddings: np.ndarray) -> None:
+        """Index the rows of a loaded shard that are finite unit vectors."""
+        valid = np.isfinite(embeddings).all(axis=1) & (
+            np.abs(np.linalg.norm(embeddings, axis=1) - 1.0) < _NORM_TOLERANCE)
+        if not valid.all():
+            log.warning("embedding cache: %d damaged entries in %s will be recomputed",
+                        int((~valid).sum()), shard.name)
+        for row in np.flatnonzero(valid):
+            self._index[str(keys[row])] = (shard, int(row))
 
     def _load(self, shard: Path) -> tuple[np.ndarray, np.ndarray] | None:
         try:
@@ -69,17 +113,23 @@ class EmbeddingStore:
                 keys, embeddings = data["keys"], data["embeddings"]
             if keys.ndim != 1 or embeddings.ndim != 2 or len(keys) != len(embeddings):
                 raise ValueError("inconsistent shapes")
+            if shard in self._dims and embeddings.shape[1] != self._dims[shard]:
+                raise ValueError("its dimension changed after it was indexed")
             return keys, embeddings
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
-            log.warning("embedding cache: shard %s is damaged (%s); its entries will be "
-                        "recomputed", shard.name, exc)
-            try:
-                shard.rename(shard.with_suffix(".damaged"))
-            except OSError:
-                pass
+            self._set_aside(shard, str(exc))
             return None
+
+    def _set_aside(self, shard: Path, reason: str) -> None:
+        """Log and rename a shard that cannot be served; its entries will be recomputed."""
+        log.warning("embedding cache: shard %s is damaged (%s); its entries will be "
+                    "recomputed", shard.name, reason)
+        try:
+            shard.rename(shard.with_suffix(".damaged"))
+        except OSError:
+            pass
 
     def __contains__(self, key: str) -> bool:
         return key in self._index
@@ -108,18 +158,33 @@ class EmbeddingStore:
             out[positions] = embeddings[rows]
         return out if out is not None else np.empty((0, 0), dtype=np.float32)
 
+    def expect(self, dim: int) -> bool:
+        """Serve only embeddings of ``dim`` dimensions (the model's); shards of another are
+        set aside. True when the served entries changed."""
+        changed = dim != self.dim
+        if changed:
+            self.dim, self._index = dim, {}
+            for shard in [s for s, d in self._dims.items() if d == dim]:
+                arrays = self._load(shard)
+                if arrays is not None:
+                    self._add(shard, *arrays)
+        for shard in [s for s, d in self._dims.items() if d != dim]:
+            self._set_aside(shard, f"{self._dims.pop(shard)} dimensions, the model's are {dim}")
+        return changed
+
     def put(self, keys: list[str], embeddings: np.ndarray) -> None:
-        """Write one shard atomically and index it."""
-        if not keys:
+        """Write one shard atomically and index it; a write that fails turns writing off."""
+        if not keys or os.path.abspath(self.root) in _UNWRITABLE:
             return
-        name = f"{uuid.uuid4().hex}.npz"
-        temporary = self.directory / f".{name}.tmp"
-        final = self.directory / name
-        with open(temporary, "wb") as handle:
-            np.savez(handle, keys=np.asarray(keys), embeddings=embeddings.astype(np.float32))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, final)
+        final = self.directory / f"{uuid.uuid4().hex}.npz"
+        try:
+            with atomic_output(final, binary=True) as handle:
+                np.savez(handle, keys=np.asarray(keys), embeddings=embeddings.astype(np.float32))
+        except InputError as exc:
+            _stop_writing(self.root, f"embedding cache: {str(exc).rstrip('.')}")
+            return
         self._scanned.add(final)
+        self._dims[final] = embeddings.shape[1]
+        self.dim = self.dim or embeddings.shape[1]
         for row, key in enumerate(keys):
             self._index[key] = (final, row)

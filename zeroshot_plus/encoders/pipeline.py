@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from ..data.images import content_keys, describe_error, open_image, read_image
 from ..data.sources import Failure, ImageInput, ImageSet, ImageSource, image_name, read_image_source
-from ..data.store import EmbeddingStore
+from ..data.store import EmbeddingStore, open_store
 from ..errors import InputError
 
 if TYPE_CHECKING:
@@ -150,25 +150,22 @@ def encode_views(backbone: Backbone, items: ImageSource, views: ViewMaker, *,
         raise InputError(f"on_error must be 'raise' or 'skip', got '{on_error}'.")
     image_set = read_image_source(items)
     report = report if report is not None else EncodeReport()
-    store = (EmbeddingStore(cache, backbone.fingerprint, views.kind)
+    store = (open_store(cache, backbone.fingerprint, views.kind)
              if cache is not None and views.kind is not None else None)
     n_images = len(image_set)
     contents = (content_keys(image_set.items) if store is not None or views.keyed
                 else [None] * n_images)
     planned = [views.keys(position, contents[position]) for position in range(n_images)]
     known = store.keys() if store is not None else frozenset()
-    # Images not read: all their views are stored, or an earlier image has the same views.
-    skip: dict[int, list[str]] = {}
-    first: dict[tuple[str, ...], int] = {}
-    for position, keys in enumerate(planned):
-        if keys is not None and (all(k in known for k in keys)
-                                 or first.setdefault(tuple(keys), position) != position):
-            skip[position] = keys
-    copied = {k for position, keys in skip.items() for k in keys if k not in known}
+    skip = _not_read(planned, known)
     # A run whose views are all stored needs no model (and imports no open_clip).
     needs_model = len(skip) < n_images
     if needs_model:
         backbone.model  # load (or fail) before a progress bar is drawn
+        if store is not None and store.dim is not None and store.expect(backbone.embed_dim):
+            known = store.keys()
+            skip = _not_read(planned, known)
+    copied = {k for position, keys in skip.items() for k in keys if k not in known}
     draft_size = (backbone.image_size if views.draft and backbone.jpeg_draft and needs_model
                   else None)
     dataset = _Decoder(image_set.items, views, contents, frozenset(skip), known, draft_size)
@@ -186,6 +183,17 @@ def encode_views(backbone: Backbone, items: ImageSource, views: ViewMaker, *,
         done = passes.flush()
         if done is not None:
             yield done
+
+
+def _not_read(planned: list[list[str] | None], known: frozenset[str]) -> dict[int, list[str]]:
+    """Images not to read: all their views are stored, or an earlier image has the same views."""
+    skip: dict[int, list[str]] = {}
+    first: dict[tuple[str, ...], int] = {}
+    for position, keys in enumerate(planned):
+        if keys is not None and (all(k in known for k in keys)
+                                 or first.setdefault(tuple(keys), position) != position):
+            skip[position] = keys
+    return skip
 
 
 # ---------------------------------------------------------------------- decoding

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..data.store import EmbeddingStore
+from ..data.store import open_store
 from ..errors import InputError
 from .models import is_clip_tokenizer
 
@@ -109,8 +109,11 @@ def encode_texts(backbone: Backbone, texts: Sequence[str], *,
         raise InputError("no texts to encode.")
     unique = list(dict.fromkeys(texts))
     keys = [hashlib.blake2b(t.encode(), digest_size=16).hexdigest() for t in unique]
-    store = EmbeddingStore(cache, backbone.fingerprint, "texts") if cache is not None else None
+    store = open_store(cache, backbone.fingerprint, "texts") if cache is not None else None
     missing = [i for i, k in enumerate(keys) if store is None or k not in store]
+    if missing and store is not None and store.dim is not None \
+            and store.expect(backbone.embed_dim):
+        missing = [i for i, k in enumerate(keys) if k not in store]
     encoded: dict[int, np.ndarray] = {}
     if missing:
         tokens = backbone.tokenizer([unique[i] for i in missing])

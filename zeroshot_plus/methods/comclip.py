@@ -37,6 +37,7 @@ from PIL import Image, ImageDraw
 from sklearn.base import BaseEstimator
 
 from ..choices import COMPONENTS, MASK_MODES, WEIGHTINGS
+from ..data.files import atomic_output
 from ..data.images import content_keys, open_image
 from ..data.sources import ImageInput, image_name, read_image_source, takes_images
 from ..data.tables import read_table
@@ -525,10 +526,8 @@ def draw_explanation(image: ImageInput, explanation: PairExplanation,
         x0, y0 = sub.region[0][0], sub.region[0][1]
         draw.text((x0 + 2, y0 + 2 + 10 * (sub.kind == "relation")),
                   f"{sub.text} {sub.weight:.2f}", fill=colour)
-    try:
-        picture.save(path, format="PNG")
-    except OSError as exc:
-        raise InputError(f"cannot write the explanation image '{path}': {exc}.") from None
+    with atomic_output(path, binary=True) as handle:
+        picture.save(handle, format="PNG")
 
 
 # ---------------------------------------------------------------------- evaluation protocols

@@ -39,9 +39,10 @@ Fixes of the reference code (aziksh-ospanov/CLIP-DISSECTION):
 from __future__ import annotations
 
 import numbers
+import os
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import IO, Callable, Sequence
 
 import numpy as np
 from scipy.linalg import blas, cholesky, eigh, lapack, solve_triangular
@@ -53,6 +54,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..choices import ENTROPIES, KERNELS
+from ..data.files import atomic_output
 from ..errors import InputError
 from ..text.heads import unit_rows
 from .linalg import add_gram
@@ -664,9 +666,10 @@ class SchurEditor(TransformerMixin, BaseEstimator):
 # ---------------------------------------------------------------------- the spectrum plot
 
 
-def save_spectrum_plot(result: SCEResult, path, top: int = 100, size: tuple[int, int] = (720, 440)
-                       ) -> None:
-    """A PNG of the top eigenvalues of C_{I|T} and C_{I←T} on a log scale (drawn with PIL)."""
+def save_spectrum_plot(result: SCEResult, path: str | os.PathLike | IO[bytes], top: int = 100,
+                       size: tuple[int, int] = (720, 440)) -> None:
+    """A PNG of the top eigenvalues of C_{I|T} and C_{I←T} on a log scale (drawn with PIL),
+    written to a binary stream or, atomically, to a file."""
     from PIL import Image, ImageDraw
 
     series = [(result.spectrum[:top], (200, 60, 40), "C_I|T  image given text (SCE "
@@ -710,4 +713,8 @@ def save_spectrum_plot(result: SCEResult, path, top: int = 100, size: tuple[int,
         draw.line([width - right - 330, legend_y + 6, width - right - 310, legend_y + 6],
                   fill=colour, width=3)
         draw.text((width - right - 304, legend_y), label, fill="black")
-    image.save(path, format="PNG")
+    if hasattr(path, "write"):
+        image.save(path, format="PNG")
+        return
+    with atomic_output(path, binary=True) as handle:
+        image.save(handle, format="PNG")

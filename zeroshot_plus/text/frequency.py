@@ -16,15 +16,22 @@ text) and the list of caption files it was built from (path, size, modification 
 later run on the same files reuses it; new files are added to it; a changed or dropped file
 makes it rebuild. Each file is inserted in one transaction, in batches, so memory stays flat
 and an interrupted build resumes at the first file not yet indexed.
+
+SQLite's transaction, not ``atomic_output``, is the atomic unit of the index: a failed or
+killed insert is rolled back (its journal undone on the next open), the files already indexed
+stay, and a build resumes where it stopped; a temporary copy renamed into place would restart
+a long build from nothing and copy the whole index to extend it.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import logging
 import os
 import re
 import sqlite3
+from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -32,6 +39,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..data.files import write_error
 from ..errors import InputError
 from .synonyms import SynonymTable
 
@@ -41,6 +49,9 @@ CAPTION_COLUMN = "caption"
 STRATEGIES = ("relaxed", "max")
 _BATCH = 20_000
 _SCHEMA = "zeroshot_plus.captions/1"
+_SQLITE_CAUSES = (("SQLITE_FULL", "no space left on device"),
+                  ("SQLITE_READONLY", "read-only file system"),
+                  ("SQLITE_IOERR", "the disk refused a write (full, or a file size limit)"))
 _NORMALISE = str.maketrans({'"': None, "'": None, "-": " ", "_": " "})
 
 
@@ -66,10 +77,11 @@ class CaptionIndex:
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = None if path is None else Path(path)
         self._unsourced = 0  # captions added without a source file (in-memory indexes)
-        if self.path is not None and not self.path.exists() and not os.access(
-                self.path.parent, os.W_OK):
+        if self.path is not None and self.path.is_dir():
+            raise write_error(self.path, IsADirectoryError(errno.EISDIR, "is a directory"))
+        if self.path is not None and not self.path.parent.is_dir():
             raise InputError(f"cannot create the caption index '{self.path}': its folder does "
-                             f"not exist or is not writable; choose another path (--index).")
+                             f"not exist or is not a folder; choose another path (--index).")
         try:
             self._db = sqlite3.connect(":memory:" if path is None else str(self.path))
             self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
@@ -81,8 +93,20 @@ class CaptionIndex:
         elif schema[0] != _SCHEMA:
             raise InputError(f"'{self.path}' is a caption index of another version; delete it.")
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One transaction; a failed write (disk full, read-only) as one sentence."""
+        try:
+            with self._db:
+                yield
+        except sqlite3.OperationalError as exc:
+            name = getattr(exc, "sqlite_errorname", "")
+            cause = next((c for prefix, c in _SQLITE_CAUSES if name.startswith(prefix)), str(exc))
+            raise InputError(f"cannot write the caption index '{self.path}': {cause}; the "
+                             f"files indexed before stay in it.") from None
+
     def _create(self) -> None:
-        with self._db:
+        with self._writing():
             self._db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS captions USING "
                              "fts5(text, content='', tokenize='unicode61')")
             self._db.execute("CREATE TABLE IF NOT EXISTS sources (path TEXT PRIMARY KEY, "
@@ -110,7 +134,7 @@ class CaptionIndex:
         transaction.
         """
         start, rows, iterator = len(self) + 1, 0, iter(captions)
-        with self._db:
+        with self._writing():
             while batch := list(islice(iterator, _BATCH)):
                 self._db.executemany("INSERT INTO captions(rowid, text) VALUES (?, ?)",
                                      zip(range(start + rows, start + rows + len(batch)),
@@ -129,10 +153,11 @@ class CaptionIndex:
         return {p: (s, m) for p, s, m in self._db.execute("SELECT path, size, mtime FROM sources")}
 
     def clear(self) -> None:
-        with self._db:
+        with self._writing():
             self._db.execute("DROP TABLE IF EXISTS captions")
             self._db.execute("DROP TABLE IF EXISTS sources")
-        self._db.execute("VACUUM")
+        with self._writing():
+            self._db.execute("VACUUM")
         self._unsourced = 0
         self._create()
 

@@ -32,7 +32,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from typing import Callable, Sequence, TypeVar
 
 from tqdm.auto import tqdm
 
+from ..data.files import atomic_output, os_error_cause, write_error
 from ..errors import InputError
 from .classnames import display_name, validate_classnames
 
@@ -100,14 +100,20 @@ def default_cache_dir() -> Path:
 
 
 class LLMCache:
-    """One JSON file per request key under ``directory``; each written atomically."""
+    """One JSON file per request key under ``directory``; each written atomically.
+
+    A cache that cannot be written never fails the run: the first failure is logged once,
+    later answers are used without being stored.
+    """
 
     def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory)
+        self._lock = threading.Lock()
+        self._writable = True
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise InputError(f"cannot create the LLM cache '{directory}': {exc.strerror}.") from None
+            self._disable(f"cannot create '{directory}': {os_error_cause(exc)}")
 
     def path(self, key: dict) -> Path:
         digest = hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=12).hexdigest()
@@ -120,7 +126,7 @@ class LLMCache:
         path = self.path(key)
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         except (OSError, ValueError):
             log.warning("LLM cache: unreadable entry %s is asked again", path)
@@ -135,17 +141,23 @@ class LLMCache:
             return None
 
     def put(self, key: dict, items: list[str]) -> None:
+        if not self._writable:
+            return
         path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".partial")
         try:
-            with os.fdopen(handle, "w", encoding="utf-8") as out:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_output(path) as out:
                 json.dump({"key": key, "items": items}, out, ensure_ascii=False, indent=1)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temporary, path)
-        finally:
-            Path(temporary).unlink(missing_ok=True)
+        except OSError as exc:
+            self._disable(str(write_error(path, exc)).rstrip("."))
+        except InputError as exc:
+            self._disable(str(exc).rstrip("."))
+
+    def _disable(self, failure: str) -> None:
+        with self._lock:
+            if self._writable:
+                self._writable = False
+                log.warning("LLM cache: %s; the run goes on without caching answers", failure)
 
 
 class ChatClient:
