@@ -283,6 +283,39 @@ def test_classifier_file_with_its_checkpoint_moved(folder, backbone, tiny_config
     assert "was fitted with" in _error_line(capsys)
 
 
+@pytest.mark.parametrize("command", [["evaluate"], ["embed"], ["predict", "--classes", "cat,dog"],
+                                     ["fit"]])
+def test_output_that_cannot_be_a_file_is_refused_before_any_work(folder, model_args, tmp_path,
+                                                                 capsys, monkeypatch, command):
+    monkeypatch.setattr(backbone_module.Backbone, "encode_pixels",
+                        lambda *a: pytest.fail("encoded before checking --out"))
+    suffix = {"embed": ".npz", "evaluate": ".json", "fit": ".npz"}.get(command[0], ".csv")
+    (tmp_path / f"folder{suffix}").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path / "read_only")
+    (tmp_path / "read_only").mkdir()
+    for out, words in ((f"folder{suffix}", "is a folder"), (f"a_file/out{suffix}", "is a file"),
+                       (f"read_only/out{suffix}", "is not writable")):
+        assert main([command[0], str(folder), *command[1:], "--out", str(tmp_path / out),
+                     *model_args]) == 2
+        line = _error_line(capsys)
+        assert words in line and str(tmp_path / out.split("/")[0]) in line
+
+
+def test_closed_stdout_pipe_still_writes_the_evaluation_file(folder, model_args, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = tmp_path / "summary.json"
+    with subprocess.Popen(
+            [sys.executable, "-m", "zeroshot_plus.cli", "evaluate", str(folder), "--out", str(out),
+             *model_args],
+            cwd=REPO_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        process.stdout.close()  # like `| head -1` gone before the summary is printed
+        stderr = process.stderr.read().decode()
+        assert process.wait(timeout=120) == 141
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+    assert json.loads(out.read_text())["n_images"] == 12
+
+
 def test_console_script_flushes_output_and_exit_status(folder, model_args, tmp_path):
     # `run` ends the process with os._exit: the CSV and the stderr summary must be complete
     broken = folder / "dog" / "broken.jpg"

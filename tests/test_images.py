@@ -424,3 +424,37 @@ def test_manifest_listing_a_missing_file_is_reported_when_encoding(manifest_dir,
 def test_image_set_passes_through():
     image_set = ImageSet([Image.new("RGB", (2, 2))], ["a"])
     assert read_image_source(image_set) is image_set
+
+
+# ---------------------------------------------------------------------- decompression bombs
+
+
+def test_a_decompression_bomb_is_one_sentence_on_every_decoding_path(backbone, tmp_path,
+                                                                      make_image):
+    from conftest import bomb_png
+
+    from zeroshot_plus import ComCLIPMatcher, TPTClassifier, fit_gda_from_support
+
+    bomb = bomb_png(tmp_path / "support" / "cat" / "bomb.png")
+    with pytest.raises(Image.DecompressionBombError):  # what PIL itself raises
+        Image.open(bomb)
+    pattern = r"cannot read image '.*bomb.png': its header claims more than the \d+ pixels PIL decodes \(a possible decompression bomb\)"
+    with pytest.raises(InputError, match=pattern):
+        open_image(bomb)
+    report = EncodeReport()
+    assert not list(backbone.iter_image_embeddings([bomb], on_error="skip", report=report))
+    assert "decompression bomb" in report.failures[0].reason
+    with pytest.raises(InputError, match=pattern):
+        backbone.encode_images([bomb])
+    for label in ("cat", "dog"):
+        make_image(tmp_path / "support" / label / "ok.png", len(label))
+    with pytest.raises(InputError, match=pattern):
+        fit_gda_from_support(backbone, tmp_path / "support", n_views=1, alpha=1.0)
+    with pytest.raises(InputError, match="decompression bomb"):
+        ComCLIPMatcher(backbone).decision_function([bomb], ["a dog"])
+    photo = make_image(tmp_path / "test" / "photo.png", 3)
+    bomb_png(tmp_path / "generated" / "photo_0.png")
+    tpt = TPTClassifier(backbone, classnames=["cat", "dog"], n_views=4, steps=1,
+                        diffusion_views=tmp_path / "generated").fit()
+    with pytest.raises(InputError, match=r"cannot read image '.*photo_0.png': .*decompression bomb"):
+        tpt.decision_function([photo])

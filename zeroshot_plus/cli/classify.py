@@ -132,15 +132,22 @@ def evaluate(args: argparse.Namespace) -> int:
         summary.update(descriptors=classifier.report_, prompt_style=args.prompt_style)
     if explain:
         summary["explanations"] = explanations
+    try:
+        _print_summary(summary)
+    finally:  # a reader of stdout that has gone (`| head -1`) does not cost the file asked for
+        if args.out:
+            with output(args.out) as handle:
+                json.dump(summary, handle, indent=2)
+    return status
+
+
+def _print_summary(summary: dict) -> None:
     print(f"images: {summary['n_images']}  top-1: {summary['top1']:.2%}  top-5: "
           f"{summary['top5']:.2%}  mean per-class: {summary['mean_per_class_accuracy']:.2%}  "
           f"ECE: {summary['ece']:.4f}")
     for name, accuracy in summary["per_class_accuracy"].items():
         print(f"  {name:<30} {'n/a' if accuracy is None else f'{accuracy:.2%}'}")
-    if args.out:
-        with output(args.out) as handle:
-            json.dump(summary, handle, indent=2)
-    return status
+    sys.stdout.flush()  # a closed pipe is found here, not when the interpreter exits
 
 
 def fit(args: argparse.Namespace) -> int:

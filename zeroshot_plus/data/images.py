@@ -85,15 +85,20 @@ def open_image(item: ImageInput) -> Image.Image:
         return read_image(item)
     try:
         return read_image(item)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError,
+            Image.DecompressionBombError) as exc:
         raise InputError(f"cannot read image '{os.fspath(item)}': {describe_error(exc)}") from None
 
 
 def describe_error(exc: BaseException) -> str:
+    """Why an image could not be read, as the end of one sentence."""
     if isinstance(exc, FileNotFoundError):
         return "no such file."
     if isinstance(exc, UnidentifiedImageError):
         return "not an image file PIL can identify (corrupt or unsupported format)."
+    if isinstance(exc, Image.DecompressionBombError):
+        return (f"its header claims more than the {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels "
+                f"PIL decodes (a possible decompression bomb); it is not decoded.")
     text = str(exc).strip() or type(exc).__name__
     return text if text.endswith(".") else text + "."
 
