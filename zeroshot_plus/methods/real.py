@@ -234,6 +234,10 @@ class RealLinearClassifier(Predictor):
         for param in ("n_samples", "batch_size"):
             check_param(self, param, is_integer(getattr(self, param), 1), "an integer >= 1")
         check_param(self, "logit_scale", is_number(self.logit_scale, 0), "a number >= 0")
+        for param in ("lr", "weight_decay"):
+            check_param(self, param, is_number(getattr(self, param), 0), "a number >= 0")
+        check_param(self, "warmup_iter", is_integer(self.warmup_iter, 0), "an integer >= 0")
+        check_param(self, "wise_alpha", is_number(self.wise_alpha, 0, 1), "a number in [0, 1]")
 
     def _retrieve(self, table: SynonymTable, X: np.ndarray, captions, caption_embeddings
                   ) -> tuple[np.ndarray, np.ndarray]:

@@ -135,6 +135,7 @@ class TPTClassifier(Predictor):
         for name in ("selection_p", "cosine_p"):
             value = getattr(self, name)
             check_param(self, name, is_number(value, 0, 1) and value > 0, "in (0, 1]")
+        check_param(self, "lr", is_number(self.lr, 0), "a number >= 0")  # 0: no tuning
         if self.diffusion_views is not None and not callable(self.diffusion_views) \
                 and not Path(self.diffusion_views).is_dir():
             raise InputError(f"diffusion views folder '{self.diffusion_views}' does not exist.")
