@@ -51,6 +51,7 @@ from ..data.sources import ImageSet
 from ..text.classnames import parse_classnames
 from ..text.templates import class_prompts, load_templates
 from ..text.heads import class_weights, l2_normalise, unit_rows
+from .saved import check_saved
 
 # Format 2: sorted classes_ with the fitted head always ``text_head_`` (format 1 kept the
 # user's class order under per-method names); a format-1 file is refused, not misread.
@@ -69,6 +70,10 @@ class Predictor(ClassifierMixin, BaseEstimator):
 
     registry: ClassVar[dict[str, type["Predictor"]]] = {}
     _learns_from_y: ClassVar[bool] = True  # False: fit learns nothing from y (zero-shot)
+    # the fitted attributes a saved file must hold, and those it may hold (``saved``)
+    _required_fitted: ClassVar[frozenset[str]] = frozenset(
+        {"classes_", "classnames_", "text_head_", "n_features_in_"})
+    _optional_fitted: ClassVar[frozenset[str]] = frozenset()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -185,6 +190,7 @@ class Predictor(ClassifierMixin, BaseEstimator):
         klass = Predictor.registry[meta["class"]]
         if not issubclass(klass, cls):
             raise InputError(f"'{path}' holds a {meta['class']}, not a {cls.__name__}.")
+        check_saved(path, klass, meta, arrays)
         params = dict(meta["params"])
         params.update({k[6:]: v for k, v in arrays.items() if k.startswith("param:")})
         saved = meta["backbone"]

@@ -64,6 +64,8 @@ class RealPromptClassifier(ZeroShotClassifier):
     ``classes_`` order.
     """
 
+    _optional_fitted = frozenset({"prompt_names_"})
+
     def __init__(self, backbone=None, *, classnames=None, synonyms=None,
                  templates="openai_imagenet", text_weights=None, logit_scale: float = 100.0,
                  cache=None):
@@ -137,6 +139,10 @@ class RealLinearClassifier(Predictor):
     class indices, ``sample_counts_`` (C,), ``n_iter_``, ``loss_curve_`` (n_iter_,) training
     loss per step, ``learning_rates_`` (n_iter_,).
     """
+
+    _required_fitted = Predictor._required_fitted | {
+        "learning_rates_", "linear_weights_", "loss_curve_", "n_iter_", "sample_counts_",
+        "sample_labels_", "samples_", "zeroshot_weights_"}
 
     def __init__(self, backbone=None, *, classnames=None, synonyms=None,
                  templates="openai_imagenet", text_weights=None, n_samples: int = 100,

@@ -97,6 +97,7 @@ class TPTClassifier(Predictor):
     Fitted attributes: ``classes_``, ``classnames_`` (C,), ``n_ctx_``.
     """
 
+    _required_fitted = frozenset({"classes_", "classnames_", "n_ctx_"})
     _learns_from_y = False
 
     def __init__(self, backbone: Backbone | None = None, *, classnames=None, prompt_names=None,
