@@ -285,7 +285,9 @@ def seed_of(random_state) -> int:
 
 def saved_backbone(path: str | os.PathLike) -> dict | None:
     """What a saved predictor records about its backbone (``Backbone.describe()``), if any."""
-    return _read_saved(Path(path))[0]["backbone"]
+    meta, arrays = _read_saved(Path(path))
+    check_saved(Path(path), Predictor.registry[meta["class"]], meta, arrays)
+    return meta["backbone"]
 
 
 def _read_saved(path: Path) -> tuple[dict, dict[str, np.ndarray]]:

@@ -16,7 +16,9 @@ import numpy as np
 
 from ..errors import InputError
 
-_BACKBONE_FIELDS = ("param", "model", "pretrained", "checkpoint", "precision", "fingerprint")
+# what a Backbone.describe() holds that load needs, and whether it may be None
+_BACKBONE_FIELDS = {"param": False, "model": False, "pretrained": True, "checkpoint": True,
+                    "precision": True, "fingerprint": False}
 
 
 def check_saved(path: Path, klass: type, meta: dict, arrays: dict[str, np.ndarray]) -> None:
@@ -31,9 +33,11 @@ def check_saved(path: Path, klass: type, meta: dict, arrays: dict[str, np.ndarra
     if backbone is not None:
         if not isinstance(backbone, dict):
             fail("metadata field 'backbone'", "is not a mapping")
-        for field in _BACKBONE_FIELDS:
+        for field, optional in _BACKBONE_FIELDS.items():
             if field not in backbone:
                 fail(f"metadata field 'backbone.{field}'", "is missing")
+            if not (isinstance(backbone[field], str) or optional and backbone[field] is None):
+                fail(f"metadata field 'backbone.{field}'", f"is {backbone[field]!r}, not a name")
     for key in arrays:
         if not key.startswith(("param:", "fitted:")):
             fail(f"array '{key}'", "is not a parameter or a fitted attribute")
