@@ -705,3 +705,15 @@ def test_an_option_the_method_does_not_use_is_an_error(command, extra, message, 
 def test_predict_needs_classes(folder, model_args, capsys):
     assert main(["predict", str(folder), *model_args]) == 2
     assert "predict needs --classes (or --classifier FILE)." in _error_line(capsys)
+
+
+def test_a_fitted_classifier_loads_in_a_new_process(folder, model_args, tmp_path):
+    """The package imports its classes lazily: a new process has registered none of them."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    saved = tmp_path / "gda.npz"
+    for argv in (["fit", str(folder), "--views", "1", "--out", str(saved), *model_args],
+                 ["predict", str(folder), "--classifier", str(saved), "--no-progress"]):
+        result = subprocess.run([sys.executable, "-m", "zeroshot_plus.cli", *argv], cwd=REPO_DIR,
+                                env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 13

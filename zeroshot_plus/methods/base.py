@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import numbers
 import os
+import sys
 import zipfile
 from pathlib import Path
 from typing import ClassVar
@@ -308,9 +309,18 @@ def _read_saved(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
         raise InputError(f"'{path}' was saved by an earlier zeroshot_plus whose classifiers kept "
                          f"the given class order; fit and save it again.")
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT \
-            or meta.get("class") not in Predictor.registry:
+            or _saved_class(meta.get("class")) is None:
         raise InputError(f"{not_saved}.")
     return meta, arrays
+
+
+def _saved_class(name) -> type[Predictor] | None:
+    """The Predictor subclass a saved file names, its module imported on first use (the
+    package imports its names lazily, so a new process has registered none yet)."""
+    package = sys.modules[__package__.rpartition(".")[0]]
+    if isinstance(name, str) and name in package.__all__:
+        getattr(package, name)
+    return Predictor.registry.get(name)
 
 
 def given_text_weights(owner: str, text_weights, classnames) -> tuple[np.ndarray, list]:
