@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -213,6 +214,19 @@ def test_evaluate_needs_labels(tmp_path, make_image, model_args, capsys):
     assert main(["evaluate", str(tmp_path / "loose"), *model_args]) == 2
     line = _error_line(capsys)
     assert "loose" in line and "no labels" in line
+
+
+def test_one_class_evaluation_says_its_accuracy_is_meaningless(tmp_path, make_image, model_args,
+                                                              capsys, caplog):
+    for i in range(2):
+        make_image(tmp_path / "set" / "cat" / f"{i}.png", i)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no library warning (scikit-learn's "single label")
+        assert main(["evaluate", str(tmp_path / "set"), *model_args]) == 0
+    assert "top-1: 100.00%" in capsys.readouterr().out
+    warned = [r.getMessage() for r in caplog.records if "warning" in r.getMessage()]
+    assert len(warned) == 1 and "only one class (cat)" in warned[0]
+    assert "100% by construction" in warned[0] and "--classes" in warned[0]
 
 
 def test_strict_stops_at_an_unreadable_image(folder, model_args, tmp_path, capsys):

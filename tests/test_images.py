@@ -458,3 +458,12 @@ def test_a_decompression_bomb_is_one_sentence_on_every_decoding_path(backbone, t
                         diffusion_views=tmp_path / "generated").fit()
     with pytest.raises(InputError, match=r"cannot read image '.*photo_0.png': .*decompression bomb"):
         tpt.decision_function([photo])
+
+
+def test_an_all_nan_float_image_is_black_without_a_numpy_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        image = to_rgb(Image.fromarray(np.full((H, W), np.nan, np.float32), mode="F"))
+    assert not _check_rgb(image, (W, H)).any()

@@ -122,6 +122,10 @@ def evaluate(args: argparse.Namespace) -> int:
     if not scores:
         return status or 2
     logits = np.concatenate(scores)
+    if len(classifier.classes_) == 1:
+        log.warning("warning: only one class (%s): every image is predicted as it, so the "
+                    "accuracies are 100%% by construction; give the other candidate classes "
+                    "with --classes.", classifier.classnames_[0])
     probabilities = softmax(logits.astype(np.float64), axis=1)
     summary = classification_summary(np.array(y_true), logits, probabilities,
                                      classifier.classnames_)

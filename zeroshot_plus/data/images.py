@@ -28,7 +28,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         values = np.asarray(image, dtype=np.float64)
         if image.mode == "F":
-            low, high = float(np.nanmin(values)), float(np.nanmax(values))
+            low, high = ((float(np.nanmin(values)), float(np.nanmax(values)))
+                         if not np.isnan(values).all() else (0.0, 0.0))  # all NaN: black
             values = (values - low) / (high - low or 1.0) * 255.0
         elif image.mode.startswith("I;16") or values.max() > 255:  # 16-bit range
             values = values / 257.0
