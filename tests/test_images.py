@@ -467,3 +467,19 @@ def test_an_all_nan_float_image_is_black_without_a_numpy_warning():
         warnings.simplefilter("error")
         image = to_rgb(Image.fromarray(np.full((H, W), np.nan, np.float32), mode="F"))
     assert not _check_rgb(image, (W, H)).any()
+
+
+def test_an_image_over_pils_warning_limit_is_named_once_in_the_projects_words(
+        tmp_path, make_image, monkeypatch, caplog, tiny_config):
+    import warnings
+
+    from zeroshot_plus.cli import main
+
+    path = make_image(tmp_path / "set" / "large.png", 1, (40, 40))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL warns above 1000, refuses 2000
+    with warnings.catch_warnings(record=True) as raw:
+        assert main(["predict", str(tmp_path / "set"), "--classes", "cat,dog", "--model",
+                     tiny_config, "--pretrained", "none", "--no-progress"]) == 0
+    assert not [w for w in raw if issubclass(w.category, Image.DecompressionBombWarning)]
+    message, = [r.getMessage() for r in caplog.records if "large.png" in r.getMessage()]
+    assert message.startswith(f"{path} has 1600 pixels, over PIL's limit of 1000")

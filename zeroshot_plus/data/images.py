@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +20,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import InputError
 from .sources import ImageInput
+
+log = logging.getLogger(__name__)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -77,7 +80,13 @@ def read_image(item: ImageInput, draft_size: int | None = None) -> Image.Image:
     cannot be read raises what PIL or the file system raise."""
     if isinstance(item, Image.Image):
         return to_rgb(ImageOps.exif_transpose(item))
-    return decode_image(Path(item).read_bytes(), draft_size)
+    image = decode_image(Path(item).read_bytes(), draft_size)
+    # PIL's own warning names neither the file nor what to do (the command line hides it)
+    if Image.MAX_IMAGE_PIXELS and image.width * image.height > Image.MAX_IMAGE_PIXELS:
+        log.warning("%s has %d pixels, over PIL's limit of %d for a safe image; it was decoded, "
+                    "but check it is not a decompression bomb", os.fspath(item),
+                    image.width * image.height, Image.MAX_IMAGE_PIXELS)
+    return image
 
 
 def open_image(item: ImageInput) -> Image.Image:
