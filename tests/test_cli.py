@@ -266,6 +266,22 @@ def test_classifier_file_brings_its_model_and_rejects_another(folder, backbone, 
     assert "was fitted with" in line and "RN50" in line
 
 
+def test_tampered_classifier_file_is_one_line(folder, backbone, tmp_path, capsys):
+    from zeroshot_plus import ZeroShotClassifier
+
+    saved = tmp_path / "zs.npz"
+    ZeroShotClassifier(backbone, classnames=["cat", "dog"], templates="photo").fit().save(saved)
+    with np.load(saved, allow_pickle=False) as data:
+        meta = json.loads(str(data["__meta__"]))
+        arrays = {k: data[k] for k in data.files if k != "__meta__"}
+    del meta["backbone"]["model"]
+    np.savez(saved, __meta__=np.array(json.dumps(meta)), **arrays)
+    for command in (["predict"], ["evaluate"]):
+        assert main([*command, str(folder), "--classifier", str(saved), "--no-progress"]) == 2
+        assert _error_line(capsys) == (f"zeroshot-plus: error: saved ZeroShotClassifier "
+                                       f"'{saved}': metadata field 'backbone.model' is missing.")
+
+
 def test_classifier_file_with_its_checkpoint_moved(folder, backbone, tiny_config, tmp_path, capsys):
     import shutil
 
