@@ -191,7 +191,6 @@ class Predictor(ClassifierMixin, BaseEstimator):
         klass = Predictor.registry[meta["class"]]
         if not issubclass(klass, cls):
             raise InputError(f"'{path}' holds a {meta['class']}, not a {cls.__name__}.")
-        check_saved(path, klass, meta, arrays)
         params = dict(meta["params"])
         params.update({k[6:]: v for k, v in arrays.items() if k.startswith("param:")})
         saved = meta["backbone"]
@@ -286,9 +285,7 @@ def seed_of(random_state) -> int:
 
 def saved_backbone(path: str | os.PathLike) -> dict | None:
     """What a saved predictor records about its backbone (``Backbone.describe()``), if any."""
-    meta, arrays = _read_saved(Path(path))
-    check_saved(Path(path), Predictor.registry[meta["class"]], meta, arrays)
-    return meta["backbone"]
+    return _read_saved(Path(path))[0]["backbone"]
 
 
 def _read_saved(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
@@ -311,6 +308,7 @@ def _read_saved(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT \
             or _saved_class(meta.get("class")) is None:
         raise InputError(f"{not_saved}.")
+    check_saved(path, Predictor.registry[meta["class"]], meta, arrays)
     return meta, arrays
 
 

@@ -1,5 +1,6 @@
-"""The schema of a saved predictor's contents, checked by ``Predictor.load`` before anything is
-built from them: the constructor parameters, the fitted attributes, their shapes and values.
+"""The schema of a saved predictor's contents, checked whenever a file is read (``Predictor.load``,
+``saved_backbone``) before anything is built from it: the constructor parameters, the fitted
+attributes, their shapes and values.
 
 ``_read_saved`` (base) has already found an .npz archive of this format naming a known class.
 Every failure is one InputError sentence naming the file and the field.
