@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +91,16 @@ def labelled_folder(tmp_path, make_image) -> Path:
             make_image(root / label / f"{label}{i}.{'png' if i % 2 else 'jpg'}", seed)
             seed += 1
     return root
+
+
+def bomb_png(path: Path, width: int = 100_000, height: int = 100_000) -> Path:
+    """A small PNG whose header claims width x height pixels: PIL refuses it as a possible
+    decompression bomb when it is opened."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    struct.pack_into(">II", data, 16, width, height)  # the IHDR chunk's data starts at 16
+    struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(data))
+    return path

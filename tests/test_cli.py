@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -215,6 +216,19 @@ def test_evaluate_needs_labels(tmp_path, make_image, model_args, capsys):
     assert "loose" in line and "no labels" in line
 
 
+def test_one_class_evaluation_says_its_accuracy_is_meaningless(tmp_path, make_image, model_args,
+                                                              capsys, caplog):
+    for i in range(2):
+        make_image(tmp_path / "set" / "cat" / f"{i}.png", i)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no library warning (scikit-learn's "single label")
+        assert main(["evaluate", str(tmp_path / "set"), *model_args]) == 0
+    assert "top-1: 100.00%" in capsys.readouterr().out
+    warned = [r.getMessage() for r in caplog.records if "warning" in r.getMessage()]
+    assert len(warned) == 1 and "only one class (cat)" in warned[0]
+    assert "100% by construction" in warned[0] and "--classes" in warned[0]
+
+
 def test_strict_stops_at_an_unreadable_image(folder, model_args, tmp_path, capsys):
     broken = folder / "dog" / "broken.jpg"
     broken.write_bytes(b"\x00garbage" * 20)
@@ -252,6 +266,22 @@ def test_classifier_file_brings_its_model_and_rejects_another(folder, backbone, 
     assert "was fitted with" in line and "RN50" in line
 
 
+def test_tampered_classifier_file_is_one_line(folder, backbone, tmp_path, capsys):
+    from zeroshot_plus import ZeroShotClassifier
+
+    saved = tmp_path / "zs.npz"
+    ZeroShotClassifier(backbone, classnames=["cat", "dog"], templates="photo").fit().save(saved)
+    with np.load(saved, allow_pickle=False) as data:
+        meta = json.loads(str(data["__meta__"]))
+        arrays = {k: data[k] for k in data.files if k != "__meta__"}
+    del meta["backbone"]["model"]
+    np.savez(saved, __meta__=np.array(json.dumps(meta)), **arrays)
+    for command in (["predict"], ["evaluate"]):
+        assert main([*command, str(folder), "--classifier", str(saved), "--no-progress"]) == 2
+        assert _error_line(capsys) == (f"zeroshot-plus: error: saved ZeroShotClassifier "
+                                       f"'{saved}': metadata field 'backbone.model' is missing.")
+
+
 def test_classifier_file_with_its_checkpoint_moved(folder, backbone, tiny_config, tmp_path, capsys):
     import shutil
 
@@ -281,6 +311,39 @@ def test_classifier_file_with_its_checkpoint_moved(folder, backbone, tiny_config
     capsys.readouterr()
     assert main(argv + ["--checkpoint", str(tmp_path / "other.pt")]) == 2
     assert "was fitted with" in _error_line(capsys)
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["embed"], ["predict", "--classes", "cat,dog"],
+                                     ["fit"]])
+def test_output_that_cannot_be_a_file_is_refused_before_any_work(folder, model_args, tmp_path,
+                                                                 capsys, monkeypatch, command):
+    monkeypatch.setattr(backbone_module.Backbone, "encode_pixels",
+                        lambda *a: pytest.fail("encoded before checking --out"))
+    suffix = {"embed": ".npz", "evaluate": ".json", "fit": ".npz"}.get(command[0], ".csv")
+    (tmp_path / f"folder{suffix}").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path / "read_only")
+    (tmp_path / "read_only").mkdir()
+    for out, words in ((f"folder{suffix}", "is a folder"), (f"a_file/out{suffix}", "is a file"),
+                       (f"read_only/out{suffix}", "is not writable")):
+        assert main([command[0], str(folder), *command[1:], "--out", str(tmp_path / out),
+                     *model_args]) == 2
+        line = _error_line(capsys)
+        assert words in line and str(tmp_path / out.split("/")[0]) in line
+
+
+def test_closed_stdout_pipe_still_writes_the_evaluation_file(folder, model_args, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = tmp_path / "summary.json"
+    with subprocess.Popen(
+            [sys.executable, "-m", "zeroshot_plus.cli", "evaluate", str(folder), "--out", str(out),
+             *model_args],
+            cwd=REPO_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        process.stdout.close()  # like `| head -1` gone before the summary is printed
+        stderr = process.stderr.read().decode()
+        assert process.wait(timeout=120) == 141
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+    assert json.loads(out.read_text())["n_images"] == 12
 
 
 def test_console_script_flushes_output_and_exit_status(folder, model_args, tmp_path):
@@ -672,3 +735,15 @@ def test_an_option_the_method_does_not_use_is_an_error(command, extra, message, 
 def test_predict_needs_classes(folder, model_args, capsys):
     assert main(["predict", str(folder), *model_args]) == 2
     assert "predict needs --classes (or --classifier FILE)." in _error_line(capsys)
+
+
+def test_a_fitted_classifier_loads_in_a_new_process(folder, model_args, tmp_path):
+    """The package imports its classes lazily: a new process has registered none of them."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    saved = tmp_path / "gda.npz"
+    for argv in (["fit", str(folder), "--views", "1", "--out", str(saved), *model_args],
+                 ["predict", str(folder), "--classifier", str(saved), "--no-progress"]):
+        result = subprocess.run([sys.executable, "-m", "zeroshot_plus.cli", *argv], cwd=REPO_DIR,
+                                env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 13

@@ -165,7 +165,9 @@ def test_tiny_images_are_scored(backbone, tmp_path, make_image):
 def test_bad_parameters_and_captions_are_input_errors(backbone, images):
     for params, pattern in (({"weighting": "max"}, "weighting"), ({"mask_mode": "blur"}, "mask_mode"),
                             ({"components": ("objects",)}, "components"),
-                            ({"parser": "spacy"}, "parser")):
+                            ({"parser": "spacy"}, "parser"),
+                            ({"temperature": float("inf")}, "temperature"),
+                            ({"temperature": "hot"}, "temperature")):
         with pytest.raises(InputError, match=pattern):
             ComCLIPMatcher(backbone, **params).fit()
     with pytest.raises(InputError, match="caption 1 is empty"):

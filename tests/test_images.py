@@ -424,3 +424,62 @@ def test_manifest_listing_a_missing_file_is_reported_when_encoding(manifest_dir,
 def test_image_set_passes_through():
     image_set = ImageSet([Image.new("RGB", (2, 2))], ["a"])
     assert read_image_source(image_set) is image_set
+
+
+# ---------------------------------------------------------------------- decompression bombs
+
+
+def test_a_decompression_bomb_is_one_sentence_on_every_decoding_path(backbone, tmp_path,
+                                                                      make_image):
+    from conftest import bomb_png
+
+    from zeroshot_plus import ComCLIPMatcher, TPTClassifier, fit_gda_from_support
+
+    bomb = bomb_png(tmp_path / "support" / "cat" / "bomb.png")
+    with pytest.raises(Image.DecompressionBombError):  # what PIL itself raises
+        Image.open(bomb)
+    pattern = r"cannot read image '.*bomb.png': its header claims more than the \d+ pixels PIL decodes \(a possible decompression bomb\)"
+    with pytest.raises(InputError, match=pattern):
+        open_image(bomb)
+    report = EncodeReport()
+    assert not list(backbone.iter_image_embeddings([bomb], on_error="skip", report=report))
+    assert "decompression bomb" in report.failures[0].reason
+    with pytest.raises(InputError, match=pattern):
+        backbone.encode_images([bomb])
+    for label in ("cat", "dog"):
+        make_image(tmp_path / "support" / label / "ok.png", len(label))
+    with pytest.raises(InputError, match=pattern):
+        fit_gda_from_support(backbone, tmp_path / "support", n_views=1, alpha=1.0)
+    with pytest.raises(InputError, match="decompression bomb"):
+        ComCLIPMatcher(backbone).decision_function([bomb], ["a dog"])
+    photo = make_image(tmp_path / "test" / "photo.png", 3)
+    bomb_png(tmp_path / "generated" / "photo_0.png")
+    tpt = TPTClassifier(backbone, classnames=["cat", "dog"], n_views=4, steps=1,
+                        diffusion_views=tmp_path / "generated").fit()
+    with pytest.raises(InputError, match=r"cannot read image '.*photo_0.png': .*decompression bomb"):
+        tpt.decision_function([photo])
+
+
+def test_an_all_nan_float_image_is_black_without_a_numpy_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        image = to_rgb(Image.fromarray(np.full((H, W), np.nan, np.float32), mode="F"))
+    assert not _check_rgb(image, (W, H)).any()
+
+
+def test_an_image_over_pils_warning_limit_is_named_once_in_the_projects_words(
+        tmp_path, make_image, monkeypatch, caplog, tiny_config):
+    import warnings
+
+    from zeroshot_plus.cli import main
+
+    path = make_image(tmp_path / "set" / "large.png", 1, (40, 40))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL warns above 1000, refuses 2000
+    with warnings.catch_warnings(record=True) as raw:
+        assert main(["predict", str(tmp_path / "set"), "--classes", "cat,dog", "--model",
+                     tiny_config, "--pretrained", "none", "--no-progress"]) == 0
+    assert not [w for w in raw if issubclass(w.category, Image.DecompressionBombWarning)]
+    message, = [r.getMessage() for r in caplog.records if "large.png" in r.getMessage()]
+    assert message.startswith(f"{path} has 1600 pixels, over PIL's limit of 1000")

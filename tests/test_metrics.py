@@ -150,3 +150,11 @@ def test_retrieval_recall_of_matching_pairs():
     assert recall["image_to_text"] == {1: 0.5, 2: 1.0}
     # x: b first (wrong); y: a first (right); z: a first (wrong), b second
     assert recall["text_to_image"] == pytest.approx({1: 1 / 3, 2: 1.0})
+
+
+def test_one_class_summary_raises_no_library_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        summary = classification_summary(np.zeros(3, int), np.ones((3, 1)), np.ones((3, 1)),
+                                         np.array(["cat"]))
+    assert summary["confusion_matrix"] == [[3]] and summary["top1"] == 1.0

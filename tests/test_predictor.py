@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -314,3 +315,90 @@ def test_bad_embeddings_are_one_sentence():
         with pytest.raises(InputError, match=message) as info:
             fitted.predict(X)
         assert "\n" not in str(info.value) and str(info.value).startswith("ZeroShotClassifier")
+
+
+def _tampered(saved: Path, path: Path, edit_meta=None, **arrays) -> Path:
+    """A copy of ``saved`` with its metadata passed through ``edit_meta`` and arrays replaced
+    (None: removed)."""
+    with np.load(saved, allow_pickle=False) as data:
+        meta = json.loads(str(data["__meta__"]))
+        contents = {k: data[k] for k in data.files if k != "__meta__"}
+    if edit_meta is not None:
+        edit_meta(meta)
+    for key, value in arrays.items():
+        key = key.replace("__", ":", 1)
+        if value is None:
+            contents.pop(key)
+        else:
+            contents[key] = value
+    np.savez(path, __meta__=np.array(json.dumps(meta)), **contents)
+    return path
+
+
+@pytest.mark.parametrize("edit_meta, arrays, field, problem", [
+    (lambda m: m["params"].update(temperature=2.0), {}, "parameter 'temperature'",
+     "is not a parameter of ZeroShotClassifier"),
+    (lambda m: m["params"].update(logit_scale=float("nan")), {}, "parameter 'logit_scale'",
+     "must be a finite number, got nan"),
+    (lambda m: m["params"].update(logit_scale="big"), {}, "parameter 'logit_scale'",
+     "must be a finite number, got 'big'"),
+    (lambda m: m.pop("fitted"), {}, "metadata field 'fitted'", "is missing or not a mapping"),
+    (lambda m: m.update(backbone={"model": "ViT-B-32"}), {}, "metadata field 'backbone.param'",
+     "is missing"),
+    (lambda m: m.update(backbone={**dict.fromkeys(("param", "model", "fingerprint"), "x"),
+                                  "pretrained": None, "checkpoint": None, "precision": 16}),
+     {}, "metadata field 'backbone.precision'", "is 16, not a name"),
+    (lambda m: m["fitted"].update(predict=1), {}, "fitted attribute 'predict'",
+     "is not an attribute name a fit sets (a private name, a method's, or without the final "
+     "'_')"),
+    (lambda m: m["fitted"].update(_cache=1), {}, "fitted attribute '_cache'",
+     "is not an attribute name a fit sets (a private name, a method's, or without the final "
+     "'_')"),
+    (lambda m: m["fitted"].update(weights_=[1.0]), {}, "fitted attribute 'weights_'",
+     "is not one ZeroShotClassifier sets"),
+    (lambda m: m["fitted"].pop("n_features_in_"), {}, "fitted attribute 'n_features_in_'",
+     "is missing"),
+    (lambda m: m["fitted"].update(n_features_in_=5), {}, "fitted attribute 'n_features_in_'",
+     f"is 5, not the {D} columns of text_head_"),
+    (None, {"fitted__text_head_": None}, "fitted attribute 'text_head_'", "is missing"),
+    (None, {"fitted__text_head_": np.ones((3, D))}, "fitted attribute 'text_head_'",
+     "is not a float array (4, D), one row per entry of classes_"),
+    (None, {"fitted__text_head_": np.full((4, D), np.inf)}, "fitted attribute 'text_head_'",
+     "holds non-finite values (NaN or infinity)"),
+    (None, {"fitted__classnames_": np.array(["a", "b"])}, "fitted attribute 'classnames_'",
+     "does not have the shape (4,) of classes_"),
+    (None, {"fitted__classes_": np.zeros((0,))}, "fitted attribute 'classes_'",
+     "is not a non-empty one-dimensional array"),
+    (None, {"extra": np.ones(2)}, "array 'extra'", "is not a parameter or a fitted attribute"),
+])
+def test_load_refuses_tampered_contents_in_one_sentence(raw_weights, tmp_path, edit_meta, arrays,
+                                                        field, problem):
+    saved = tmp_path / "saved.npz"
+    ZeroShotClassifier(text_weights=raw_weights).fit().save(saved)
+    tampered = _tampered(saved, tmp_path / "tampered.npz", edit_meta, **arrays)
+    with pytest.raises(InputError) as info:
+        Predictor.load(tampered)
+    assert str(info.value) == f"saved ZeroShotClassifier '{tampered}': {field} {problem}."
+
+
+def test_load_accepts_every_fitted_attribute_its_class_sets(backbone, tmp_path):
+    """The schema's names match what each fit sets (text side given or from a backbone)."""
+    from zeroshot_plus import (DescriptionClassifier, GDAClassifier, RealLinearClassifier,
+                               RealPromptClassifier, TPTClassifier)
+
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(12, 32)).astype(np.float32), np.repeat(["cat", "dog"], 6)
+    fitted = [GDAClassifier(backbone, classnames=["cat", "dog"], cv=2).fit(X, y),
+              GDAClassifier(cv=2).fit(X, y),
+              DescriptionClassifier(backbone, descriptors={"cat": ["whiskers"], "dog": ["a tail"]}).fit(),
+              DescriptionClassifier(text_weights=X[:2]).fit(),
+              RealPromptClassifier(backbone, classnames=["cat", "dog"],
+                                   synonyms={"cat": "kitten", "dog": "puppy"}).fit(),
+              RealLinearClassifier(text_weights=X[:2], classnames=["cat", "dog"], max_iter=2).fit(X, y),
+              TPTClassifier(backbone, classnames=["cat", "dog"], n_views=3).fit()]
+    for classifier in fitted:
+        classifier.save(tmp_path / "c.npz")
+        loaded = Predictor.load(tmp_path / "c.npz", backbone)
+        assert type(loaded) is type(classifier)
+        names = {k for k in vars(classifier) if k.endswith("_") and not k.startswith("_")}
+        assert names <= type(classifier)._required_fitted | type(classifier)._optional_fitted

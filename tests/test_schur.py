@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import warnings
 
 import numpy as np
@@ -462,3 +463,15 @@ def test_cli_edit_writes_embed_format(generated, tiny_config, tmp_path, capsys):
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error == (f"zeroshot-plus: error: 17 image(s) have no prompt in --prompts "
                      f"'{table.parent / 'short.csv'}', e.g. '{folder / 'img01.png'}'.")
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"kernel": "gaussian", "n_features": 20, "sigma": np.inf}, "sigma must be a positive finite number, got inf"),
+    ({"kernel": "gaussian", "n_features": 20, "sigma": "wide"}, "sigma must be a positive finite number, got 'wide'"),
+    ({"ridge": np.inf}, "ridge must be a finite number >= 0, got inf"),
+    ({"ridge": "small"}, "ridge must be a finite number >= 0, got 'small'"),
+])
+def test_editor_numbers_are_range_checked_in_one_sentence(params, message):
+    images, texts = _pairs()
+    with pytest.raises(InputError, match=f"^{re.escape(message)}.$"):
+        SchurEditor(texts=texts, **params).fit(images)

@@ -153,12 +153,36 @@ def test_zero_shot_fit_checks_the_y_it_is_given():
     (DescriptionClassifier, "logit_scale", np.nan, "a number >= 0"),
     (RealLinearClassifier, "batch_size", 0, "an integer >= 1"),
     (RealLinearClassifier, "mention", "some", "'synonym' or 'any'"),
+    (RealLinearClassifier, "wise_alpha", np.nan, "a number in [0, 1]"),
+    (RealLinearClassifier, "wise_alpha", 1.5, "a number in [0, 1]"),
+    (RealLinearClassifier, "lr", np.inf, "a number >= 0"),
+    (RealLinearClassifier, "weight_decay", -0.1, "a number >= 0"),
+    (RealLinearClassifier, "warmup_iter", 2.5, "an integer >= 0"),
+    (ZeroShotClassifier, "logit_scale", np.float32("nan"), "a number >= 0"),
 ])
 def test_parameters_are_checked_in_one_sentence(klass, param, value, message):
     X, y, centroids = separable()
     with pytest.raises(InputError) as info:
         klass(text_weights=centroids, **{param: value}).fit(X, y)
     assert str(info.value) == f"{klass.__name__}: {param} must be {message}, got {value!r}."
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -1e-3, "fast"])
+def test_tpt_learning_rate_is_checked_in_one_sentence(backbone, value):
+    with pytest.raises(InputError) as info:
+        TPTClassifier(backbone, classnames=NAMES, lr=value).fit()
+    assert str(info.value) == f"TPTClassifier: lr must be a number >= 0, got {value!r}."
+
+
+@pytest.mark.parametrize("scale", [1e19, 1e30, 1e-20])
+def test_rows_of_extreme_norm_keep_their_direction(scale):
+    X, y, centroids = separable()
+    classifier = ZeroShotClassifier(text_weights=centroids).fit()
+    expected = classifier.predict_proba(X[:5])
+    np.testing.assert_allclose(classifier.predict_proba(X[:5] * np.float32(scale)), expected,
+                               atol=1e-5)
+    np.testing.assert_allclose(ZeroShotClassifier(text_weights=centroids * np.float32(scale))
+                               .fit().predict_proba(X[:5]), expected, atol=1e-5)
 
 
 def test_constructors_are_keyword_only_after_the_backbone():

@@ -123,6 +123,10 @@ def evaluate(args: argparse.Namespace) -> int:
     if not scores:
         return status or 2
     logits = np.concatenate(scores)
+    if len(classifier.classes_) == 1:
+        log.warning("warning: only one class (%s): every image is predicted as it, so the "
+                    "accuracies are 100%% by construction; give the other candidate classes "
+                    "with --classes.", classifier.classnames_[0])
     probabilities = softmax(logits.astype(np.float64), axis=1)
     summary = classification_summary(np.array(y_true), logits, probabilities,
                                      classifier.classnames_)
@@ -133,15 +137,22 @@ def evaluate(args: argparse.Namespace) -> int:
         summary.update(descriptors=classifier.report_, prompt_style=args.prompt_style)
     if explain:
         summary["explanations"] = explanations
+    try:
+        _print_summary(summary)
+    finally:  # a reader of stdout that has gone (`| head -1`) does not cost the file asked for
+        if args.out:
+            with output(args.out) as handle:
+                json.dump(summary, handle, indent=2)
+    return status
+
+
+def _print_summary(summary: dict) -> None:
     print(f"images: {summary['n_images']}  top-1: {summary['top1']:.2%}  top-5: "
           f"{summary['top5']:.2%}  mean per-class: {summary['mean_per_class_accuracy']:.2%}  "
           f"ECE: {summary['ece']:.4f}")
     for name, accuracy in summary["per_class_accuracy"].items():
         print(f"  {name:<30} {'n/a' if accuracy is None else f'{accuracy:.2%}'}")
-    if args.out:
-        with output(args.out) as handle:
-            json.dump(summary, handle, indent=2)
-    return status
+    sys.stdout.flush()  # a closed pipe is found here, not when the interpreter exits
 
 
 def fit(args: argparse.Namespace) -> int:

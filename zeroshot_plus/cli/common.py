@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 from contextlib import contextmanager
@@ -26,13 +27,23 @@ log = logging.getLogger("zeroshot_plus")
 
 
 def check_output(option: str, path: str | None, *suffixes: str) -> None:
-    """Refuse, before any work, an output path with another suffix or no folder to go in."""
+    """Refuse, before any work, an output path with another suffix, one that is a folder, or
+    one whose folder is missing, a file or not writable."""
     if path is None:
         return
     if not path.lower().endswith(suffixes):
         raise InputError(f"{option} '{path}' must end in {' or '.join(suffixes)}.")
-    if not Path(path).resolve().parent.is_dir():
-        raise InputError(f"output folder '{Path(path).parent}' does not exist.")
+    target = Path(path)
+    folder = target.resolve().parent
+    if target.is_dir():
+        raise InputError(f"{option} '{path}' is a folder; name a file in it.")
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{option} '{path}': '{target.parent}' is a file, not a folder.")
+    if not folder.is_dir():
+        raise InputError(f"output folder '{target.parent}' does not exist.")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"output folder '{target.parent}' is not writable (permission denied "
+                         f"or a read-only file system).")
 
 
 @contextmanager

@@ -6,6 +6,7 @@ import ctypes
 import logging
 import os
 import sys
+import warnings
 from importlib import import_module
 from typing import Sequence
 
@@ -22,6 +23,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="zeroshot-plus: %(message)s")
+    # PIL's DecompressionBombWarning: data.images.read_image names the file instead
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
     try:
         resolve_options(args)
         command = getattr(import_module(f".{_COMMANDS[args.command]}", __package__), args.command)

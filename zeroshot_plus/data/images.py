@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +21,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import InputError
 from .sources import ImageInput
 
+log = logging.getLogger(__name__)
+
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode -> 8-bit RGB; transparency is composited on white, deep images rescaled."""
@@ -28,7 +31,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         values = np.asarray(image, dtype=np.float64)
         if image.mode == "F":
-            low, high = float(np.nanmin(values)), float(np.nanmax(values))
+            low, high = ((float(np.nanmin(values)), float(np.nanmax(values)))
+                         if not np.isnan(values).all() else (0.0, 0.0))  # all NaN: black
             values = (values - low) / (high - low or 1.0) * 255.0
         elif image.mode.startswith("I;16") or values.max() > 255:  # 16-bit range
             values = values / 257.0
@@ -76,7 +80,13 @@ def read_image(item: ImageInput, draft_size: int | None = None) -> Image.Image:
     cannot be read raises what PIL or the file system raise."""
     if isinstance(item, Image.Image):
         return to_rgb(ImageOps.exif_transpose(item))
-    return decode_image(Path(item).read_bytes(), draft_size)
+    image = decode_image(Path(item).read_bytes(), draft_size)
+    # PIL's own warning names neither the file nor what to do (the command line hides it)
+    if Image.MAX_IMAGE_PIXELS and image.width * image.height > Image.MAX_IMAGE_PIXELS:
+        log.warning("%s has %d pixels, over PIL's limit of %d for a safe image; it was decoded, "
+                    "but check it is not a decompression bomb", os.fspath(item),
+                    image.width * image.height, Image.MAX_IMAGE_PIXELS)
+    return image
 
 
 def open_image(item: ImageInput) -> Image.Image:
@@ -85,15 +95,20 @@ def open_image(item: ImageInput) -> Image.Image:
         return read_image(item)
     try:
         return read_image(item)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError,
+            Image.DecompressionBombError) as exc:
         raise InputError(f"cannot read image '{os.fspath(item)}': {describe_error(exc)}") from None
 
 
 def describe_error(exc: BaseException) -> str:
+    """Why an image could not be read, as the end of one sentence."""
     if isinstance(exc, FileNotFoundError):
         return "no such file."
     if isinstance(exc, UnidentifiedImageError):
         return "not an image file PIL can identify (corrupt or unsupported format)."
+    if isinstance(exc, Image.DecompressionBombError):
+        return (f"its header claims more than the {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels "
+                f"PIL decodes (a possible decompression bomb); it is not decoded.")
     text = str(exc).strip() or type(exc).__name__
     return text if text.endswith(".") else text + "."
 

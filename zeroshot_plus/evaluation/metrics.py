@@ -4,7 +4,6 @@ retrieval recall@k."""
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import confusion_matrix as _confusion_matrix
 
 
 def top_k_accuracy(y_true: np.ndarray, scores: np.ndarray, k: int = 1) -> float:
@@ -37,8 +36,10 @@ def recall_at_k(scores: np.ndarray, relevant: np.ndarray, k: int = 1) -> float:
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
-    """(C, C) counts; row = true class index, column = predicted class index."""
-    return _confusion_matrix(y_true, y_pred, labels=np.arange(n_classes))
+    """(C, C) counts; row = true class index, column = predicted class index (one class is
+    a (1, 1) matrix, without scikit-learn's "single label" warning)."""
+    cells = np.asarray(y_true, dtype=np.int64) * n_classes + np.asarray(y_pred, dtype=np.int64)
+    return np.bincount(cells, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
 def per_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import numbers
 import os
+import sys
 import zipfile
 from pathlib import Path
 from typing import ClassVar
@@ -51,6 +52,7 @@ from ..data.sources import ImageSet
 from ..text.classnames import parse_classnames
 from ..text.templates import class_prompts, load_templates
 from ..text.heads import class_weights, l2_normalise, unit_rows
+from .saved import check_saved
 
 # Format 2: sorted classes_ with the fitted head always ``text_head_`` (format 1 kept the
 # user's class order under per-method names); a format-1 file is refused, not misread.
@@ -69,6 +71,10 @@ class Predictor(ClassifierMixin, BaseEstimator):
 
     registry: ClassVar[dict[str, type["Predictor"]]] = {}
     _learns_from_y: ClassVar[bool] = True  # False: fit learns nothing from y (zero-shot)
+    # the fitted attributes a saved file must hold, and those it may hold (``saved``)
+    _required_fitted: ClassVar[frozenset[str]] = frozenset(
+        {"classes_", "classnames_", "text_head_", "n_features_in_"})
+    _optional_fitted: ClassVar[frozenset[str]] = frozenset()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -300,9 +306,19 @@ def _read_saved(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
         raise InputError(f"'{path}' was saved by an earlier zeroshot_plus whose classifiers kept "
                          f"the given class order; fit and save it again.")
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT \
-            or meta.get("class") not in Predictor.registry:
+            or _saved_class(meta.get("class")) is None:
         raise InputError(f"{not_saved}.")
+    check_saved(path, Predictor.registry[meta["class"]], meta, arrays)
     return meta, arrays
+
+
+def _saved_class(name) -> type[Predictor] | None:
+    """The Predictor subclass a saved file names, its module imported on first use (the
+    package imports its names lazily, so a new process has registered none yet)."""
+    package = sys.modules[__package__.rpartition(".")[0]]
+    if isinstance(name, str) and name in package.__all__:
+        getattr(package, name)
+    return Predictor.registry.get(name)
 
 
 def given_text_weights(owner: str, text_weights, classnames) -> tuple[np.ndarray, list]:

@@ -45,6 +45,7 @@ from ..encoders.backbone import Backbone
 from ..encoders.pipeline import Picture, View, ViewMaker, encode_views
 from ..errors import InputError
 from ..text.parsing import Parse, make_parser
+from .base import is_number
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class ComCLIPMatcher(BaseEstimator):
             raise InputError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}.")
         if self.mask_mode not in MASK_MODES:
             raise InputError(f"mask_mode must be one of {MASK_MODES}, got {self.mask_mode!r}.")
-        if not self.temperature > 0:
+        if not (is_number(self.temperature, 0) and self.temperature > 0):
             raise InputError(f"temperature must be positive, got {self.temperature!r}.")
         if (not isinstance(self.grid, Sequence) or isinstance(self.grid, str)
                 or not all(isinstance(g, numbers.Integral) and 1 <= g <= _MAX_GRID

@@ -87,6 +87,9 @@ class DescriptionClassifier(Predictor):
     "sentences" the text head is exactly CuPL's class weight (§2.4).
     """
 
+    _required_fitted = Predictor._required_fitted | {"class_means_"}
+    _optional_fitted = frozenset({"counts_", "descriptor_embeddings_", "descriptors_", "offsets_",
+                                  "prompts_", "report_"})
     _learns_from_y = False
 
     def __init__(self, backbone=None, *, classnames=None, descriptors=None,

@@ -98,6 +98,11 @@ class GDAClassifier(Predictor):
     (validation accuracy per grid value; None when alpha was not searched).
     """
 
+    _required_fitted = Predictor._required_fitted - {"text_head_"} | {
+        "alpha_", "alpha_grid_", "alpha_scores_", "bias_", "class_counts_", "means_",
+        "precision_", "weights_"}
+    _optional_fitted = frozenset({"text_head_"})  # None: no text side
+
     def __init__(self, backbone=None, *, classnames=None, templates="openai_imagenet",
                  text_weights=None, alpha="auto", alpha_grid=ALPHA_GRID, cv: int = 5,
                  n_neighbors: int = 64, text_copies: int = 16, logit_scale: float = 100.0,

@@ -64,6 +64,8 @@ class RealPromptClassifier(ZeroShotClassifier):
     ``classes_`` order.
     """
 
+    _optional_fitted = frozenset({"prompt_names_"})
+
     def __init__(self, backbone=None, *, classnames=None, synonyms=None,
                  templates="openai_imagenet", text_weights=None, logit_scale: float = 100.0,
                  cache=None):
@@ -137,6 +139,10 @@ class RealLinearClassifier(Predictor):
     class indices, ``sample_counts_`` (C,), ``n_iter_``, ``loss_curve_`` (n_iter_,) training
     loss per step, ``learning_rates_`` (n_iter_,).
     """
+
+    _required_fitted = Predictor._required_fitted | {
+        "learning_rates_", "linear_weights_", "loss_curve_", "n_iter_", "sample_counts_",
+        "sample_labels_", "samples_", "zeroshot_weights_"}
 
     def __init__(self, backbone=None, *, classnames=None, synonyms=None,
                  templates="openai_imagenet", text_weights=None, n_samples: int = 100,
@@ -234,6 +240,10 @@ class RealLinearClassifier(Predictor):
         for param in ("n_samples", "batch_size"):
             check_param(self, param, is_integer(getattr(self, param), 1), "an integer >= 1")
         check_param(self, "logit_scale", is_number(self.logit_scale, 0), "a number >= 0")
+        for param in ("lr", "weight_decay"):
+            check_param(self, param, is_number(getattr(self, param), 0), "a number >= 0")
+        check_param(self, "warmup_iter", is_integer(self.warmup_iter, 0), "an integer >= 0")
+        check_param(self, "wise_alpha", is_number(self.wise_alpha, 0, 1), "a number in [0, 1]")
 
     def _retrieve(self, table: SynonymTable, X: np.ndarray, captions, caption_embeddings
                   ) -> tuple[np.ndarray, np.ndarray]:

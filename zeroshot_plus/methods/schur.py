@@ -57,6 +57,7 @@ from ..choices import ENTROPIES, KERNELS
 from ..data.files import atomic_output
 from ..errors import InputError
 from ..text.heads import unit_rows
+from .base import is_number
 from .linalg import add_gram
 
 FORMS = ("auto", "primal", "dual")
@@ -82,8 +83,8 @@ def draw_frequencies(dim: int, n_features: int, sigma: float, random_state: Seed
     if not isinstance(n_features, numbers.Integral) or n_features < 2 or n_features % 2:
         raise InputError(f"n_features must be an even number >= 2 (cos and sin halves), "
                          f"got {n_features}.")
-    if not sigma > 0:
-        raise InputError(f"sigma must be positive, got {sigma}.")
+    if not (is_number(sigma, 0) and sigma > 0):
+        raise InputError(f"sigma must be a positive finite number, got {sigma!r}.")
     if isinstance(random_state, numbers.Integral):
         rng = np.random.default_rng(random_state)
     elif isinstance(random_state, np.random.Generator):
@@ -315,8 +316,8 @@ def sce_score(image_embeddings, text_embeddings, kernel: str = "gaussian", sigma
         raise InputError(f"kernel must be one of {', '.join(KERNELS)}, got '{kernel}'.")
     if form not in FORMS:
         raise InputError(f"form must be one of {', '.join(FORMS)}, got '{form}'.")
-    if not ridge >= 0:
-        raise InputError(f"ridge must be a number >= 0, got {ridge}.")
+    if not is_number(ridge, 0):
+        raise InputError(f"ridge must be a finite number >= 0, got {ridge!r}.")
     spectrum_entropy(np.ones(1), order, entropy)  # validates order and entropy up front
     exact = kernel == "gaussian" and n_features is None
     if kernel == "cosine" or normalize:
@@ -449,8 +450,8 @@ def _double_centre(K: np.ndarray) -> np.ndarray:
 
 def _check_sigma(images: np.ndarray, sigma: float) -> None:
     """Warn when σ is far from the median distance between (up to 1000) images."""
-    if not sigma > 0:
-        raise InputError(f"sigma must be positive, got {sigma}.")
+    if not (is_number(sigma, 0) and sigma > 0):
+        raise InputError(f"sigma must be a positive finite number, got {sigma!r}.")
     sample = images[:1000]
     squared = np.einsum("ij,ij->i", sample, sample)
     distances = np.sqrt(np.maximum(squared[:, None] + squared[None, :] - 2 * sample @ sample.T, 0))
@@ -607,8 +608,8 @@ class SchurEditor(TransformerMixin, BaseEstimator):
         """Learn Γ*; returns the checked images and their texts (n, D) float64."""
         if self.kernel not in KERNELS:
             raise InputError(f"kernel must be one of {', '.join(KERNELS)}, got '{self.kernel}'.")
-        if not self.ridge >= 0:
-            raise InputError(f"ridge must be a number >= 0, got {self.ridge}.")
+        if not is_number(self.ridge, 0):
+            raise InputError(f"ridge must be a finite number >= 0, got {self.ridge!r}.")
         images = self._check_X(X, reset=True)
         if self.texts is None:
             raise InputError("SchurEditor needs texts, the reference prompts paired with the "

@@ -97,6 +97,7 @@ class TPTClassifier(Predictor):
     Fitted attributes: ``classes_``, ``classnames_`` (C,), ``n_ctx_``.
     """
 
+    _required_fitted = frozenset({"classes_", "classnames_", "n_ctx_"})
     _learns_from_y = False
 
     def __init__(self, backbone: Backbone | None = None, *, classnames=None, prompt_names=None,
@@ -135,6 +136,7 @@ class TPTClassifier(Predictor):
         for name in ("selection_p", "cosine_p"):
             value = getattr(self, name)
             check_param(self, name, is_number(value, 0, 1) and value > 0, "in (0, 1]")
+        check_param(self, "lr", is_number(self.lr, 0), "a number >= 0")  # 0: no tuning
         if self.diffusion_views is not None and not callable(self.diffusion_views) \
                 and not Path(self.diffusion_views).is_dir():
             raise InputError(f"diffusion views folder '{self.diffusion_views}' does not exist.")

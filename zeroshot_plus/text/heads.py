@@ -20,11 +20,23 @@ def unit_rows(X: np.ndarray, owner: str = "embeddings") -> np.ndarray:
     """Rows (N, D) scaled to unit L2 norm, dtype kept; rows already unit (to float32 rounding)
     come back as they are, without a copy. An all-zero row is an InputError naming ``owner``."""
     norms = np.sqrt(np.einsum("ij,ij->i", X, X))
-    if not norms.all():
-        raise InputError(f"{owner}: embedding row {int(np.argmin(norms))} is all zeros.")
+    if not (np.isfinite(norms).all() and norms.min(initial=1) >= np.sqrt(np.finfo(X.dtype).tiny)):
+        # the squares overflow or fall below the normal range
+        return _unit_rows_scaled(X, owner)
     if np.abs(norms - 1).max(initial=0) <= _UNIT_TOLERANCE:
         return X
     return X / norms[:, None].astype(X.dtype)
+
+
+def _unit_rows_scaled(X: np.ndarray, owner: str) -> np.ndarray:
+    """``unit_rows`` for rows whose squared norm overflows (norm ~1.8e19 and above in float32)
+    or underflows: each row is first divided by its largest magnitude, so its direction is
+    kept."""
+    peaks = np.abs(X).max(axis=1)
+    if not peaks.all():
+        raise InputError(f"{owner}: embedding row {int(np.argmin(peaks))} is all zeros.")
+    scaled = X / peaks[:, None]
+    return scaled / np.sqrt(np.einsum("ij,ij->i", scaled, scaled))[:, None]
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
