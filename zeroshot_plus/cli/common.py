@@ -17,6 +17,7 @@ from typing import IO, TYPE_CHECKING, Iterator
 import numpy as np
 
 from ..data.files import atomic_output
+from ..data.names import path_text
 from ..data.sources import ImageSet, read_image_source
 from ..errors import InputError
 
@@ -114,7 +115,7 @@ def finish(report: EncodeReport, total: int) -> int:
     if report.failures:
         print(f"zeroshot-plus: skipped {len(report.failures)} unreadable image(s):", file=sys.stderr)
         for failure in report.failures:
-            print(f"  {failure.name}: {failure.reason}", file=sys.stderr)
+            print(f"  {path_text(failure.name)}: {failure.reason}", file=sys.stderr)
     if total and len(report.failures) == total:
         print("zeroshot-plus: error: no image could be read.", file=sys.stderr)
         return 2
