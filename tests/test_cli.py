@@ -661,6 +661,7 @@ print(json.dumps({"code": code, "heavy": [m for m in %r if m in sys.modules]}))
     (["predict", "{folder}", "--method", "gda", "--classes", "a,b"], 2),  # gda without --support
     (["embed", "{tmp}/no_such_folder", "--out", "{tmp}/e.npz"], 2),     # missing IMAGES
     (["predict", "{folder}", "--classes", "a,b", "--out", "{tmp}/p.txt"], 2),  # output suffix
+    (["match", "{tmp}/no_such_pairs.csv"], 2),                          # missing pairs file
 ])
 def test_parsing_help_and_argument_errors_load_no_heavy_module(argv, code, folder, tmp_path):
     argv = [a.format(folder=folder, tmp=tmp_path) for a in argv]

@@ -106,7 +106,7 @@ def test_folder_labels_that_are_not_utf8_are_written_as_text(hostile_folder, mod
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
 def test_match_output_reads_back_as_the_same_pairs(hostile_folder, model_args, suffix, tmp_path):
-    from zeroshot_plus.methods.comclip import read_pairs
+    from zeroshot_plus.data.tables import read_pairs
 
     _, paths = hostile_folder
     captions = [f"a dog, \"chasing\"\n\ta ball {i}\r" for i in range(len(paths))]

@@ -11,7 +11,7 @@ from zeroshot_plus import InputError, load_embeddings, save_embeddings
 from zeroshot_plus.cli import main
 from zeroshot_plus.data.files import atomic_output
 from zeroshot_plus.data.tables import image_prompts, read_table
-from zeroshot_plus.methods.comclip import read_pairs
+from zeroshot_plus.data.tables import read_pairs
 
 
 # ---------------------------------------------------------------------- tables

@@ -14,7 +14,7 @@ import numpy as np
 from ..data.files import write_error
 from ..data.names import path_text
 from ..data.sources import ImageSet
-from ..data.tables import image_prompts
+from ..data.tables import image_prompts, read_pairs
 from ..errors import InputError
 from .common import (check_output, encode, finish, load_backbone, output, read_images,
                      warnings_to_stderr)
@@ -102,10 +102,10 @@ def match(args: argparse.Namespace) -> int:
     if args.explain_dir is not None and Path(args.explain_dir).exists() \
             and not Path(args.explain_dir).is_dir():
         raise InputError(f"--explain-dir '{args.explain_dir}' is a file, not a folder.")
+    images, captions = read_pairs(args.pairs)  # a bad pairs file is refused before torch loads
     from ..evaluation.protocols import distinct, retrieval_recall
-    from ..methods.comclip import ComCLIPMatcher, draw_explanation, read_pairs
+    from ..methods.comclip import ComCLIPMatcher, draw_explanation
 
-    images, captions = read_pairs(args.pairs)
     if args.parser == "llm":
         from ..text.parsing import LLMParser
         parser = LLMParser()

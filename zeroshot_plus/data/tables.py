@@ -108,3 +108,10 @@ def image_prompts(table: str | os.PathLike, images: Sequence[str | os.PathLike],
         raise InputError(f"{len(missing)} image(s) have no prompt in {what} '{table}', "
                          f"e.g. '{os.fspath(missing[0])}'.")
     return [prompts[Path(image).resolve()] for image in images]
+
+
+def read_pairs(path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """A table of ``image,caption`` rows (CSV with an optional header, or JSONL; relative
+    image paths are relative to the table) -> (image paths, captions)."""
+    rows = read_table(path, ("caption",), what="pairs file", required=("caption",))
+    return [str(row.path) for row in rows], [caption for _, (caption,) in rows]

@@ -40,7 +40,6 @@ from ..choices import COMPONENTS, MASK_MODES, WEIGHTINGS
 from ..data.files import atomic_output
 from ..data.images import content_keys, open_image
 from ..data.sources import ImageInput, image_name, read_image_source, takes_images
-from ..data.tables import read_table
 from ..encoders.backbone import Backbone
 from ..encoders.pipeline import Picture, View, ViewMaker, encode_views
 from ..errors import InputError
@@ -558,10 +557,3 @@ def comvg_accuracy(positive: np.ndarray, negative: np.ndarray) -> float:
         raise InputError(f"positive and negative scores must be two (N,) arrays of one shape, "
                          f"got {positive.shape} and {negative.shape}.")
     return float((positive > negative).mean())
-
-
-def read_pairs(path: str | os.PathLike) -> tuple[list[str], list[str]]:
-    """A table of ``image,caption`` rows (CSV with an optional header, or JSONL; relative
-    image paths are relative to the table) -> (image paths, captions)."""
-    rows = read_table(path, ("caption",), what="pairs file", required=("caption",))
-    return [str(row.path) for row in rows], [caption for _, (caption,) in rows]
