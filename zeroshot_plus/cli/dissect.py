@@ -35,7 +35,7 @@ def sce(args: argparse.Namespace) -> int:
     if not len(kept):
         return status
     prompts = [prompts[i] for i in kept]
-    texts = _encode_prompts(args, backbone, prompts)
+    texts = backbone.encode_texts(prompts, cache=args.cache)  # each distinct prompt once
     with warnings_to_stderr():
         result = sce_score(vectors, texts, kernel=args.kernel, sigma=args.sigma,
                            order=args.order, n_features=args.features or None, ridge=args.ridge,
@@ -86,7 +86,7 @@ def edit(args: argparse.Namespace) -> int:
             return status
         names, prompts = [names[i] for i in kept], [prompts[i] for i in kept]
         labels = None if images.labels is None else [images.labels[i] for i in kept]
-    texts = _encode_prompts(args, backbone, prompts)
+    texts = backbone.encode_texts(prompts, cache=args.cache)  # each distinct prompt once
     editor = SchurEditor(backbone, texts=texts, prompts=args.remove, ridge=args.ridge,
                          cache=args.cache)
     edited = editor.fit_transform(vectors)
@@ -155,8 +155,3 @@ def _encode(args: argparse.Namespace, backbone: Backbone, images: ImageSet
     kept, vectors = encode(args, backbone, images, report)
     return kept, vectors, finish(report, len(images))
 
-
-def _encode_prompts(args: argparse.Namespace, backbone: Backbone, prompts: list[str]) -> np.ndarray:
-    """(N, D) text embeddings, each distinct prompt encoded once."""
-    unique, index = np.unique(prompts, return_inverse=True)
-    return backbone.encode_texts(list(unique), cache=args.cache)[index]
