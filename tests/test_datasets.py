@@ -206,7 +206,8 @@ def test_fgvc_aircraft_layout(tmp_path, photos):
     with pytest.raises(InputError, match="line 1 of .* names the variant 'Zeppelin NT'"):
         load_dataset("fgvc_aircraft", tmp_path)
     (folder / "variants.txt").unlink()
-    with pytest.raises(InputError, match=r"expected variants.txt at '.*fgvc_aircraft/variants.txt'"):
+    with pytest.raises(InputError,
+                       match=r"expected variants.txt at '.*fgvc_aircraft/variants.txt'"):
         load_dataset("fgvc_aircraft", tmp_path)
 
 
@@ -312,7 +313,8 @@ def test_from_torchvision_file_list_datasets(tmp_path):
 def _toy(sizes=(5, 3, 20, 1, 9), val_sizes=(6, 2, 7, 5, 3), name="toy") -> Dataset:
     """Classes c0..c4 with the given train / val sizes, items interleaved across classes."""
     def images(sizes, part):
-        pairs = [(f"{part}/c{c}/{j}.jpg", f"c{c}") for c in range(len(sizes)) for j in range(sizes[c])]
+        pairs = [(f"{part}/c{c}/{j}.jpg", f"c{c}")
+                 for c in range(len(sizes)) for j in range(sizes[c])]
         pairs.sort(key=lambda p: (int(p[0].rsplit("/", 1)[1][:-4]), p[1]))  # interleave
         return ImageSet([p for p, _ in pairs], [label for _, label in pairs])
 
@@ -343,7 +345,8 @@ def _straight_gda(ds: Dataset, shots: int, seed: int):
         picked = []
         for label in order:
             members = [p for p, y in zip(ds.train.items, ds.train.labels) if y == label]
-            picked += random.sample(members, k) if len(members) >= k else random.choices(members, k=k)
+            picked += (random.sample(members, k) if len(members) >= k
+                       else random.choices(members, k=k))
         if k == shots:
             return picked
     raise AssertionError("shots outside GDA's loop")
@@ -375,7 +378,8 @@ def test_few_shot_counts_and_small_classes():
     gda = few_shot(ds, 8, 1, "gda")
     assert all(gda.train.labels.count(c) == 8 for c in ds.classnames)  # repeats fill up
     assert len(set(p for p, y in zip(gda.train.items, gda.train.labels) if y == "c3")) == 1
-    assert coop.val.items != ds.val.items and len(few_shot(ds, 16, 1, "coop").val) == 4 + 2 + 4 + 4 + 3
+    assert coop.val.items != ds.val.items
+    assert len(few_shot(ds, 16, 1, "coop").val) == 4 + 2 + 4 + 4 + 3
 
 
 def test_few_shot_is_deterministic_and_seeded():
