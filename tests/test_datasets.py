@@ -337,11 +337,11 @@ def _straight_coop(ds: Dataset, shots: int, seed: int):
     return out
 
 
-def _straight_gda(ds: Dataset, shots: int, seed: int):
+def _straight_gda(ds: Dataset, shots: int, seed: int, loop=(1, 2, 4, 8, 16)):
     """GDA's seed-once, shots-loop stream written plainly with the global random module."""
     random.seed(seed)
     order = list(dict.fromkeys(ds.train.labels))
-    for k in (1, 2, 4, 8, 16):
+    for k in loop:
         picked = []
         for label in order:
             members = [p for p, y in zip(ds.train.items, ds.train.labels) if y == label]
@@ -362,6 +362,9 @@ def test_few_shot_equals_straight_implementations(shots, seed):
     train, val = _straight_coop(ds, shots, seed)
     assert coop.train.items == train and coop.val.items == val
     assert gda.train.items == _straight_gda(ds, shots, seed)
+    single = few_shot(ds, shots, seed, "gda_single")  # GDA's base-to-new: the first draw
+    assert single.train.items == _straight_gda(ds, shots, seed, loop=(shots,))
+    assert single.val is ds.val
     assert gda.val is ds.val and gda.test is ds.test and coop.test is ds.test
     for got in (coop, gda):
         assert got.train.labels == [Path(p).parent.name for p in got.train.items]
@@ -404,7 +407,8 @@ def test_gda_draw_depends_on_the_earlier_draws():
 
 def test_few_shot_errors():
     ds = _toy()
-    with pytest.raises(InputError, match="unknown few-shot protocol 'tip'; use one of coop, gda"):
+    with pytest.raises(InputError, match="unknown few-shot protocol 'tip'; use one of coop, "
+                                         "gda, gda_single"):
         few_shot(ds, 1, 1, "tip")
     for shots in (0, -1, 1.5, True):
         with pytest.raises(InputError, match="shots must be a positive integer"):
