@@ -346,6 +346,19 @@ def build_parser() -> argparse.ArgumentParser:
     match.add_argument("--mask-mode", choices=MASK_MODES, default="blackout",
                        help="blackout (default: the paper's full frame, black outside the "
                             "region) or crop")
+    match.add_argument("--embeddings", choices=EMBEDDING_FORMS, default="normalized",
+                       help="normalized (default: unit embeddings, the reference's Winoground "
+                            "path) or raw (raw encoder outputs in the weights and the sum, its "
+                            "ComVG / SVO / Flickr30K path)")
+    match.add_argument("--boxes", metavar="FILE.json",
+                       help="entity boxes per image: JSON {image: {entity: [x0, y0, x1, y1] or "
+                            "a list of such boxes (their union)}}, images named as in PAIRS.csv "
+                            "(relative paths relative to FILE.json); entities without a box "
+                            "are grounded on candidate regions")
+    match.add_argument("--rerank-top", type=_count, metavar="N",
+                       help="with --retrieval: ComCLIP re-ranks CLIP's N best images per "
+                            "caption (the paper's Flickr30K protocol: 10) instead of scoring "
+                            "every pair; prints text-to-image R@1/5")
     return parser
 
 
