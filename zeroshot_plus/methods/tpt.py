@@ -413,9 +413,8 @@ def load_coop_context(path: str | os.PathLike) -> torch.Tensor:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds for a file that is not its own
-        raise InputError(f"cannot read CoOp checkpoint '{path}': "
-                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}.") \
-            from None
+        cause = str(exc).splitlines()[0].rstrip(".") if str(exc) else type(exc).__name__
+        raise InputError(f"cannot read CoOp checkpoint '{path}': {cause}.") from None
     if isinstance(saved, dict) and isinstance(saved.get("state_dict"), dict):
         saved = saved["state_dict"]
     if isinstance(saved, dict):
