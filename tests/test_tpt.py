@@ -439,10 +439,12 @@ def test_reference_augmix_operations_at_hand_computed_strengths():
 
 
 def test_reference_augmix_is_a_convex_mix_of_normalised_tensors():
-    mean, std = torch.tensor([0.48, 0.46, 0.41])[:, None, None], torch.tensor([0.27, 0.26, 0.28])[:, None, None]
+    mean = torch.tensor([0.48, 0.46, 0.41])[:, None, None]
+    std = torch.tensor([0.27, 0.26, 0.28])[:, None, None]
 
     def pre(image):  # ToTensor + Normalize
-        return (torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1) - mean) / std
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
+        return (pixels - mean) / std
 
     augmix = AugMix(pre)
     image = synthetic_image(3, (32, 32))
@@ -459,7 +461,8 @@ def test_reference_augmix_is_a_convex_mix_of_normalised_tensors():
                 out, m * pre(image) + (1 - m) * (torch.from_numpy(w)[:, None, None, None]
                                                  * chains).sum(0), atol=1e-5, rtol=1e-5)
             parts = torch.cat([original[None], chains])
-            assert (out >= parts.min(0).values - 1e-5).all() and (out <= parts.max(0).values + 1e-5).all()
+            assert (out >= parts.min(0).values - 1e-5).all()
+            assert (out <= parts.max(0).values + 1e-5).all()
     # m ~ Beta(1, 1) = U(0, 1); w ~ Dirichlet(1, 1, 1): mean 1/3 each, variance 1/18
     assert abs(np.mean(ms) - 0.5) < 0.05 and abs(np.var(ms) - 1 / 12) < 0.015
     assert np.abs(np.mean(ws, axis=0) - 1 / 3).max() < 0.04
@@ -469,7 +472,8 @@ def test_reference_augmix_is_a_convex_mix_of_normalised_tensors():
 def test_reference_augmix_views_are_seeded_and_differ_from_the_others(backbone):
     images = _images(2)
     a = _classifier(backbone, augmix="reference", random_state=1).decision_function(images)
-    b = _classifier(backbone, augmix="reference", random_state=1).decision_function(images[::-1])[::-1]
+    b = _classifier(backbone, augmix="reference", random_state=1).decision_function(
+        images[::-1])[::-1]
     np.testing.assert_allclose(a, b, atol=1e-5)
     for other in (False, "torchvision"):
         c = _classifier(backbone, augmix=other, random_state=1).decision_function(images)
@@ -528,8 +532,8 @@ def test_coop_learned_context_initialises_the_prompt(backbone, tmp_path):
         backbone.model, backbone.tokenizer, prompts, 4, ctx), atol=2e-6, rtol=1e-5)
     images = _images(2)
     expected = clf.decision_function(images)
-    np.testing.assert_allclose(_classifier(backbone, ctx_init=ctx.numpy()).decision_function(images),
-                               expected, atol=1e-6)
+    np.testing.assert_allclose(
+        _classifier(backbone, ctx_init=ctx.numpy()).decision_function(images), expected, atol=1e-6)
     np.testing.assert_allclose(_classifier(backbone, ctx_init=path).decision_function(images),
                                expected, atol=1e-6)
     # a plain state dict with the full model's key, or the tensor alone, load the same

@@ -3,7 +3,8 @@
 TPT's code (``data/augmix_ops.py`` and ``augmix`` in ``data/datautils.py``) augments a random
 view x (RandomResizedCrop + flip of the raw image, S x S pixels) as
 
-    view = m · pre(x) + (1 − m) · Σ_{i=1..3} w_i · pre(chain_i(x)),   w ~ Dir(1, 1, 1), m ~ Beta(1, 1)
+    view = m · pre(x) + (1 − m) · Σ_{i=1..3} w_i · pre(chain_i(x)),
+    w ~ Dirichlet(1, 1, 1),  m ~ Beta(1, 1),
 
 where ``pre`` is ToTensor + Normalize (float32 tensors) and each chain applies 1 to 3 operations
 (depth uniform in {1, 2, 3}), each drawn uniformly from the nine below, at a level
