@@ -16,6 +16,7 @@ from zeroshot_plus import ComCLIPMatcher, InputError
 from zeroshot_plus.cli import main
 from zeroshot_plus.methods.comclip import comvg_accuracy, winoground_scores
 from zeroshot_plus.evaluation.metrics import recall_at_k
+from zeroshot_plus.evaluation.protocols import rerank_recall, top_candidates
 from zeroshot_plus.text.parsing import (LLMParser, Parse, lemma, parse_caption, read_comvg_triplets,
                                    triplet_accuracy)
 
@@ -185,6 +186,72 @@ def test_crop_mode_encodes_the_cropped_region(backbone, images):
         float(expected @ backbone.encode_texts(["dog"])[0]), abs=1e-5)
 
 
+def test_several_boxes_of_one_entity_are_their_union(backbone, images):
+    """The reference's dense captions give one entity several boxes: its sub-image keeps
+    their union, and a relation the union of its entities' regions."""
+    path, caption = images[2], "a red dog chases a ball"
+    dog, ball = [(0, 0, 12, 10), (20, 22, 40, 40)], (15, 10, 40, 30)
+    explanation, = ComCLIPMatcher(backbone).explain([path], [caption],
+                                                    boxes=[{"dog": dog, "ball": ball}])
+    sub = backbone.encode_images([blackout(path, dog), blackout(path, [ball]),
+                                  blackout(path, [*dog, ball])])
+    words = backbone.encode_texts(["red dog", "ball", "chases"])
+    s = np.einsum("kd,kd->k", sub, words)
+    w = np.maximum(s, 0) / np.maximum(s, 0).sum() if (s > 0).any() else np.full(3, 1 / 3)
+    v = backbone.encode_images([path])[0] + w @ sub
+    assert explanation.score == pytest.approx(float(v @ backbone.encode_texts([caption])[0]
+                                                    / np.linalg.norm(v)), abs=1e-5)
+    assert [x.region for x in explanation.subimages] == [[list(b) for b in dog], [list(ball)],
+                                                        [*map(list, dog), list(ball)]]
+    # one box given as a list of one box, or as an array, is the single box
+    matcher = ComCLIPMatcher(backbone)
+    single = matcher.score_pairs([path], [caption], boxes=[{"dog": dog[0], "ball": ball}])
+    for listed in ([dog[0]], np.array([dog[0]])):
+        assert matcher.score_pairs([path], [caption], boxes=[{"dog": listed, "ball": ball}]) \
+            == pytest.approx(single, abs=1e-6)
+    with pytest.raises(InputError, match="or a list of such boxes"):
+        matcher.score_pairs([path], [caption], boxes=[{"dog": [(0, 0, 5, 5), (1, 2)]}])
+    with pytest.raises(InputError, match=r"the box \(30, 0, 20, 5\) of 'dog' .* is empty"):
+        matcher.score_pairs([path], [caption], boxes=[{"dog": [(0, 0, 5, 5), (30, 0, 20, 5)]}])
+
+
+def test_raw_embedding_form_by_hand(backbone, images, tmp_path):
+    """embeddings="raw" (the reference's ComVG / SVO / Flickr30K scripts): raw dot products
+    s_i = g(t_i)·f(x_i), v = f(I) + Σ w_i f(x_i) of raw image embeddings, then the cosine."""
+    import torch
+
+    path, caption = images[2], "a red dog chases a ball"
+    dog, ball = (0, 0, 20, 25), (15, 10, 40, 40)
+    boxes = [{"dog": dog, "ball": ball}]
+    model = backbone.model
+    with torch.no_grad():
+        pixels = torch.stack([backbone.preprocess(Image.open(path).convert("RGB"))]
+                             + [backbone.preprocess(blackout(path, r))
+                                for r in ([dog], [ball], [dog, ball])])
+        raw = model.encode_image(pixels).numpy()
+        raw_words = model.encode_text(backbone.tokenizer(["red dog", "ball", "chases"])).numpy()
+    assert np.abs(np.linalg.norm(raw, axis=1) - 1).max() > 0.1  # raw is not unit
+    s = np.einsum("kd,kd->k", raw[1:], raw_words)
+    w = np.maximum(s, 0) / np.maximum(s, 0).sum() if (s > 0).any() else np.full(3, 1 / 3)
+    v = raw[0] + w @ raw[1:]
+    expected = v @ backbone.encode_texts([caption])[0] / np.linalg.norm(v)
+    explanation, = ComCLIPMatcher(backbone, embeddings="raw").explain([path], [caption], boxes)
+    assert explanation.score == pytest.approx(float(expected), abs=1e-5)
+    np.testing.assert_allclose([x.similarity for x in explanation.subimages], s, rtol=1e-4)
+    np.testing.assert_allclose([x.weight for x in explanation.subimages], w, atol=1e-5)
+    normalized, = ComCLIPMatcher(backbone).explain([path], [caption], boxes)
+    assert explanation.clip_score == pytest.approx(normalized.clip_score, abs=1e-6)
+    assert abs(explanation.score - normalized.score) > 1e-4
+    # with a store: the same scores, and no raw vector among its unit ones
+    cached = ComCLIPMatcher(backbone, embeddings="raw", cache=tmp_path / "store")
+    np.testing.assert_allclose(cached.decision_function(images, CAPTIONS),
+                               ComCLIPMatcher(backbone, embeddings="raw").decision_function(
+                                   images, CAPTIONS), atol=1e-6)
+    assert not list((tmp_path / "store").rglob("comclip-regions*"))
+    with pytest.raises(InputError, match="embeddings must be one of"):
+        ComCLIPMatcher(backbone, embeddings="unit").fit()
+
+
 # ---------------------------------------------------------------------- parsing
 
 
@@ -299,6 +366,36 @@ def test_winoground_comvg_and_recall_on_hand_made_scores():
     assert recall_at_k(scores, relevant, 2) == pytest.approx(1 / 3)
 
 
+def test_rerank_recall_on_hand_made_scores():
+    """Flickr30K's protocol: CLIP ranks, ComCLIP re-ranks CLIP's top candidates per caption."""
+    # 4 images (the last a distractor), 3 captions; caption c belongs to image c
+    clip = np.array([[0.5, 0.2, 0.4],
+                     [0.9, 0.6, 0.1],
+                     [0.1, 0.3, 0.5],
+                     [0.7, 0.8, 0.9]])
+    assert top_candidates(clip, 2).tolist() == [[1, 3], [3, 1], [3, 2]]
+    second = np.full((4, 3), np.nan)  # only the candidates are read
+    second[[1, 3], 0] = [0.3, 0.2]    # caption 0: image 0 is not a candidate: a miss at every k
+    second[[3, 1], 1] = [0.1, 0.4]    # caption 1: image 1 moves to first: a hit at 1
+    second[[3, 2], 2] = [0.6, 0.2]    # caption 2: image 2 stays second: a hit at 2
+    pairs = ([0, 1, 2], [0, 1, 2])
+    assert rerank_recall(clip, second, *pairs, top=2, ks=(1, 2, 5)) == {
+        1: pytest.approx(1 / 3), 2: pytest.approx(2 / 3), 5: pytest.approx(2 / 3)}
+    # ties in the second stage keep the first stage's order
+    tied = np.where(np.isnan(second), np.nan, 0.5)
+    assert rerank_recall(clip, tied, *pairs, top=2, ks=(1,)) == {1: 0.0}
+    # re-ranking every image with the first-stage scores is plain recall@k
+    full = rerank_recall(clip, clip, *pairs, top=4, ks=(1, 2, 4))
+    assert full == {k: pytest.approx(recall_at_k(clip.T, np.arange(3), k)) for k in (1, 2, 4)}
+    assert full == {1: 0.0, 2: pytest.approx(2 / 3), 4: 1.0}
+    with pytest.raises(InputError, match="scores of some candidates are missing"):
+        rerank_recall(clip, second, *pairs, top=3)
+    with pytest.raises(InputError, match="of one shape"):
+        rerank_recall(clip, second[:3], *pairs)
+    with pytest.raises(InputError, match="top >= 1"):
+        rerank_recall(clip, clip, *pairs, top=0)
+
+
 # ---------------------------------------------------------------------- command line
 
 
@@ -366,3 +463,41 @@ def test_cli_match_refuses_an_explain_dir_that_is_a_file(tiny_config, tmp_path, 
     assert main(["match", str(tmp_path / "pairs.csv"), "--model", tiny_config, "--pretrained",
                  "none", "--explain-dir", str(taken)]) == 2
     assert f"--explain-dir '{taken}' is a file, not a folder." in capsys.readouterr().err
+
+
+def test_cli_match_reference_settings_reach_the_matcher(backbone, images, tiny_config, tmp_path,
+                                                        capsys):
+    captions = ["a red dog chases a ball", "a man is sitting at a table", "a cat"]
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("".join(f"{p.name},{c}\n" for p, c in zip(images, captions)))
+    boxes = {images[0].name: {"dog": [[0, 0, 10, 10], [20, 10, 40, 30]], "ball": [5, 5, 30, 25]},
+             str(images[2]): {"cat": [0, 0, 20, 20]}}
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    out = tmp_path / "s.csv"
+    model = ["--model", tiny_config, "--pretrained", "none", "--no-progress"]
+    assert main(["match", str(pairs), *model, "--out", str(out), "--embeddings", "raw",
+                 "--boxes", str(tmp_path / "boxes.json"), "--retrieval", "--rerank-top", "2"]) == 0
+    given = [boxes[images[0].name], None, boxes[str(images[2])]]
+    matcher = ComCLIPMatcher(backbone, embeddings="raw")
+    expected = matcher.score_pairs(images, captions, given)
+    np.testing.assert_allclose([float(r["score"]) for r in csv.DictReader(out.open())],
+                               expected, atol=1e-5)
+    assert abs(expected - ComCLIPMatcher(backbone).score_pairs(images, captions)).max() > 1e-4
+    clip = ComCLIPMatcher(backbone, components=()).decision_function(images, captions)
+    recall = rerank_recall(clip, matcher.decision_function(images, captions, given), images,
+                           captions, top=2)
+    printed = capsys.readouterr().err
+    assert (f"ComCLIP re-ranking CLIP's top 2: text-to-image R@1 {recall[1]:.2%} "
+            f"R@5 {recall[5]:.2%}") in printed
+    assert "CLIP: image-to-text" in printed and "ComCLIP: image-to-text" not in printed
+    (tmp_path / "other.json").write_text(json.dumps({"elsewhere.png": {"dog": [0, 0, 1, 1]}}))
+    (tmp_path / "list.json").write_text("[]")
+    for extra, message in (
+            (["--rerank-top", "2"], "--rerank-top needs --retrieval."),
+            (["--boxes", str(tmp_path / "other.json")],
+             "gives boxes for 'elsewhere.png', which is not an image of the pairs file."),
+            (["--boxes", str(tmp_path / "list.json")], "must be a JSON object"),
+            (["--boxes", str(tmp_path / "none.json")], "cannot read --boxes")):
+        assert main(["match", str(pairs), *model, *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -387,3 +388,261 @@ def test_cli_tpt_uses_an_explicit_template_set(tiny_config, tmp_path, make_image
                  "none", "--no-progress"]) == 2
     assert "tunes one prompt, but the templates 'openai_imagenet' hold 80" in \
         capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- reference settings
+
+from PIL import Image  # noqa: E402
+
+from zeroshot_plus.encoders.augmix import (OPERATIONS, AugMix, Operation,  # noqa: E402
+                                           apply_operation, operation_parameter, sample_chain)
+
+
+def test_reference_augmix_draws_levels_uniform_on_0_1_to_1_and_chains_of_1_to_3():
+    rng = np.random.default_rng(0)
+    chains = [sample_chain(rng) for _ in range(6000)]
+    levels = np.array([op.level for chain in chains for op in chain if op.level is not None])
+    # U(0.1, 1): the whole range, mean 0.55, variance 0.9² / 12
+    assert levels.min() >= 0.1 and levels.max() < 1.0
+    assert levels.min() < 0.102 and levels.max() > 0.998
+    assert abs(levels.mean() - 0.55) < 0.01 and abs(levels.var() - 0.81 / 12) < 0.003
+    depths = np.bincount([len(chain) for chain in chains], minlength=4)
+    assert depths[0] == 0 and np.abs(depths[1:] / len(chains) - 1 / 3).max() < 0.03
+    names = [op.name for chain in chains for op in chain]
+    assert set(names) == set(OPERATIONS)
+    assert max(abs(names.count(n) / len(names) - 1 / 9) for n in OPERATIONS) < 0.015
+    # levels only for the operations that have one, signs only for the geometric ones
+    assert all((op.level is None) == (op.name in ("autocontrast", "equalize")) for chain in chains
+               for op in chain)
+    signs = [op.negative for chain in chains for op in chain if op.name == "rotate"]
+    assert abs(np.mean(signs) - 0.5) < 0.05
+
+
+def test_reference_augmix_operations_at_hand_computed_strengths():
+    pixels = np.random.default_rng(1).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+
+    def apply(name, level, negative=False):
+        return np.asarray(apply_operation(image, Operation(name, level, negative)))
+
+    # translate: ⌊l·(224/3)/10⌋ pixels: 7 at l = 0.99, 3 at l = 0.5 (not torchvision's 0)
+    assert operation_parameter("translate_x", 0.99, 224) == 7
+    assert np.array_equal(apply("translate_x", 0.99)[:, :-7], pixels[:, 7:])
+    assert np.array_equal(apply("translate_y", 0.5, negative=True)[3:], pixels[:-3])
+    assert [operation_parameter("rotate", level, 224) for level in (0.1, 0.34, 0.99)] == [0, 1, 2]
+    assert operation_parameter("shear_x", 0.5, 224) == pytest.approx(0.015)
+    # posterize keeps 4 bits at every level of severity 1; solarize at 256 − ⌊25.6·l⌋
+    assert np.array_equal(apply("posterize", 0.99), pixels & 0xF0)
+    assert operation_parameter("solarize", 0.99, 224) == 231
+    assert np.array_equal(apply("solarize", 0.99), np.where(pixels >= 231, 255 - pixels, pixels))
+    assert apply("rotate", 0.5).shape == pixels.shape
+
+
+def test_reference_augmix_is_a_convex_mix_of_normalised_tensors():
+    mean = torch.tensor([0.48, 0.46, 0.41])[:, None, None]
+    std = torch.tensor([0.27, 0.26, 0.28])[:, None, None]
+
+    def pre(image):  # ToTensor + Normalize
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
+        return (pixels - mean) / std
+
+    augmix = AugMix(pre)
+    image = synthetic_image(3, (32, 32))
+    ms, ws = [], []
+    for seed in range(300):
+        original, chains, w, m = augmix.parts(image, np.random.default_rng(seed))
+        ms.append(m)
+        ws.append(w)
+        assert w.min() >= 0 and w.sum() == pytest.approx(1, abs=1e-6) and 0 <= m <= 1
+        torch.testing.assert_close(original, pre(image))
+        if seed < 20:
+            out = augmix(image, np.random.default_rng(seed))
+            torch.testing.assert_close(
+                out, m * pre(image) + (1 - m) * (torch.from_numpy(w)[:, None, None, None]
+                                                 * chains).sum(0), atol=1e-5, rtol=1e-5)
+            parts = torch.cat([original[None], chains])
+            assert (out >= parts.min(0).values - 1e-5).all()
+            assert (out <= parts.max(0).values + 1e-5).all()
+    # m ~ Beta(1, 1) = U(0, 1); w ~ Dirichlet(1, 1, 1): mean 1/3 each, variance 1/18
+    assert abs(np.mean(ms) - 0.5) < 0.05 and abs(np.var(ms) - 1 / 12) < 0.015
+    assert np.abs(np.mean(ws, axis=0) - 1 / 3).max() < 0.04
+    assert np.abs(np.var(ws, axis=0) - 1 / 18).max() < 0.015
+
+
+def test_reference_augmix_views_are_seeded_and_differ_from_the_others(backbone):
+    images = _images(2)
+    a = _classifier(backbone, augmix="reference", random_state=1).decision_function(images)
+    b = _classifier(backbone, augmix="reference", random_state=1).decision_function(
+        images[::-1])[::-1]
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    for other in (False, "torchvision"):
+        c = _classifier(backbone, augmix=other, random_state=1).decision_function(images)
+        assert np.abs(a - c).max() > 1e-4
+    # True is torchvision's, as before
+    np.testing.assert_allclose(
+        _classifier(backbone, augmix=True, random_state=1).decision_function(images),
+        _classifier(backbone, augmix="torchvision", random_state=1).decision_function(images))
+    with pytest.raises(InputError, match="augmix must be False, True or one of"):
+        _classifier(backbone, augmix="strong")
+
+
+def test_ctx_count_words_is_the_references_count(backbone):
+    # "itap" is two BPE tokens: the reference tunes 3 vectors (one per word), the 4th stays
+    tokens = backbone.tokenizer(["itap of a"])[0]
+    assert int(tokens.argmax()) - 1 == 4
+    by_tokens = PromptLearner(backbone, CLASSES, "itap of a", 4, 0)
+    by_words = PromptLearner(backbone, CLASSES, "itap_of_a", 4, 0, ctx_count="words")
+    assert by_tokens.n_ctx == 4 and by_words.n_ctx == 3
+    with torch.no_grad():
+        embedded = backbone.model.token_embedding(tokens[None])[0]
+    torch.testing.assert_close(by_words.ctx_init, embedded[1:4])
+    torch.testing.assert_close(by_words.suffix[:, 0], embedded[4].expand(len(CLASSES), -1))
+    expected = backbone.encode_texts([f"itap of a {name}." for name in CLASSES])
+    for learner in (by_tokens, by_words):  # the same prompt text before tuning
+        with torch.no_grad():
+            initial = learner.text_features(learner.ctx_init[None], chunk=64)[0].numpy()
+        np.testing.assert_allclose(initial, expected, atol=2e-6)
+    tuned = _classifier(backbone, ctx_init="itap of a", ctx_count="words")
+    assert tuned.n_ctx_ == 3
+    # one token per word: both counts agree
+    assert _classifier(backbone, ctx_count="words").n_ctx_ == 4
+    with pytest.raises(InputError, match="has 3 words but 2 tokens"):
+        _classifier(backbone, ctx_init="a  photo", ctx_count="words")
+    with pytest.raises(InputError, match="ctx_count"):
+        _classifier(backbone, ctx_count="letters")
+
+
+def test_coop_learned_context_initialises_the_prompt(backbone, tmp_path):
+    width = backbone.model.token_embedding.weight.shape[1]
+    ctx = torch.randn(4, width, generator=torch.Generator().manual_seed(5)) * 0.05
+    path = tmp_path / "prompt_learner" / "model.pth.tar-50"
+    path.parent.mkdir()
+    # CoOp's (Dassl's) checkpoint layout, which TPT's --load reads as ["state_dict"]["ctx"]
+    torch.save({"state_dict": {"ctx": ctx, "token_prefix": torch.zeros(3, 1, width),
+                               "token_suffix": torch.zeros(3, 72, width)},
+                "epoch": 50, "optimizer": None}, path)
+    clf = _classifier(backbone, ctx_init=str(path))
+    assert clf.n_ctx_ == 4
+    torch.testing.assert_close(clf._learner.ctx_init, ctx)
+    # [SOS] ctx_1..ctx_4 [name] . [EOS], the reference's prompt with the learned context
+    prompts = [f"X X X X {name}." for name in clf.classnames_]
+    with torch.no_grad():
+        initial = clf._learner.text_features(clf._learner.ctx_init[None], chunk=64)[0]
+    torch.testing.assert_close(initial, _full_length_features(
+        backbone.model, backbone.tokenizer, prompts, 4, ctx), atol=2e-6, rtol=1e-5)
+    images = _images(2)
+    expected = clf.decision_function(images)
+    np.testing.assert_allclose(
+        _classifier(backbone, ctx_init=ctx.numpy()).decision_function(images), expected, atol=1e-6)
+    np.testing.assert_allclose(_classifier(backbone, ctx_init=path).decision_function(images),
+                               expected, atol=1e-6)
+    # a plain state dict with the full model's key, or the tensor alone, load the same
+    for i, saved in enumerate(({"prompt_learner.ctx": ctx}, ctx)):
+        torch.save(saved, tmp_path / f"ctx{i}.pt")
+        torch.testing.assert_close(tpt_module.load_coop_context(tmp_path / f"ctx{i}.pt"), ctx)
+    clf.save(tmp_path / "tpt.npz")  # the path is saved, and read again by the loaded one
+    loaded = TPTClassifier.load(tmp_path / "tpt.npz", backbone)
+    np.testing.assert_allclose(loaded.decision_function(images), expected, atol=1e-6)
+
+
+def test_bad_learned_contexts_are_one_sentence(backbone, tmp_path):
+    width = backbone.model.token_embedding.weight.shape[1]
+    torch.save({"state_dict": {"ctx": torch.zeros(4, 7, width)}}, tmp_path / "csc.pth")
+    torch.save({"state_dict": {"token_prefix": torch.zeros(1)}}, tmp_path / "noctx.pth")
+    torch.save({"ctx": torch.zeros(4, width + 1)}, tmp_path / "wide.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a torch file")
+    for ctx_init, pattern in (
+            (str(tmp_path / "missing.pth"), r"CoOp checkpoint '.*missing.pth' does not exist"),
+            (str(tmp_path / "csc.pth"), r"one context per class \(4, 7, 64\)"),
+            (str(tmp_path / "noctx.pth"), "no key 'ctx' or 'prompt_learner.ctx'"),
+            (str(tmp_path / "wide.pth"), "width 65, but the text tower"),
+            (str(tmp_path / "junk.pth"), r"cannot read CoOp checkpoint '.*junk.pth'"),
+            (np.full((4, width), np.nan), r"finite \(n_ctx, width\)")):
+        with pytest.raises(InputError, match=pattern):
+            _classifier(backbone, ctx_init=ctx_init)
+
+
+def test_difftpt_view_count_and_class_folder_layout(backbone, tmp_path, make_image):
+    # DiffTPT's layout: ROOT/<class>/<stem>_<i>.<ext> beside the test image <class>/<stem>.*
+    paths = [make_image(tmp_path / "test" / label / f"{label}{i}.png", 10 * k + i, (48, 40))
+             for k, label in enumerate(["cat", "dog"]) for i in range(2)]
+    root = tmp_path / "generated"
+    for k, label in enumerate(["cat", "dog"]):
+        for i in range(2):
+            for j in (0, 1, 2, 10):  # i = 10 sorts after 2, as a number
+                make_image(root / label / f"{label}{i}_{j}.jpg", 100 + 20 * k + 5 * i + j, (48, 40))
+    make_image(root / "dog" / "cat0_0.jpg", 99)  # same stem, another class: not picked up
+    found = tpt_module.generated_images(root, paths[0], None)
+    assert [p.name for p in found] == ["cat0_0.jpg", "cat0_1.jpg", "cat0_2.jpg", "cat0_10.jpg"]
+    assert all(p.parent.name == "cat" for p in found)
+    assert [p.name for p in tpt_module.generated_images(root, paths[0], None, 3)] == [
+        "cat0_0.jpg", "cat0_1.jpg", "cat0_2.jpg"]
+    params = dict(n_views=6, selection_p=0.3, steps=2)
+    by_folder = _classifier(backbone, diffusion_views=root, diffusion_count=3, **params)
+
+    def first_three(image):
+        index = [Image.open(p).convert("RGB").tobytes() for p in paths].index(image.tobytes())
+        label = paths[index].parent.name
+        return [Image.open(root / label / f"{paths[index].stem}_{j}.jpg") for j in range(3)]
+
+    expected = _classifier(backbone, diffusion_views=first_three, **params).decision_function(paths)
+    np.testing.assert_allclose(by_folder.decision_function(paths), expected, atol=1e-5)
+    every = _classifier(backbone, diffusion_views=root, **params).decision_function(paths)
+    assert np.abs(every - expected).max() > 1e-4  # the fourth view takes part without a count
+    # DiffTPT's preset reads its 63
+    from zeroshot_plus import tpt_preset
+    assert tpt_preset(backbone, ["cat"], diffusion_views=root).diffusion_count == 63
+    assert tpt_preset(backbone, ["cat"]).diffusion_count is None
+    with pytest.raises(InputError, match="diffusion_count"):
+        _classifier(backbone, diffusion_views=root, diffusion_count=0)
+
+
+def test_cli_tpt_reference_options_reach_the_classifier(tiny_config, tmp_path, make_image,
+                                                        monkeypatch, capsys):
+    from zeroshot_plus.cli import main
+
+    made = []
+    preset = tpt_module.tpt_preset
+    monkeypatch.setattr(tpt_module, "tpt_preset", lambda *a, **k: made.append(preset(*a, **k))
+                        or made[-1])
+    root = tmp_path / "set"
+    paths = [make_image(root / "cat" / f"c{i}.png", i, (48, 40)) for i in range(2)]
+    width = 64
+    ctx = torch.randn(3, width, generator=torch.Generator().manual_seed(0)) * 0.02
+    torch.save({"state_dict": {"ctx": ctx}}, tmp_path / "coop.pth")
+    generated = tmp_path / "gen"
+    for path in paths:
+        for j in range(3):
+            make_image(generated / "cat" / f"{path.stem}_{j}.png", 50 + j, (48, 40))
+    common = ["predict", str(root), "--classes", "cat,dog", "--model", tiny_config,
+              "--pretrained", "none", "--no-progress", "--method", "tpt", "--tpt-views", "5",
+              "--out", str(tmp_path / "p.csv")]
+    assert main([*common, "--augmix", "reference", "--ctx-init", "itap_of_a", "--ctx-count",
+                 "words", "--tpt-lr", "0.01", "--tpt-select", "0.5"]) == 0
+    params = made[-1].get_params()
+    assert (params["augmix"], params["ctx_init"], params["ctx_count"], params["lr"],
+            params["selection_p"], made[-1].n_ctx_) == ("reference", "itap_of_a", "words", 0.01,
+                                                         0.5, 3)
+    assert main([*common, "--augmix"]) == 0 and made[-1].augmix == "torchvision"
+    assert main([*common, "--ctx-init", str(tmp_path / "coop.pth")]) == 0
+    torch.testing.assert_close(made[-1]._learner.ctx_init, ctx)
+    assert main([*common, "--n-ctx", "6"]) == 0
+    assert made[-1].ctx_init is None and made[-1].n_ctx_ == 6
+    assert main([*common, "--diffusion-views", str(generated), "--diffusion-count", "2",
+                 "--tpt-cosine", "0.5"]) == 0
+    assert (made[-1].diffusion_count, made[-1].cosine_p, made[-1].steps) == (2, 0.5, 4)
+    capsys.readouterr()
+    for extra, message in (
+            (["--templates", "photo", "--ctx-init", "a photo of"],
+             "--templates and --ctx-init both set TPT's initial context; give one of them."),
+            (["--ctx-init", "a photo of", "--n-ctx", "4"], "--ctx-init and --n-ctx both set"),
+            (["--diffusion-count", "3"], "--diffusion-count needs --diffusion-views DIR."),
+            (["--ctx-init", str(tmp_path / "none.pth")], "CoOp checkpoint '.*none.pth' does not "
+                                                         "exist."),
+            (["--tpt-select", "2"], "selection_p")):
+        assert main([*common, *extra]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
+    with pytest.raises(SystemExit):
+        main([*common, "--augmix", "strong"])
+    assert "invalid choice: 'strong'" in capsys.readouterr().err

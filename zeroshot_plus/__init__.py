@@ -25,7 +25,7 @@ _MODULES = {
     "TPTClassifier": "methods.tpt", "tpt_preset": "methods.tpt",
     "ComCLIPMatcher": "methods.comclip",
     "SCEResult": "methods.schur", "SchurEditor": "methods.schur", "sce_score": "methods.schur",
-    "retrieval_recall": "evaluation.protocols",
+    "retrieval_recall": "evaluation.protocols", "rerank_recall": "evaluation.protocols",
 }
 
 __all__ = sorted(_MODULES)

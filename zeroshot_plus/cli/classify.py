@@ -192,13 +192,19 @@ def _classifier(args: argparse.Namespace, backbone: Backbone,
         from ..methods.tpt import tpt_preset
         from ..text.synonyms import load_synonyms
 
-        settings = {name: value for name, value in (("n_views", args.tpt_views),
-                                                    ("steps", args.tpt_steps)) if value is not None}
+        options = {"n_views": args.tpt_views, "steps": args.tpt_steps, "lr": args.tpt_lr,
+                   "selection_p": args.tpt_select, "ctx_init": args.ctx_init,
+                   "ctx_count": args.ctx_count, "diffusion_count": args.diffusion_count,
+                   "cosine_p": args.tpt_cosine}
+        settings = {name: value for name, value in options.items() if value is not None}
+        if args.n_ctx is not None:  # a random context
+            settings.update(ctx_init=None, n_ctx=args.n_ctx)
         prompt_names = (load_synonyms(args.synonyms, classnames).prompt_names() if args.synonyms
                         else None)
         return tpt_preset(backbone, classnames, templates=args.templates,
                           diffusion_views=args.diffusion_views, prompt_names=prompt_names,
-                          augmix=args.augmix, random_state=args.seed, **settings).fit()
+                          augmix=args.augmix or False, random_state=args.seed,
+                          **settings).fit()
     from ..methods.zeroshot import ZeroShotClassifier
 
     return ZeroShotClassifier(backbone, classnames=classnames, templates=args.templates,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -103,7 +104,10 @@ def match(args: argparse.Namespace) -> int:
             and not Path(args.explain_dir).is_dir():
         raise InputError(f"--explain-dir '{args.explain_dir}' is a file, not a folder.")
     images, captions = read_pairs(args.pairs)  # a bad pairs file is refused before torch loads
-    from ..evaluation.protocols import distinct, retrieval_recall
+    if args.rerank_top is not None and not args.retrieval:
+        raise InputError("--rerank-top needs --retrieval.")
+    boxes = _read_boxes(args.boxes, images) if args.boxes else None
+    from ..evaluation.protocols import distinct, rerank_recall, top_candidates
     from ..methods.comclip import ComCLIPMatcher, draw_explanation
 
     if args.parser == "llm":
@@ -114,8 +118,9 @@ def match(args: argparse.Namespace) -> int:
     components = tuple(c.strip() for c in args.components.split(",") if c.strip())
     matcher = ComCLIPMatcher(load_backbone(args), parser=parser, components=components,
                              weighting=args.weighting, mask_mode=args.mask_mode,
-                             cache=args.cache).fit()
-    explanations = matcher.explain(images, captions, pairs=[(i, i) for i in range(len(images))])
+                             embeddings=args.embeddings, cache=args.cache).fit()
+    explanations = matcher.explain(images, captions, boxes,
+                                   pairs=[(i, i) for i in range(len(images))])
     jsonl = args.out is not None and args.out.lower().endswith(".jsonl")
     with output(args.out) as handle:
         writer = None if jsonl else csv.writer(handle)
@@ -137,13 +142,58 @@ def match(args: argparse.Namespace) -> int:
             draw_explanation(image, explanation, Path(args.explain_dir) / f"pair{row}.png")
     if args.retrieval:
         plain = ComCLIPMatcher(matcher.backbone, components=(), cache=args.cache)
-        for name, scorer in (("ComCLIP", matcher), ("CLIP", plain)):
-            scores = scorer.decision_function(list(distinct(images)), list(distinct(captions)))
-            recall = retrieval_recall(scores, images, captions, ks=(1, 5))
-            i2t, t2i = recall["image_to_text"], recall["text_to_image"]
-            print(f"{name}: image-to-text R@1 {i2t[1]:.2%} R@5 {i2t[5]:.2%}  text-to-image "
-                  f"R@1 {t2i[1]:.2%} R@5 {t2i[5]:.2%}", file=sys.stderr)
+        rows, columns = list(distinct(images)), list(distinct(captions))
+        by_image = dict(zip(images, boxes)) if boxes is not None else {}
+        row_boxes = [by_image[i] for i in rows] if boxes is not None else None
+        clip = plain.decision_function(rows, columns)
+        if args.rerank_top is None:
+            _print_recall("ComCLIP", matcher.decision_function(rows, columns, row_boxes),
+                          images, captions)
+        else:  # ComCLIP scores only each caption's CLIP candidates
+            pairs = np.array([(i, j) for j, best in
+                              enumerate(top_candidates(clip, args.rerank_top)) for i in best])
+            rescores = np.full(clip.shape, np.nan)
+            rescores[pairs[:, 0], pairs[:, 1]] = matcher.score_pairs(
+                [rows[i] for i in pairs[:, 0]], [columns[j] for j in pairs[:, 1]],
+                None if row_boxes is None else [row_boxes[i] for i in pairs[:, 0]])
+            recall = rerank_recall(clip, rescores, images, captions, top=args.rerank_top)
+            print(f"ComCLIP re-ranking CLIP's top {args.rerank_top}: text-to-image "
+                  f"R@1 {recall[1]:.2%} R@5 {recall[5]:.2%}", file=sys.stderr)
+        _print_recall("CLIP", clip, images, captions)
     return 0
+
+
+def _print_recall(name: str, scores: np.ndarray, images: list[str], captions: list[str]) -> None:
+    from ..evaluation.protocols import retrieval_recall
+
+    recall = retrieval_recall(scores, images, captions, ks=(1, 5))
+    i2t, t2i = recall["image_to_text"], recall["text_to_image"]
+    print(f"{name}: image-to-text R@1 {i2t[1]:.2%} R@5 {i2t[5]:.2%}  text-to-image "
+          f"R@1 {t2i[1]:.2%} R@5 {t2i[5]:.2%}", file=sys.stderr)
+
+
+def _read_boxes(path: str, images: list[str]) -> list[dict | None]:
+    """--boxes FILE.json -> one {entity: box(es)} (or None) per pair's image; the file's image
+    names are resolved like the pairs file's, relative to the file."""
+    try:
+        table = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"cannot read --boxes '{path}': {exc}.") from None
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise InputError(f"--boxes '{path}' must be a JSON object {{image: {{entity: box}}}}.")
+
+    def key(image: str | Path) -> str:
+        return os.path.normcase(os.path.abspath(image))
+
+    base = Path(path).parent
+    given = {key(name if os.path.isabs(name) else base / name): boxes
+             for name, boxes in table.items()}
+    unknown = set(given) - {key(image) for image in images}
+    if unknown:
+        name = next(n for n in table if key(n if os.path.isabs(n) else base / n) in unknown)
+        raise InputError(f"--boxes '{path}' gives boxes for '{name}', which is not an image "
+                         f"of the pairs file.")
+    return [given.get(key(image)) for image in images]
 
 
 def _encode(args: argparse.Namespace, backbone: Backbone, images: ImageSet

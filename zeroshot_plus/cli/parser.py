@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import math
 
-from ..choices import COMPONENTS, ENTROPIES, KERNELS, MASK_MODES, PRECISIONS, WEIGHTINGS
+from ..choices import (AUGMIX_MODES, COMPONENTS, CTX_COUNTS, EMBEDDING_FORMS, ENTROPIES,
+                       KERNELS, MASK_MODES, PRECISIONS, WEIGHTINGS)
 from ..errors import InputError
 from ..text.descriptors import PROMPT_STYLES
 from ..text.frequency import CAPTION_COLUMN, STRATEGIES
@@ -120,12 +121,36 @@ def _tpt_options(parser: argparse.ArgumentParser) -> None:
                        help="augmented views per image (default: 63; 64 with --diffusion-views)")
     group.add_argument("--tpt-steps", type=int, metavar="K",
                        help="AdamW steps per image (default: 1; 4 with --diffusion-views)")
-    group.add_argument("--augmix", action="store_true",
-                       help="AugMix views (the paper uses them on fine-grained data sets)")
+    group.add_argument("--tpt-lr", type=float, metavar="LR",
+                       help="AdamW learning rate (default: 5e-3)")
+    group.add_argument("--tpt-select", type=float, metavar="P",
+                       help="fraction of the views kept by confidence selection (default: 0.1; "
+                            "0.3 with --diffusion-views)")
+    group.add_argument("--augmix", nargs="?", const="torchvision", choices=AUGMIX_MODES,
+                       help="AugMix views (the paper uses them on fine-grained data sets): "
+                            "torchvision (the flag alone: torchvision's AugMix at severity 1, "
+                            "geometric operations at magnitude 0) or reference (TPT's own "
+                            "operations at levels U(0.1, 1), mixed as normalised tensors)")
+    group.add_argument("--ctx-init", metavar="WORDS|FILE",
+                       help="initial context: words ('a_photo_of_a' or 'a photo of a', the "
+                            "default), or a CoOp checkpoint whose learned context (state_dict "
+                            "'ctx') starts the tuning, as TPT's --load")
+    group.add_argument("--ctx-count", choices=CTX_COUNTS,
+                       help="context vectors of --ctx-init words: tokens (default: every BPE "
+                            "token is tuned) or words (the reference: one per word)")
+    group.add_argument("--n-ctx", type=int, metavar="N",
+                       help="a random initial context of N vectors instead of words")
     group.add_argument("--diffusion-views", metavar="DIR",
-                       help="DiffTPT: generated variations {stem}_{i}.jpg of each image {stem}.*; "
-                            "the views whose logits are the 80%% most similar to the original's "
-                            "are kept, then the 30%% most confident of them")
+                       help="DiffTPT: generated variations {stem}_{i}.jpg of each image "
+                            "CLASS/{stem}.*, in DIR or in DIR/CLASS; the views whose logits are "
+                            "the 80%% most similar to the original's are kept, then the 30%% "
+                            "most confident of them")
+    group.add_argument("--diffusion-count", type=int, metavar="N",
+                       help="generated views read per image, the first N by i (default: 63, "
+                            "DiffTPT's)")
+    group.add_argument("--tpt-cosine", type=float, metavar="P",
+                       help="DiffTPT: fraction of the generated and augmented views kept by "
+                            "the logit-cosine filter (default: 0.8)")
 
 
 def _few_shot_options(parser: argparse.ArgumentParser, support: bool) -> None:
@@ -321,6 +346,19 @@ def build_parser() -> argparse.ArgumentParser:
     match.add_argument("--mask-mode", choices=MASK_MODES, default="blackout",
                        help="blackout (default: the paper's full frame, black outside the "
                             "region) or crop")
+    match.add_argument("--embeddings", choices=EMBEDDING_FORMS, default="normalized",
+                       help="normalized (default: unit embeddings, the reference's Winoground "
+                            "path) or raw (raw encoder outputs in the weights and the sum, its "
+                            "ComVG / SVO / Flickr30K path)")
+    match.add_argument("--boxes", metavar="FILE.json",
+                       help="entity boxes per image: JSON {image: {entity: [x0, y0, x1, y1] or "
+                            "a list of such boxes (their union)}}, images named as in PAIRS.csv "
+                            "(relative paths relative to FILE.json); entities without a box "
+                            "are grounded on candidate regions")
+    match.add_argument("--rerank-top", type=_count, metavar="N",
+                       help="with --retrieval: ComCLIP re-ranks CLIP's N best images per "
+                            "caption (the paper's Flickr30K protocol: 10) instead of scoring "
+                            "every pair; prints text-to-image R@1/5")
     return parser
 
 
@@ -338,8 +376,10 @@ _METHOD_OPTIONS = {
     "--explain": ("descriptions",),
     "--support": ("gda",), "--shots": ("gda",), "--views": ("gda",), "--alpha": ("gda",),
     "--val": ("gda",), "--seed": ("gda", "tpt"),
-    "--tpt-views": ("tpt",), "--tpt-steps": ("tpt",), "--augmix": ("tpt",),
-    "--diffusion-views": ("tpt",),
+    "--tpt-views": ("tpt",), "--tpt-steps": ("tpt",), "--tpt-lr": ("tpt",),
+    "--tpt-select": ("tpt",), "--augmix": ("tpt",), "--ctx-init": ("tpt",),
+    "--ctx-count": ("tpt",), "--n-ctx": ("tpt",), "--diffusion-views": ("tpt",),
+    "--diffusion-count": ("tpt",), "--tpt-cosine": ("tpt",),
 }
 _TEMPLATE_METHODS = ("zeroshot", "gda", "real")  # and `fit`, whose GDA has a zero-shot part
 # what each method cannot do without
@@ -394,5 +434,13 @@ def _check_method_options(args: argparse.Namespace) -> None:
                              f"use it.")
     if method in _NEEDS and getattr(args, _NEEDS[method][0]) is None:
         raise InputError(_NEEDS[method][1])
+    contexts = [option for option in ("--templates", "--ctx-init", "--n-ctx")
+                if getattr(args, option[2:].replace("-", "_")) is not None]
+    if method == "tpt" and len(contexts) > 1:
+        raise InputError(f"{contexts[0]} and {contexts[1]} both set TPT's initial context; "
+                         f"give one of them.")
+    for option in ("--diffusion-count", "--tpt-cosine"):
+        if getattr(args, option[2:].replace("-", "_")) is not None and args.diffusion_views is None:
+            raise InputError(f"{option} needs --diffusion-views DIR.")
     if args.command == "predict" and args.classes is None and method != "descriptions":
         raise InputError("predict needs --classes (or --classifier FILE).")

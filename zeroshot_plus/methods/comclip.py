@@ -4,7 +4,8 @@ Jiang et al., "ComCLIP: Training-Free Compositional Image and Text Matching" (NA
 For an image I and a caption s parsed into entities e (with attributes) and relations
 (subject, predicate, object):
 
-    1. each entity is grounded in a region R_e: a user-supplied box, or the candidate region
+    1. each entity is grounded in a region R_e: user-supplied boxes (several boxes: their
+       union, as the reference's dense-caption regions of one entity), or the candidate region
        (full image, centre, halves, a 2x2 and 3x3 grid) whose sub-image is most similar to
        the entity's words, if it beats the full image by ``margin`` (else the full image)
     2. a relation's region is the union of its subject's and object's regions
@@ -15,6 +16,10 @@ For an image I and a caption s parsed into entities e (with attributes) and rela
        max(s, 0) guards against the blow-up of a sum near zero, uniform when all s_i ≤ 0)
        or w = softmax(s / τ) ("softmax")
     5. v = f(I) + Σ_i w_i v_i,  score(I, s) = cos(v, g(s))
+
+f and g are unit embeddings (the reference's Winoground path); with ``embeddings="raw"`` they
+are the encoders' raw outputs, as in its ComVG, SVO-Probes and Flickr30K scripts: s_i is the
+raw dot product, v sums raw image embeddings and only the final cosine normalises.
 
 With no sub-image the score is plain CLIP's cos(f(I), g(s)). The image pipeline encodes the
 sub-images in two rounds: each distinct image with, where an entity needs grounding, its
@@ -36,7 +41,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from sklearn.base import BaseEstimator
 
-from ..choices import COMPONENTS, MASK_MODES, WEIGHTINGS
+from ..choices import COMPONENTS, EMBEDDING_FORMS, MASK_MODES, WEIGHTINGS
 from ..data.files import atomic_output
 from ..data.images import content_keys, open_image
 from ..data.sources import ImageInput, image_name, read_image_source, takes_images
@@ -51,7 +56,7 @@ log = logging.getLogger(__name__)
 _MAX_GRID = 10  # a g x g grid adds g² candidate regions per image to encode
 Box = tuple[int, int, int, int]
 Region = tuple[Box, ...]   # a union of boxes, in pixels of the original image
-Boxes = Sequence[Mapping[str, Sequence[float]] | None] | None
+Boxes = Sequence[Mapping[str, Sequence[float] | Sequence[Sequence[float]]] | None] | None
 
 
 @dataclass
@@ -97,6 +102,10 @@ class ComCLIPMatcher(BaseEstimator):
     mask_mode : "blackout" (the paper's: full frame, black outside the region) or "crop".
     grid : grid sizes of the candidate regions (besides the full image, its centre and halves).
     margin : how much a candidate's similarity to an entity must exceed the full image's.
+    embeddings : "normalized" (unit embeddings, the reference's Winoground path) or "raw" (the
+        encoders' raw outputs in s_i and in the sum, its ComVG / SVO / Flickr30K path; the
+        candidate search still compares unit vectors). Raw image embeddings are not kept in
+        the store, which holds unit vectors.
     cache : embedding store directory for sub-image and text embeddings.
 
     Nothing is learnt: ``fit`` checks the parameters and records ``parser_``, the callable
@@ -107,7 +116,8 @@ class ComCLIPMatcher(BaseEstimator):
     def __init__(self, backbone: Backbone | None = None, *, parser="rules",
                  components: Sequence[str] = COMPONENTS, weighting: str = "sum",
                  temperature: float = 0.01, mask_mode: str = "blackout",
-                 grid: Sequence[int] = (2, 3), margin: float = 0.0, cache=None):
+                 grid: Sequence[int] = (2, 3), margin: float = 0.0,
+                 embeddings: str = "normalized", cache=None):
         self.backbone = backbone
         self.parser = parser
         self.components = components
@@ -116,6 +126,7 @@ class ComCLIPMatcher(BaseEstimator):
         self.mask_mode = mask_mode
         self.grid = grid
         self.margin = margin
+        self.embeddings = embeddings
         self.cache = cache
 
     def fit(self, X=None, y=None) -> "ComCLIPMatcher":
@@ -134,6 +145,9 @@ class ComCLIPMatcher(BaseEstimator):
             raise InputError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}.")
         if self.mask_mode not in MASK_MODES:
             raise InputError(f"mask_mode must be one of {MASK_MODES}, got {self.mask_mode!r}.")
+        if self.embeddings not in EMBEDDING_FORMS:
+            raise InputError(f"embeddings must be one of {EMBEDDING_FORMS}, got "
+                             f"{self.embeddings!r}.")
         if not (is_number(self.temperature, 0) and self.temperature > 0):
             raise InputError(f"temperature must be positive, got {self.temperature!r}.")
         if (not isinstance(self.grid, Sequence) or isinstance(self.grid, str)
@@ -157,7 +171,8 @@ class ComCLIPMatcher(BaseEstimator):
 
         images : paths or PIL images (or a folder / manifest); captions : M strings.
         boxes : optional, one per image: None or {entity name or words: (x0, y0, x1, y1)} in
-            pixels; entities without a box are grounded on the candidate regions.
+            pixels, or a list of such boxes (the entity's sub-image is their union); entities
+            without a box are grounded on the candidate regions.
         """
         items, captions = self._inputs(images, captions)
         pairs = np.stack(np.meshgrid(np.arange(len(items)), np.arange(len(captions)),
@@ -250,7 +265,9 @@ class ComCLIPMatcher(BaseEstimator):
         picture = {i: first.setdefault(contents[i], i) for i in used_images}
         pictures = sorted(set(picture.values()))
         searched = {picture[i] for i in to_search}
-        encoder = _SubImageEncoder(self.backbone, self.mask_mode, self.cache, contents)
+        raw = self.embeddings == "raw"
+        encoder = _SubImageEncoder(self.backbone, self.mask_mode, None if raw else self.cache,
+                                   contents, raw)
         sizes = encoder.run(items, pictures, _Candidates(
             self.backbone, self.mask_mode, self.grid, [p in searched for p in pictures]))
         size = {i: sizes[picture[i]] for i in used_images}
@@ -260,12 +277,14 @@ class ComCLIPMatcher(BaseEstimator):
         if self.components:
             for i, j in pairs.tolist():
                 for entity in parses[j][0].entities:
-                    box = user[i].get(entity.text, user[i].get(entity.name))
-                    if box is not None:
-                        grounded[(i, entity.text)] = ((box,), "user")
+                    region = user[i].get(entity.text, user[i].get(entity.name))
+                    if region is not None:
+                        grounded[(i, entity.text)] = (region, "user")
         for i, words in to_search.items():
             proposals = _proposals(*size[i], self.grid)
             vectors = encoder.vectors(picture[i], [(box,) for box in proposals])  # row 0: full
+            if raw:
+                vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
             words = sorted(words)
             similarity = vectors @ text_vectors[[text_index[w] for w in words]].T  # (P, E)
             best = 1 + similarity[1:].argmax(axis=0) if len(proposals) > 1 else np.zeros(len(words), int)
@@ -313,11 +332,19 @@ class ComCLIPMatcher(BaseEstimator):
                 sub_v[p, k] = encoder.vector(picture[i], region)
                 sub_t[p, k] = text_vectors[text_index[text]]
                 mask[p, k] = True
+        if raw and mask.any():  # the raw text embeddings of the sub-images' words
+            words = sorted({text for plan in plans for _, text, _, _ in plan})
+            raw_text = dict(zip(words, raw_text_embeddings(self.backbone, words)))
+            for p, plan in enumerate(plans):
+                for k, (_, text, _, _) in enumerate(plan):
+                    sub_t[p, k] = raw_text[text]
         similarity = np.einsum("pkd,pkd->pk", sub_v, sub_t)
         weights = _weights(similarity, mask, self.weighting, self.temperature)
         composite = global_v + np.einsum("pk,pkd->pd", weights, sub_v)
         composite /= np.linalg.norm(composite, axis=1, keepdims=True)
         scores = np.einsum("pd,pd->p", composite, caption_v).astype(np.float64)
+        if raw:
+            global_v = global_v / np.linalg.norm(global_v, axis=1, keepdims=True)
         clip_scores = np.einsum("pd,pd->p", global_v, caption_v).astype(np.float64)
         explanations = []
         if explain:
@@ -373,30 +400,38 @@ def _box_words(given: Mapping[str, Sequence[float]] | None, name: str) -> set[st
     return {str(words).strip().lower() for words in given}
 
 
-def _user_boxes(given: Mapping[str, Sequence[float]] | None, size: tuple[int, int],
-                name: str) -> dict[str, Box]:
-    """{words: box} clipped to the image of ``size``; an empty box or one outside it is an
-    InputError."""
+def _user_boxes(given: Mapping[str, Sequence[float] | Sequence[Sequence[float]]] | None,
+                size: tuple[int, int], name: str) -> dict[str, Region]:
+    """{words: region}: each entity's box, or the union of its boxes, clipped to the image of
+    ``size``; an empty box or one outside the image is an InputError."""
     if not given:
         return {}
     _box_words(given, name)
     width, height = size
     out = {}
-    for words, box in given.items():
+    for words, value in given.items():
         try:
-            x0, y0, x1, y1 = (float(v) for v in box)
+            boxes = np.asarray(value, dtype=np.float64)
         except (TypeError, ValueError):
+            boxes = np.empty((0, 0))
+        boxes = boxes[None] if boxes.ndim == 1 else boxes
+        if boxes.ndim != 2 or boxes.shape[1] != 4 or not len(boxes):
             raise InputError(f"the box of '{words}' in image '{name}' is not four numbers "
-                             f"(x0, y0, x1, y1): {box!r}.") from None
-        if not np.isfinite([x0, y0, x1, y1]).all() or x1 <= x0 or y1 <= y0:
-            raise InputError(f"the box {tuple(box)} of '{words}' in image '{name}' is empty "
-                             f"(it needs x0 < x1 and y0 < y1).")
-        clipped = (max(0, int(np.floor(x0))), max(0, int(np.floor(y0))),
-                   min(width, int(np.ceil(x1))), min(height, int(np.ceil(y1))))
-        if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
-            raise InputError(f"the box {tuple(box)} of '{words}' in image '{name}' lies outside "
-                             f"the image ({width}x{height} pixels).")
-        out[str(words).strip().lower()] = clipped
+                             f"(x0, y0, x1, y1) or a list of such boxes: {value!r}.")
+        region = []
+        for box in boxes:
+            x0, y0, x1, y1 = box.tolist()
+            shown = "(" + ", ".join(f"{v:g}" for v in box) + ")"
+            if not np.isfinite(box).all() or x1 <= x0 or y1 <= y0:
+                raise InputError(f"the box {shown} of '{words}' in image '{name}' is empty "
+                                 f"(it needs x0 < x1 and y0 < y1).")
+            clipped = (max(0, int(np.floor(x0))), max(0, int(np.floor(y0))),
+                       min(width, int(np.ceil(x1))), min(height, int(np.ceil(y1))))
+            if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+                raise InputError(f"the box {shown} of '{words}' in image '{name}' lies "
+                                 f"outside the image ({width}x{height} pixels).")
+            region.append(clipped)
+        out[str(words).strip().lower()] = tuple(dict.fromkeys(region))
     return out
 
 
@@ -451,10 +486,13 @@ class _Regions(_SubImages):
 
 
 class _SubImageEncoder:
-    """Sub-image embeddings of the distinct images, by (image, region), gathered in rounds."""
+    """Sub-image embeddings of the distinct images, by (image, region), gathered in rounds;
+    unit vectors, or the image encoder's raw output with ``raw``."""
 
-    def __init__(self, backbone: Backbone, mask_mode: str, cache, contents: dict[int, str | None]):
+    def __init__(self, backbone: Backbone, mask_mode: str, cache, contents: dict[int, str | None],
+                 raw: bool = False):
         self.backbone, self.mask_mode, self.cache = backbone, mask_mode, cache
+        self.encoder = _RawImages(backbone) if raw else backbone
         self.contents = contents
         self.done: dict[str, np.ndarray] = {}
 
@@ -464,7 +502,7 @@ class _SubImageEncoder:
         sizes = {}
         if not pictures:
             return sizes
-        for batch in encode_views(self.backbone, [items[p] for p in pictures], views,
+        for batch in encode_views(self.encoder, [items[p] for p in pictures], views,
                                   cache=self.cache, progress=False, batch_size=4):
             for image in batch:
                 sizes[pictures[image.position]] = image.size
@@ -482,6 +520,41 @@ class _SubImageEncoder:
 
     def _key(self, i: int, region: Region) -> str:
         return region_key(self.contents[i], self.mask_mode, region)
+
+
+class _RawImages:
+    """The backbone, with image embeddings as its image encoder outputs them (not normalised)
+    for ``encode_views``; everything else is the backbone's."""
+
+    def __init__(self, backbone: Backbone):
+        self._backbone = backbone
+
+    def __getattr__(self, name: str):
+        return getattr(self._backbone, name)
+
+    def encode_pixels(self, pixels) -> np.ndarray:
+        import torch
+
+        backbone = self._backbone
+        with torch.inference_mode(), backbone.autocast():
+            features = backbone.model.encode_image(pixels.to(backbone.device))
+        return features.float().cpu().numpy()
+
+
+def raw_text_embeddings(backbone: Backbone, texts: Sequence[str]) -> np.ndarray:
+    """(N, D) text embeddings as the text tower outputs them (not normalised), for
+    ``embeddings="raw"``; ``backbone.batch_size`` texts per pass."""
+    import torch
+
+    from ..encoders.text_tower import encode_text_truncated
+
+    tokens = backbone.tokenizer(list(texts))
+    parts = []
+    with torch.inference_mode(), backbone.autocast():
+        for start in range(0, len(tokens), backbone.batch_size):
+            chunk = tokens[start:start + backbone.batch_size].to(backbone.device)
+            parts.append(encode_text_truncated(backbone.model, chunk).float().cpu().numpy())
+    return np.concatenate(parts)
 
 
 def region_key(content: str, mask_mode: str, region: Region) -> str:

@@ -43,9 +43,11 @@ from sklearn.utils import Tags
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
+from ..choices import AUGMIX_MODES, CTX_COUNTS
 from ..data.images import pil_key
 from ..data.sources import (IMAGE_EXTENSIONS, ImageInput, ImageSource, read_image_source,
                             takes_images)
+from ..encoders.augmix import AugMix
 from ..encoders.backbone import Backbone
 from ..encoders.pipeline import (EncodeReport, Picture, View, ViewMaker, encode_views,
                                  seeded_torch_rng)
@@ -62,6 +64,8 @@ EPS = 1e-8
 WEIGHT_DECAY = 0.01
 
 DiffusionViews = str | os.PathLike | Callable[[Image.Image], Sequence[Image.Image]]
+ContextInit = str | os.PathLike | np.ndarray | torch.Tensor
+DIFFTPT_GENERATED = 63  # the generated views DiffTPT reads per image: its batch size 64 - 1
 
 
 class TPTClassifier(Predictor):
@@ -74,11 +78,20 @@ class TPTClassifier(Predictor):
     prompt_names : the names the prompts use, one per class name (e.g. REAL's most frequent
         synonyms); default: ``classnames``.
     n_ctx : number of context vectors when ``ctx_init`` is None (random N(0, 0.02²) init).
-    ctx_init : initial context words, e.g. "a photo of a" (then n_ctx is their token count),
-        or one template with "{}" where the class name goes: the words before it are the
-        context, the text after it a fixed suffix ("a photo of a" means "a photo of a {}.").
+    ctx_init : the initial context: words, e.g. "a photo of a" ('_' read as a space), or one
+        template with "{}" where the class name goes: the words before it are the context,
+        the text after it a fixed suffix ("a photo of a" means "a photo of a {}."); or a
+        learned context (n_ctx, W), e.g. CoOp's: an array, or the path of a CoOp checkpoint
+        (``load_coop_context``; a numpy array or a path can be saved with the classifier).
+        A learned context is followed by the class name and ".".
+    ctx_count : how many context vectors words give: "tokens" (default: every BPE token of
+        the words is tuned) or "words" (the reference's count, one per space-separated word:
+        a word of several tokens leaves the last ones of the context fixed, in the suffix).
     n_views : augmented views per image besides the original (the paper: 63).
-    augmix : AugMix on top of the crop + flip (the paper: for fine-grained data sets only).
+    augmix : AugMix on top of the crop + flip (the paper: for fine-grained data sets only):
+        False; "reference" (TPT's own operations, levels U(0.1, 1), mixed as normalised
+        float tensors: ``encoders.augmix``); or "torchvision" / True (torchvision's
+        AugMix(severity=1), which leaves the geometric operations at magnitude 0).
     selection_p : fraction ρ of views kept by confidence selection, ⌊ρ·V'⌋ views.
     lr : AdamW learning rate.
     steps : AdamW steps per image; the first is applied in closed form when it is the only one.
@@ -87,12 +100,17 @@ class TPTClassifier(Predictor):
     random_state : None, int or RandomState; with the image content it fixes the views of
         each image.
     diffusion_views : DiffTPT's generated variations per image: a folder of files
-        ``{stem}_{i}.{ext}`` for an image file ``{stem}.*``, or a callable image -> images
-        (called where the images are decoded: threads, or worker processes with
+        ``{stem}_{i}.{ext}`` for an image file ``.../{class}/{stem}.*``, either flat in the
+        folder or, as DiffTPT writes them, in its sub-folder ``{class}`` (the name of the
+        image's own folder; used when it exists); or a callable image -> images (called
+        where the images are decoded: threads, or worker processes with
         ``backbone.num_workers`` > 0). None: plain TPT.
+    diffusion_count : at most this many generated views per image, the first by i (DiffTPT
+        reads i = 0..62, its batch size - 1); None: all there are.
     cosine_p : DiffTPT: fraction of the non-original views kept by the logit-cosine filter.
 
-    DiffTPT's own setting is ``n_views=64, selection_p=0.3, steps=4`` with ``diffusion_views``.
+    DiffTPT's own setting is ``n_views=64, selection_p=0.3, steps=4, diffusion_count=63``
+    with ``diffusion_views``.
     ``fit(X=None, y=None)`` builds the prompt learner; X are images (paths or PIL images).
     Fitted attributes: ``classes_``, ``classnames_`` (C,), ``n_ctx_``.
     """
@@ -101,16 +119,18 @@ class TPTClassifier(Predictor):
     _learns_from_y = False
 
     def __init__(self, backbone: Backbone | None = None, *, classnames=None, prompt_names=None,
-                 n_ctx: int = 4,
-                 ctx_init: str | None = "a photo of a", n_views: int = 63, augmix: bool = False,
+                 n_ctx: int = 4, ctx_init: ContextInit | None = "a photo of a",
+                 ctx_count: str = "tokens", n_views: int = 63, augmix: bool | str = False,
                  selection_p: float = 0.1, lr: float = 5e-3, steps: int = 1,
                  batch_images: int = 4, text_batch: int = 256, random_state=0,
-                 diffusion_views: DiffusionViews | None = None, cosine_p: float = 0.8):
+                 diffusion_views: DiffusionViews | None = None,
+                 diffusion_count: int | None = None, cosine_p: float = 0.8):
         self.backbone = backbone
         self.classnames = classnames
         self.prompt_names = prompt_names
         self.n_ctx = n_ctx
         self.ctx_init = ctx_init
+        self.ctx_count = ctx_count
         self.n_views = n_views
         self.augmix = augmix
         self.selection_p = selection_p
@@ -120,6 +140,7 @@ class TPTClassifier(Predictor):
         self.text_batch = text_batch
         self.random_state = random_state
         self.diffusion_views = diffusion_views
+        self.diffusion_count = diffusion_count
         self.cosine_p = cosine_p
 
     # ------------------------------------------------------------------ fit
@@ -137,6 +158,10 @@ class TPTClassifier(Predictor):
             value = getattr(self, name)
             check_param(self, name, is_number(value, 0, 1) and value > 0, "in (0, 1]")
         check_param(self, "lr", is_number(self.lr, 0), "a number >= 0")  # 0: no tuning
+        check_param(self, "ctx_count", self.ctx_count in CTX_COUNTS, f"one of {CTX_COUNTS}")
+        augmix_mode(self.augmix)
+        check_param(self, "diffusion_count", self.diffusion_count is None
+                    or is_integer(self.diffusion_count, 1), "None or an integer >= 1")
         if self.diffusion_views is not None and not callable(self.diffusion_views) \
                 and not Path(self.diffusion_views).is_dir():
             raise InputError(f"diffusion views folder '{self.diffusion_views}' does not exist.")
@@ -147,7 +172,7 @@ class TPTClassifier(Predictor):
         self.classes_, self.classnames_, order = class_columns(names)
         self._seed = seed_of(self.random_state)
         self._learner = PromptLearner(self.backbone, [prompt_names[i] for i in order],
-                                      self.ctx_init, self.n_ctx, self._seed)
+                                      self.ctx_init, self.n_ctx, self._seed, self.ctx_count)
         with torch.no_grad():
             self._init_weights = self._learner.text_features(self._learner.ctx_init[None],
                                                              self.text_batch)[0]
@@ -181,7 +206,7 @@ class TPTClassifier(Predictor):
             self.fit()
         image_set = read_image_source(X)
         views = AugmentedViews(self.backbone, self.n_views, self.augmix, self._seed,
-                               self.diffusion_views, image_set.items)
+                               self.diffusion_views, image_set.items, self.diffusion_count)
         device, size = self._learner.device, self.batch_images
         show = self.backbone.progress if progress is None else progress
         # Images are tuned ``batch_images`` positions at a time; an unreadable one is left out.
@@ -338,6 +363,72 @@ def glob_escape(text: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", text)
 
 
+def augmix_mode(augmix) -> str | None:
+    """TPTClassifier's ``augmix`` -> None (off), "torchvision" (also True) or "reference"."""
+    if augmix is False or augmix is None:
+        return None
+    if augmix is True:
+        return "torchvision"
+    if isinstance(augmix, str) and augmix in AUGMIX_MODES:
+        return augmix
+    raise InputError(f"TPTClassifier parameter augmix must be False, True or one of "
+                     f"{AUGMIX_MODES}, got {augmix!r}.")
+
+
+# ---------------------------------------------------------------------- learned contexts
+
+_CHECKPOINT_NAME = re.compile(r"\.(pt|pth|tar|ckpt|bin)(-\d+)?$", re.IGNORECASE)
+
+
+def learned_context(ctx_init) -> torch.Tensor | None:
+    """The context (n_ctx, W) that ``ctx_init`` gives as numbers: an array or tensor, or a
+    CoOp checkpoint named by a path (a path object, or a string naming a file or looking like
+    one); None for context words or None."""
+    if isinstance(ctx_init, (np.ndarray, torch.Tensor)):
+        ctx = torch.as_tensor(ctx_init).detach().float().cpu()
+        what = "ctx_init"
+    elif isinstance(ctx_init, os.PathLike) or isinstance(ctx_init, str) and (
+            os.path.isfile(ctx_init) or "/" in ctx_init or os.sep in ctx_init
+            or _CHECKPOINT_NAME.search(ctx_init)):
+        ctx, what = load_coop_context(ctx_init), f"the context in '{ctx_init}'"
+    else:
+        return None
+    if ctx.ndim == 3:
+        raise InputError(f"{what} holds one context per class {tuple(ctx.shape)} (CoOp's "
+                         f"class-specific contexts); TPT tunes one context shared by all "
+                         f"classes, (n_ctx, width).")
+    if ctx.ndim != 2 or not len(ctx) or not torch.isfinite(ctx).all():
+        raise InputError(f"{what} must be a finite (n_ctx, width) array, got shape "
+                         f"{tuple(ctx.shape)}.")
+    return ctx
+
+
+def load_coop_context(path: str | os.PathLike) -> torch.Tensor:
+    """The learned context of a CoOp checkpoint (a ``torch.save`` file): its
+    ``state_dict["ctx"]``, where CoOp's prompt-learner checkpoints keep it and TPT's ``--load``
+    reads it; also a state dict with "ctx" or "prompt_learner.ctx", or the tensor itself.
+    No pickled code is run (``weights_only``)."""
+    if not os.path.isfile(path):
+        raise InputError(f"CoOp checkpoint '{path}' does not exist.")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for a file that is not its own
+        cause = str(exc).splitlines()[0].rstrip(".") if str(exc) else type(exc).__name__
+        raise InputError(f"cannot read CoOp checkpoint '{path}': {cause}.") from None
+    if isinstance(saved, dict) and isinstance(saved.get("state_dict"), dict):
+        saved = saved["state_dict"]
+    if isinstance(saved, dict):
+        key = next((k for k in ("ctx", "prompt_learner.ctx") if k in saved), None)
+        if key is None:
+            raise InputError(f"CoOp checkpoint '{path}' has no learned context: no key 'ctx' "
+                             f"or 'prompt_learner.ctx' in its state dict.")
+        saved = saved[key]
+    if not isinstance(saved, torch.Tensor):
+        raise InputError(f"CoOp checkpoint '{path}' holds a {type(saved).__name__}, not a "
+                         f"context tensor.")
+    return saved.detach().float()
+
+
 # ---------------------------------------------------------------------- the prompt learner
 
 
@@ -363,13 +454,17 @@ class PromptLearner:
     mask no position attends to a later one, so the features equal the full 77-token ones.
     """
 
-    def __init__(self, backbone: Backbone, classnames: Sequence[str], ctx_init: str | None,
-                 n_ctx: int, random_state: int):
+    def __init__(self, backbone: Backbone, classnames: Sequence[str],
+                 ctx_init: ContextInit | None, n_ctx: int, random_state: int,
+                 ctx_count: str = "tokens"):
         self.backbone = backbone
         self.tower = _prompt_tower(backbone)
         self.device = backbone.device
         tokenizer = backbone.tokenizer
-        if ctx_init is None:
+        learned = learned_context(ctx_init)
+        if learned is not None:
+            n_ctx = learned.shape[0]
+        if ctx_init is None or learned is not None:
             if not isinstance(n_ctx, (int, np.integer)) or n_ctx < 1:
                 raise InputError(f"n_ctx must be an integer >= 1, got {n_ctx!r}.")
             template = " ".join(["X"] * n_ctx) + " {}."
@@ -382,6 +477,13 @@ class PromptLearner:
         context = template.split("{}")[0].strip()
         context_tokens = tokenizer([context])[0]
         self.n_ctx = int(context_tokens.argmax()) - 1
+        if ctx_count == "words" and ctx_init is not None and learned is None:
+            n_words = len(context.split(" "))  # the reference's count
+            if n_words > self.n_ctx:
+                raise InputError(f"ctx_init '{ctx_init}' has {n_words} words but "
+                                 f"{self.n_ctx} tokens; ctx_count='words' needs at least one "
+                                 f"token per word.")
+            self.n_ctx = n_words
         tokens = tokenizer([template.replace("{}", name) for name in classnames])
         eot = tokens.argmax(dim=-1)
         n_positions = tokens.shape[1]
@@ -401,7 +503,13 @@ class PromptLearner:
         self.suffix = embedded[:, 1 + self.n_ctx:]       # name, suffix, [EOS], padding
         self.eot = eot.to(self.device)
         self.n_classes = len(classnames)
-        if ctx_init is None:  # the reference's random init
+        if learned is not None:
+            if learned.shape[1] != embedded.shape[-1]:
+                raise InputError(f"the learned context has width {learned.shape[1]}, but the "
+                                 f"text tower of '{backbone.model_name}' takes token "
+                                 f"embeddings of width {embedded.shape[-1]}.")
+            self.ctx_init = learned.to(self.device)
+        elif ctx_init is None:  # the reference's random init
             generator = torch.Generator().manual_seed(int(random_state))
             ctx = torch.randn(self.n_ctx, embedded.shape[-1], generator=generator) * 0.02
             self.ctx_init = ctx.to(self.device)
@@ -452,25 +560,31 @@ class AugmentedViews(ViewMaker):
     DiffTPT's generated images (not stored).
 
     Each random view is RandomResizedCrop(S) (torchvision defaults: scale (0.08, 1), bilinear) +
-    horizontal flip of the raw image (+ AugMix at severity 1, the reference's operations),
-    normalised like the original. The randomness is seeded by the image content and
-    ``random_state``, so the views do not depend on the order of the images. The generated
-    images come from ``diffusion_views`` (see TPTClassifier), resized and centre-cropped by the
-    preprocessing; a callable is called from the decoding threads (or worker processes).
+    horizontal flip of the raw image (+ AugMix: torchvision's at severity 1, or the reference's
+    ``encoders.augmix.AugMix``), normalised like the original. The randomness is seeded by the
+    image content and ``random_state``, so the views do not depend on the order of the images.
+    The generated images come from ``diffusion_views`` (see TPTClassifier), resized and
+    centre-cropped by the preprocessing; a callable is called from the decoding threads (or
+    worker processes).
     """
 
-    def __init__(self, backbone: Backbone, n_views: int, augmix: bool, random_state: int,
-                 diffusion_views: DiffusionViews | None = None, items: Sequence[ImageInput] = ()):
+    def __init__(self, backbone: Backbone, n_views: int, augmix: bool | str, random_state: int,
+                 diffusion_views: DiffusionViews | None = None, items: Sequence[ImageInput] = (),
+                 diffusion_count: int | None = None):
         from torchvision import transforms  # deferred: a heavy import the command line rarely needs
 
         self.preprocess = backbone.preprocess
         self.n_views = n_views
         self.random_state = int(random_state)
         self.diffusion_views, self.items = diffusion_views, items  # items: a folder's stems
+        self.diffusion_count = diffusion_count
         steps = [transforms.RandomResizedCrop(backbone.image_size), transforms.RandomHorizontalFlip()]
-        if augmix:
+        mode = augmix_mode(augmix)
+        finish = transforms.Compose([transforms.ToTensor(), backbone.normalize])
+        self.augmix = AugMix(finish) if mode == "reference" else None
+        if mode == "torchvision":
             steps.append(transforms.AugMix(severity=1, all_ops=False))
-        self.augment = transforms.Compose([*steps, transforms.ToTensor(), backbone.normalize])
+        self.augment = transforms.Compose(steps if self.augmix else [*steps, finish])
 
     def seed(self, image: Image.Image) -> int:
         digest = hashlib.blake2b(f"{pil_key(image)}/{self.random_state}".encode(), digest_size=8)
@@ -478,16 +592,20 @@ class AugmentedViews(ViewMaker):
 
     def render(self, image: Image.Image, generated: Sequence[Image.Image] = ()) -> torch.Tensor:
         """Upright RGB image (and its generated images) -> (1 + n_views + G, 3, S, S)."""
-        views = [self.preprocess(image)]
-        with seeded_torch_rng(self.seed(image)):
+        views, seed = [self.preprocess(image)], self.seed(image)
+        with seeded_torch_rng(seed):
             views.extend(self.augment(image) for _ in range(self.n_views))
+        if self.augmix is not None:  # the crops above, mixed with draws of their own
+            rng = np.random.default_rng(seed)
+            views[1:] = [self.augmix(crop, rng) for crop in views[1:]]
         views.extend(self.preprocess(g) for g in generated)
         return torch.stack(views)
 
     def companions(self, image: Image.Image, position: int) -> list[ImageInput]:
         if self.diffusion_views is None:
             return []
-        return generated_images(self.diffusion_views, self.items[position], image)
+        return generated_images(self.diffusion_views, self.items[position], image,
+                                self.diffusion_count)
 
     def __call__(self, picture: Picture, known: Container[str]) -> list[View]:
         pixels = self.render(picture.image, picture.companions)
@@ -495,27 +613,35 @@ class AugmentedViews(ViewMaker):
 
 
 def generated_images(diffusion_views: DiffusionViews, item: ImageInput,
-                     image: Image.Image) -> list[ImageInput]:
+                     image: Image.Image, count: int | None = None) -> list[ImageInput]:
     """DiffTPT's generated images of one test image: ``diffusion_views(image)`` for a
-    callable, else the files ``{stem}_{i}.{ext}`` of the folder, in the order of i."""
+    callable, else the files ``{stem}_{i}.{ext}`` of the folder, or of its sub-folder named
+    like the image's own folder when there is one (DiffTPT's ``root/{class}/``), in the order
+    of i; at most ``count`` of them (None: all)."""
     if callable(diffusion_views):
         generated = list(diffusion_views(image))
         if not all(isinstance(g, Image.Image) for g in generated):
             raise InputError("diffusion_views callable must return a list of PIL images.")
-        return generated
+        return generated[:count]
     if isinstance(item, Image.Image):
         raise InputError("diffusion_views as a folder needs image files, not PIL images; "
                          "pass a callable instead.")
-    stem = Path(item).stem
+    folder, stem = Path(diffusion_views), Path(item).stem
+    by_class = folder / Path(item).parent.name
+    if Path(item).parent.name and by_class.is_dir():
+        folder = by_class
     pattern = re.compile(rf"{re.escape(stem)}_(\d+)\.\w+$")
     found = []
-    for path in Path(diffusion_views).glob(f"{glob_escape(stem)}_*"):
+    for path in folder.glob(f"{glob_escape(stem)}_*"):
         match = pattern.fullmatch(path.name)
         if match and path.suffix.lower() in IMAGE_EXTENSIONS:
             found.append((int(match.group(1)), path))
     if not found:
-        log.warning("no generated views %s_<i>.* in %s for %s", stem, diffusion_views, item)
-    return [path for _, path in sorted(found)]
+        log.warning("no generated views %s_<i>.* in %s for %s", stem, folder, item)
+    elif count is not None and len(found) < count:
+        log.warning("%d generated views %s_<i>.* in %s for %s, fewer than %d", len(found),
+                    stem, folder, item, count)
+    return [path for _, path in sorted(found)][:count]
 
 
 def tpt_preset(backbone: Backbone | None = None, classnames=None, *, templates=None,
@@ -523,13 +649,15 @@ def tpt_preset(backbone: Backbone | None = None, classnames=None, *, templates=N
     """An unfitted TPTClassifier with the papers' settings.
 
     TPT: 63 views, 1 step, the 10% most confident views kept; with ``diffusion_views``,
-    DiffTPT: 64 views, 4 steps, 30%. The context starts from "a photo of a", or from the one
-    template of ``templates`` (a set name, a file or a list holding exactly one template).
+    DiffTPT: 64 views, 4 steps, 30%, the first 63 generated views of each image. The context
+    starts from "a photo of a", or from the one template of ``templates`` (a set name, a file
+    or a list holding exactly one template).
     ``params``: any other TPTClassifier parameter, or one of these settings overridden.
     """
     diffusion = diffusion_views is not None
     settings = {"n_views": 64 if diffusion else 63, "steps": 4 if diffusion else 1,
-                "selection_p": 0.3 if diffusion else 0.1, "ctx_init": "a photo of a"}
+                "selection_p": 0.3 if diffusion else 0.1, "ctx_init": "a photo of a",
+                "diffusion_count": DIFFTPT_GENERATED if diffusion else None}
     if templates is not None:
         loaded = load_templates(templates)
         if len(loaded) != 1:
