@@ -522,3 +522,56 @@ def test_cli_description_errors(cli_setup, capsys):
         assert main(["predict", str(folder), *extra, *model]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and fragment in err[0], err
+
+
+def test_cli_reference_settings_reach_the_estimator(cli_setup, tmp_path, monkeypatch, backbone):
+    from zeroshot_plus.cli import main
+
+    folder, path, model = cli_setup
+    seen = []
+    original = DescriptionClassifier.fit
+
+    def spy(self, X=None, y=None):
+        seen.append(self.get_params(deep=False))
+        return original(self, X, y)
+
+    monkeypatch.setattr(DescriptionClassifier, "fit", spy)
+    out = tmp_path / "e.json"
+    settings = {"name_position": "append", "prefix": "a photo of ", "between": " ",
+                "suffix": ".", "empty_descriptors": "blank", "aggregation": "max"}
+    options = [v for name, value in settings.items()
+               for v in (f"--{name.replace('_', '-')}", value)]
+    assert main(["evaluate", str(folder), "--method", "descriptions", "--descriptors", str(path),
+                 *options, "--out", str(out), *model]) == 0
+    assert {name: seen[0][name] for name in settings} == settings
+    summary = json.loads(out.read_text())
+    assert {name: summary[name] for name in settings} == settings
+    # the defaults when the options are left out
+    assert main(["predict", str(folder), "--method", "descriptions", "--descriptors", str(path),
+                 "--out", str(tmp_path / "p.csv"), *model]) == 0
+    assert {name: seen[1][name] for name in settings} == {
+        "name_position": "prepend", "prefix": "", "between": ", ", "suffix": "",
+        "empty_descriptors": "name", "aggregation": "mean"}
+
+
+def test_cli_reference_setting_errors(cli_setup, capsys):
+    from zeroshot_plus.cli import main
+
+    folder, path, model = cli_setup
+    cases = [
+        (["--classes", "cat,dog", "--suffix", "."],
+         "--suffix needs --method descriptions; --method zeroshot does not use it."),
+        (["--classes", "cat,dog", "--aggregation", "max"], "--aggregation needs --method descriptions"),
+    ]
+    for extra, fragment in cases:
+        assert main(["predict", str(folder), *extra, *model]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and fragment in err[0], err
+    for option, value in (("--aggregation", "median"), ("--name-position", "middle"),
+                          ("--empty-descriptors", "skip")):
+        with pytest.raises(SystemExit) as info:   # argparse: usage, then one error line
+            main(["predict", str(folder), "--method", "descriptions", "--descriptors",
+                  str(path), option, value, *model])
+        assert info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert f"argument {option}: invalid choice: '{value}'" in err[-1], err
