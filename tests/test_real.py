@@ -532,6 +532,25 @@ def test_zero_steps_keep_the_real_prompt_head_and_wise_zero_is_the_zero_shot_hea
     np.testing.assert_allclose(half.text_head_, (half.linear_weights_ + W_zs) / 2, rtol=1e-6)
 
 
+def test_linear_name_type_sets_the_zero_shot_head_and_the_prompt_samples(backbone, pool,
+                                                                       monkeypatch):
+    X, captions, _, _ = pool
+    alternates = RealPromptClassifier(backbone, classnames=NAMES, synonyms=SYNONYMS,
+                                      templates=TEMPLATES, name_type="alternates").fit()
+    calls = _spy_texts(backbone, monkeypatch)
+    untrained = linear(backbone, max_iter=0, name_type="alternates").fit(X, captions=captions)
+    np.testing.assert_array_equal(untrained.zeroshot_weights_, alternates.text_head_)
+    # the prompt samples: every (synonym, template) prompt, the class name first (a map's
+    # alternates are the class name and its synonym)
+    assert calls[1] == ["a photo of a cat.", "a drawing of a cat.", "a photo of a kitty.",
+                        "a drawing of a kitty.", "a photo of a dog.", "a drawing of a dog.",
+                        "a photo of a puppy.", "a drawing of a puppy.", "a photo of a jay.",
+                        "a drawing of a jay.", "a photo of a blue jay.",
+                        "a drawing of a blue jay."]
+    with pytest.raises(InputError, match="RealLinearClassifier: name_type must be"):
+        linear(backbone, name_type="synonyms").fit(X, captions=captions)
+
+
 def test_learning_rate_warms_up_then_follows_a_cosine(backbone, pool):
     X, captions, _, _ = pool
     model = linear(backbone, max_iter=200).fit(X, captions=captions)
