@@ -561,7 +561,8 @@ def test_cli_reference_setting_errors(cli_setup, capsys):
     cases = [
         (["--classes", "cat,dog", "--suffix", "."],
          "--suffix needs --method descriptions; --method zeroshot does not use it."),
-        (["--classes", "cat,dog", "--aggregation", "max"], "--aggregation needs --method descriptions"),
+        (["--classes", "cat,dog", "--aggregation", "max"],
+         "--aggregation needs --method descriptions"),
     ]
     for extra, fragment in cases:
         assert main(["predict", str(folder), *extra, *model]) == 2

@@ -176,7 +176,8 @@ def test_dclip_prompts_have_the_class_name_replaced(backbone, monkeypatch):
     # DCLIP's prompt "k, which ... d", then str.replace(k, chosen): inside words too; an
     # empty list gives "A photo of a {chosen}"
     assert calls[-1] == ["kitty, which has whiskers", "A photo of a puppy",
-                         "blue jay, which is a blue crest", "blue jay, which has blue jay-like call"]
+                         "blue jay, which is a blue crest",
+                         "blue jay, which has blue jay-like call"]
     assert list(real.prompt_names_) == ["kitty", "puppy", "blue jay"]
     named = RealPromptClassifier(backbone, classnames=NAMES, synonyms=SYNONYM_MAP,
                                  name_type="name", prompt_style="dclip",
