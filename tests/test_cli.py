@@ -692,7 +692,7 @@ def test_package_imports_its_names_on_first_use():
 
 @pytest.mark.parametrize("extra, message", [
     (["--descriptors", "d.json"],
-     "--descriptors needs --method descriptions; --method zeroshot does not use it."),
+     "--descriptors needs --method descriptions or real; --method zeroshot does not use it."),
     (["--prompt-style", "plain"], "--prompt-style needs --method descriptions"),
     (["--method", "tpt", "--explain"], "--explain needs --method descriptions"),
     (["--method", "real", "--synonyms", "s.json", "--support", "dir"],

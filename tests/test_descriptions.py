@@ -74,6 +74,166 @@ def test_other_styles_class_wording_and_suffix():
         descriptor_prompts("tench", ["x"], "fancy")
 
 
+# The reference's string rules with its other settings (loading_helpers.load_gpt_descriptions):
+#   prepend:  before_text + wordify(k) + between_text + m(d) + after_text
+#   append:   m(d) + between_text + wordify(k)               (before/after_text not used)
+#   neither:  m(d)
+# m(d) = make_descriptor_sentence(d), or d itself when apply_descriptor_modification is False
+# ("plain"). Each expected string below is written out from that rule.
+REFERENCE_SETTINGS = [
+    # (style, position, prefix, between, suffix, class, descriptor, reference string)
+    ("menon", "prepend", "", ", ", ".", "great_white_shark", "sharp teeth",
+     "great white shark, which has sharp teeth."),                # ImageNet: after_text '.'
+    ("menon", "prepend", "a photo of a ", " ", " which is a type of bird.", "jay",
+     "a blue crest", "a photo of a jay which is a blue crest which is a type of bird."),
+    ("menon", "prepend", "", "", "", "jay", "has wings", "jaywhich has wings"),
+    ("menon", "append", "", ", ", "", "jay", "a blue crest", "which is a blue crest, jay"),
+    ("menon", "append", "a photo of a ", " ", ".", "great_white_shark", "often grey",
+     "which often grey great white shark"),                        # append ignores before/after
+    ("plain", "append", "", ", ", "", "jay", "a blue crest", "a blue crest, jay"),
+    ("plain", "prepend", "", " ", ".", "jay", "blue crest", "jay blue crest."),
+    ("menon", "none", "a photo of ", ", ", ".", "jay", "used in logos", "which is used in logos"),
+    ("plain", "none", "", ", ", "", "jay", "blue crest", "blue crest"),
+    ("corrected", "append", "", ", ", "", "jay", "antennae", "which has antennae, jay"),
+    ("menon", "prepend", "", ", ", ".", "jay", "", "jay, which has ."),   # [""] with '.'
+]
+
+
+@pytest.mark.parametrize("style, position, prefix, between, suffix, name, descriptor, prompt",
+                         REFERENCE_SETTINGS)
+def test_reference_settings_reproduce_its_strings(style, position, prefix, between, suffix,
+                                                  name, descriptor, prompt):
+    assert descriptor_prompts(name, [descriptor], style, suffix, prefix=prefix, between=between,
+                              position=position) == [prompt]
+
+
+def test_sentences_ignore_the_name_settings():
+    assert descriptor_prompts("tench", ["A tench is a fish."], "sentences", ".", prefix="x ",
+                              between=" ", position="append") == ["A tench is a fish."]
+
+
+def test_classifier_builds_the_reference_prompts(backbone):
+    clf = DescriptionClassifier(backbone, classnames=["jay", "great_white_shark"],
+                                descriptors={"jay": ["a blue crest", "has wings"],
+                                             "great_white_shark": ["sharp teeth"]},
+                                name_position="append", between=" ").fit()
+    assert clf.prompts_.tolist() == ["which is a blue crest jay", "which has wings jay",
+                                     "which has sharp teeth great white shark"]
+    assert clf.descriptors_.tolist() == ["a blue crest", "has wings", "sharp teeth"]
+
+
+def test_imagenet_settings_on_the_released_file(shared_data, backbone):
+    # the reference on ImageNet: after_text = label_after_text = '.'
+    path = shared_data / "descriptors" / "descriptors_imagenet.json"
+    clf = DescriptionClassifier(backbone, classnames=["tench", "goldfish"], descriptors=str(path),
+                                suffix=".").fit()
+    assert clf.prompts_[:3].tolist() == ["tench, which is a freshwater fish.",
+                                         "tench, which has olive green or brown in color.",
+                                         "tench, which is a dark bar on the side of the body."]
+    assert clf.prompts_[7] == "goldfish, which is a fish with a bright orange or yellow color."
+
+
+def test_blank_descriptor_for_an_empty_list_is_the_reference_prompt(backbone):
+    descriptors = {"tench": ["fins"], "ray": []}
+    clf = DescriptionClassifier(backbone, classnames=["tench", "ray"], descriptors=descriptors,
+                                suffix=".", empty_descriptors="blank").fit()
+    assert clf.prompts_.tolist() == ["tench, which has fins.", "ray, which has ."]
+    assert clf.report_["without_descriptors"] == ["ray"]
+    X = _embeddings(4, clf.n_features_in_, seed=9)
+    blank = backbone.encode_texts(["ray, which has ."])[0]
+    np.testing.assert_allclose(clf.logits(X)[:, list(clf.classes_).index("ray")],
+                               100 * X @ blank, atol=1e-4)
+    # a class missing from the file (allow_missing) gets the same blank descriptor
+    missing = DescriptionClassifier(backbone, classnames=["tench", "ray"],
+                                    descriptors={"tench": ["fins"]}, suffix=".",
+                                    empty_descriptors="blank", allow_missing=True).fit()
+    assert missing.prompts_.tolist() == clf.prompts_.tolist()
+    # the released Food-101 file has empty lists: one prompt each, "k, which has "
+    assert DescriptionClassifier(backbone, classnames=["ray"], descriptors={"ray": []},
+                                 empty_descriptors="blank").fit().prompts_.tolist() == [
+        "ray, which has "]
+
+
+@pytest.fixture
+def aggregations(backbone) -> dict[str, DescriptionClassifier]:
+    return {a: DescriptionClassifier(backbone, descriptors=DESCRIPTORS, aggregation=a,
+                                     logit_scale=1.0).fit() for a in ("mean", "max", "sum")}
+
+
+def _brute_force(backbone, X: np.ndarray, reduce) -> np.ndarray:
+    """The reference's loop: per class, its (N, n_k) similarities reduced over descriptors."""
+    columns = []
+    for name in sorted(DESCRIPTORS):   # classes_ are sorted
+        prompts = [f"{name.replace('_', ' ')}, {phrase}" for phrase in {
+            "tench": ["which is a freshwater fish", "which has olive green or brown in color",
+                      "which has a long body"],
+            "goldfish": ["which has orange scales", "which is a small fish",
+                         "which often kept in a bowl", "which has fins"],
+            "great_white_shark": ["which typically grey on top", "which has sharp teeth"],
+        }[name]]
+        columns.append(reduce(X @ backbone.encode_texts(prompts).T, axis=1))
+    return np.stack(columns, axis=1)
+
+
+def test_max_aggregation_equals_a_brute_force_loop_across_blocks(aggregations, backbone,
+                                                                 monkeypatch):
+    from zeroshot_plus.methods import descriptions
+
+    monkeypatch.setattr(descriptions, "_ROWS", 4)   # 11 images: blocks of 4, 4 and 3
+    X = _embeddings(11, aggregations["max"].n_features_in_, seed=10)
+    expected = _brute_force(backbone, X, np.max)
+    np.testing.assert_allclose(aggregations["max"].decision_function(X), expected, atol=1e-5)
+    assert list(aggregations["max"].predict(X)) == list(
+        aggregations["max"].classes_[expected.argmax(axis=1)])
+
+
+def test_sum_is_the_mean_times_the_descriptor_count(aggregations, backbone):
+    X = _embeddings(6, aggregations["sum"].n_features_in_, seed=11)
+    counts = np.array([len(DESCRIPTORS[c]) for c in aggregations["sum"].classes_])
+    np.testing.assert_allclose(aggregations["sum"].decision_function(X),
+                               aggregations["mean"].decision_function(X) * counts, atol=1e-5)
+    np.testing.assert_allclose(aggregations["sum"].decision_function(X),
+                               _brute_force(backbone, X, np.sum), atol=1e-5)
+    np.testing.assert_allclose(aggregations["mean"].decision_function(X),
+                               _brute_force(backbone, X, np.mean), atol=1e-5)
+    # the text head is the mean ensemble whatever the aggregation
+    np.testing.assert_array_equal(aggregations["max"].text_head_, aggregations["mean"].text_head_)
+
+
+def test_max_aggregation_survives_save_and_load(aggregations, backbone, tmp_path):
+    X = _embeddings(5, aggregations["max"].n_features_in_, seed=12)
+    aggregations["max"].save(tmp_path / "max.npz")
+    loaded = Predictor.load(tmp_path / "max.npz", backbone)
+    assert loaded.aggregation == "max"
+    np.testing.assert_array_equal(loaded.decision_function(X),
+                                  aggregations["max"].decision_function(X))
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"aggregation": "median"},
+     "DescriptionClassifier: aggregation must be 'mean', 'max' or 'sum', got 'median'."),
+    ({"name_position": "middle"},
+     "DescriptionClassifier: name_position must be 'prepend', 'append' or 'none', got 'middle'."),
+    ({"empty_descriptors": "skip"},
+     "DescriptionClassifier: empty_descriptors must be 'name' or 'blank', got 'skip'."),
+    ({"suffix": 1}, "DescriptionClassifier: suffix must be a string, got 1."),
+    ({"between": None}, "DescriptionClassifier: between must be a string, got None."),
+])
+def test_bad_reference_settings_are_one_sentence(backbone, params, message):
+    with pytest.raises(InputError) as info:
+        DescriptionClassifier(backbone, descriptors=DESCRIPTORS, **params).fit()
+    assert str(info.value) == message
+
+
+def test_text_weights_take_only_the_mean(fitted):
+    with pytest.raises(InputError, match="aggregation 'max' needs the descriptors' embeddings"):
+        DescriptionClassifier(text_weights=fitted.text_head_, aggregation="max").fit()
+    given = DescriptionClassifier(text_weights=fitted.text_head_).fit()
+    given.set_params(aggregation="sum")
+    with pytest.raises(InputError, match="aggregation 'sum' needs descriptors"):
+        given.logits(_embeddings(2, fitted.n_features_in_))
+
+
 # ---------------------------------------------------------------------- matching
 
 
@@ -362,3 +522,57 @@ def test_cli_description_errors(cli_setup, capsys):
         assert main(["predict", str(folder), *extra, *model]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and fragment in err[0], err
+
+
+def test_cli_reference_settings_reach_the_estimator(cli_setup, tmp_path, monkeypatch, backbone):
+    from zeroshot_plus.cli import main
+
+    folder, path, model = cli_setup
+    seen = []
+    original = DescriptionClassifier.fit
+
+    def spy(self, X=None, y=None):
+        seen.append(self.get_params(deep=False))
+        return original(self, X, y)
+
+    monkeypatch.setattr(DescriptionClassifier, "fit", spy)
+    out = tmp_path / "e.json"
+    settings = {"name_position": "append", "prefix": "a photo of ", "between": " ",
+                "suffix": ".", "empty_descriptors": "blank", "aggregation": "max"}
+    options = [v for name, value in settings.items()
+               for v in (f"--{name.replace('_', '-')}", value)]
+    assert main(["evaluate", str(folder), "--method", "descriptions", "--descriptors", str(path),
+                 *options, "--out", str(out), *model]) == 0
+    assert {name: seen[0][name] for name in settings} == settings
+    summary = json.loads(out.read_text())
+    assert {name: summary[name] for name in settings} == settings
+    # the defaults when the options are left out
+    assert main(["predict", str(folder), "--method", "descriptions", "--descriptors", str(path),
+                 "--out", str(tmp_path / "p.csv"), *model]) == 0
+    assert {name: seen[1][name] for name in settings} == {
+        "name_position": "prepend", "prefix": "", "between": ", ", "suffix": "",
+        "empty_descriptors": "name", "aggregation": "mean"}
+
+
+def test_cli_reference_setting_errors(cli_setup, capsys):
+    from zeroshot_plus.cli import main
+
+    folder, path, model = cli_setup
+    cases = [
+        (["--classes", "cat,dog", "--suffix", "."],
+         "--suffix needs --method descriptions; --method zeroshot does not use it."),
+        (["--classes", "cat,dog", "--aggregation", "max"],
+         "--aggregation needs --method descriptions"),
+    ]
+    for extra, fragment in cases:
+        assert main(["predict", str(folder), *extra, *model]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and fragment in err[0], err
+    for option, value in (("--aggregation", "median"), ("--name-position", "middle"),
+                          ("--empty-descriptors", "skip")):
+        with pytest.raises(SystemExit) as info:   # argparse: usage, then one error line
+            main(["predict", str(folder), "--method", "descriptions", "--descriptors",
+                  str(path), option, value, *model])
+        assert info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert f"argument {option}: invalid choice: '{value}'" in err[-1], err

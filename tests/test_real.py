@@ -23,6 +23,7 @@ from zeroshot_plus.text.synonyms import load_synonyms
 
 NAMES = ["cat", "dog", "jay"]
 TEMPLATES = ["a photo of a {}.", "a drawing of a {}."]
+SYNONYM_MAP = {"cat": "kitty", "dog": "puppy", "jay": "blue jay"}
 
 
 def embeddings(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -110,6 +111,196 @@ def test_save_and_load_round_trip(tmp_path, backbone):
     X = embeddings(4, backbone.embed_dim)
     assert isinstance(loaded, RealPromptClassifier)
     np.testing.assert_array_equal(loaded.decision_function(X), real.decision_function(X))
+
+
+# ---------------------------------------------------------------------- REAL-Prompt variants
+
+
+def _spy_texts(backbone, monkeypatch) -> list[list[str]]:
+    """Every list of texts the backbone is asked to encode, in call order."""
+    calls = []
+    original = type(backbone).encode_texts
+
+    def spy(self, texts, **kwargs):
+        calls.append(list(texts))
+        return original(self, texts, **kwargs)
+
+    monkeypatch.setattr(type(backbone), "encode_texts", spy)
+    return calls
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+def test_alternates_with_one_synonym_is_most_common_name(backbone):
+    metrics = {str(i): metrics_row(n, chosen, **{chosen: 5})
+               for i, (n, chosen) in enumerate(zip(NAMES, ["kitty", "puppy", "blue jay"]))}
+    heads = [RealPromptClassifier(backbone, synonyms=metrics, templates=TEMPLATES,
+                                  name_type=t).fit().text_head_
+             for t in ("alternates", "most_common_name")]
+    np.testing.assert_array_equal(*heads)
+
+
+def test_alternates_average_every_synonym_in_every_template(backbone, monkeypatch):
+    metrics = {"0": metrics_row("cat", "cat", cat=9, kitty=4, **{"house cat": 2}),
+               "1": metrics_row("jay", "blue jay", **{"blue jay": 7})}
+    calls = _spy_texts(backbone, monkeypatch)
+    real = RealPromptClassifier(backbone, synonyms=metrics, templates=TEMPLATES,
+                                name_type="alternates").fit()
+    # prompt_maker: synonym by synonym (alternates as written), each in every template
+    cat = ["a photo of a cat.", "a drawing of a cat.", "a photo of a kitty.",
+           "a drawing of a kitty.", "a photo of a house cat.", "a drawing of a house cat."]
+    jay = ["a photo of a blue jay.", "a drawing of a blue jay."]
+    assert calls[-1] == cat + jay
+    for row, prompts in zip(real.text_head_, (cat, jay)):   # classes_ cat, jay
+        np.testing.assert_allclose(row, _unit(backbone.encode_texts(prompts).mean(axis=0)),
+                                   atol=1e-6)
+    assert not hasattr(real, "prompt_names_")
+
+
+def test_name_type_name_is_the_zero_shot_classifier_of_the_class_names(backbone):
+    X = embeddings(8, backbone.embed_dim, seed=4)
+    real = RealPromptClassifier(backbone, classnames=NAMES, synonyms=SYNONYM_MAP,
+                                templates=TEMPLATES, name_type="name").fit()
+    zero_shot = ZeroShotClassifier(backbone, classnames=NAMES, templates=TEMPLATES).fit()
+    np.testing.assert_array_equal(real.decision_function(X), zero_shot.decision_function(X))
+    assert list(real.prompt_names_) == NAMES
+
+
+def test_dclip_prompts_have_the_class_name_replaced(backbone, monkeypatch):
+    descriptors = {"cat": ["whiskers"], "dog": [], "jay": ["a blue crest", "jay-like call"]}
+    calls = _spy_texts(backbone, monkeypatch)
+    real = RealPromptClassifier(backbone, classnames=NAMES, synonyms=SYNONYM_MAP,
+                                prompt_style="dclip", descriptors=descriptors).fit()
+    # DCLIP's prompt "k, which ... d", then str.replace(k, chosen): inside words too; an
+    # empty list gives "A photo of a {chosen}"
+    assert calls[-1] == ["kitty, which has whiskers", "A photo of a puppy",
+                         "blue jay, which is a blue crest",
+                         "blue jay, which has blue jay-like call"]
+    assert list(real.prompt_names_) == ["kitty", "puppy", "blue jay"]
+    named = RealPromptClassifier(backbone, classnames=NAMES, synonyms=SYNONYM_MAP,
+                                 name_type="name", prompt_style="dclip",
+                                 descriptors=descriptors).fit()
+    assert calls[-1] == ["cat, which has whiskers", "A photo of a dog",
+                         "jay, which is a blue crest", "jay, which has jay-like call"]
+    assert list(named.prompt_names_) == NAMES
+
+
+def test_cupl_sentences_have_the_class_name_replaced_case_sensitively(backbone, monkeypatch):
+    sentences = {"cat": ["A cat is a small pet.", "Cats purr.", "cat"], "dog": ["A dog."],
+                 "JAY": ["The jay is loud."]}   # a key matched up to case keeps its spelling
+    calls = _spy_texts(backbone, monkeypatch)
+    RealPromptClassifier(backbone, classnames=NAMES, synonyms=SYNONYM_MAP, prompt_style="cupl",
+                         descriptors=sentences).fit()
+    assert calls[-1] == ["A kitty is a small pet.", "Cats purr.", "kitty", "A puppy.",
+                         "The jay is loud."]
+
+
+PET_NAMES = {"Bengal cat": "Bengal", "Bombay cat": "Bombay", "boxer dog": "boxer",
+             "newfoundland dog": "newfoundland", "Persian cat": "Persian",
+             "siamese cat": "Siamese"}   # REAL's names -> the DCLIP / CuPL keys that differ
+
+
+def test_released_pets_files_with_laion2b_names(shared_data, backbone, monkeypatch):
+    metrics = shared_data / "real" / "oxford_pets" / "metrics-LAION2B.json"
+    cupl = shared_data / "cupl" / "pets_prompts_full.json"
+    dclip = shared_data / "descriptors" / "descriptors_pets.json"
+    for path in (metrics, cupl, dclip):
+        if not path.is_file():
+            pytest.skip(f"{path} not found")
+    rows = json.loads(metrics.read_text())
+    names = [PET_NAMES.get(rows[str(i)]["name"], rows[str(i)]["name"]) for i in range(len(rows))]
+    calls = _spy_texts(backbone, monkeypatch)
+    real = RealPromptClassifier(backbone, classnames=names, synonyms=str(metrics),
+                                prompt_style="cupl", descriptors=str(cupl)).fit()
+    assert real.prompt_names_[list(real.classes_).index("saint bernard")] == "st. bernard"
+    texts = calls[-1]
+    assert "A st. bernard looks like a large, powerful dog with a thick coat of fur." in texts
+    assert "A saint bernard looks like a large, powerful dog with a thick coat of fur." not in texts
+    assert ("Most Saint Bernard dogs are between 24 and 27 inches tall and weigh between 140 "
+            "and 260 pounds.") in texts                                  # case-sensitive
+    RealPromptClassifier(backbone, classnames=names, synonyms=str(metrics), prompt_style="dclip",
+                         descriptors=str(dclip)).fit()
+    assert {"st. bernard, which has four-legged animal", "st. bernard, which is a short tail",
+            "Abyssinian, which has black, grey, or brown fur"} <= set(calls[-1])
+    assert not any(t.startswith("saint bernard") for t in calls[-1])
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"name_type": "synonym"}, "RealPromptClassifier: name_type must be 'most_common_name', "
+                               "'name' or 'alternates', got 'synonym'."),
+    ({"prompt_style": "hand_engineered"}, "RealPromptClassifier: prompt_style must be "
+                                          "'templates', 'dclip' or 'cupl', got 'hand_engineered'."),
+    ({"prompt_style": "dclip"}, "RealPromptClassifier: prompt_style 'dclip' needs descriptors "
+                                "(a descriptor file or dict)."),
+    ({"descriptors": {"cat": ["fur"]}}, "RealPromptClassifier: descriptors are used only with "
+                                        "prompt_style 'dclip' or 'cupl', not 'templates'."),
+    ({"prompt_style": "cupl", "descriptors": {"cat": ["A cat."]}, "name_type": "alternates"},
+     "RealPromptClassifier: prompt_style 'cupl' replaces the class name by one name; use "
+     "name_type 'most_common_name' or 'name', not 'alternates'."),
+])
+def test_bad_variant_settings_are_one_sentence(backbone, params, message):
+    with pytest.raises(InputError) as info:
+        RealPromptClassifier(backbone, classnames=NAMES, synonyms=SYNONYM_MAP,
+                             templates=TEMPLATES, **params).fit()
+    assert str(info.value) == message
+
+
+def test_cupl_file_missing_a_class_names_it(backbone):
+    with pytest.raises(InputError, match="no entry for 1 of the 3 classes: 'jay'"):
+        RealPromptClassifier(backbone, classnames=NAMES, synonyms=SYNONYM_MAP,
+                             prompt_style="cupl", descriptors={"cat": ["A cat."],
+                                                               "dog": ["A dog."]}).fit()
+
+
+def test_cli_real_variants_reach_the_estimator(tmp_path, labelled_folder, tiny_config,
+                                               monkeypatch, capsys):
+    seen = []
+    original = RealPromptClassifier.fit
+
+    def spy(self, X=None, y=None):
+        seen.append(self.get_params(deep=False))
+        return original(self, X, y)
+
+    monkeypatch.setattr(RealPromptClassifier, "fit", spy)
+    synonyms, sentences = tmp_path / "s.json", tmp_path / "cupl.json"
+    synonyms.write_text(json.dumps({"cat": "kitty", "dog": "puppy", "fish": "trout"}))
+    sentences.write_text(json.dumps({"cat": ["A cat."], "dog": ["A dog."], "fish": []}))
+    base = ["evaluate", str(labelled_folder), "--method", "real", "--synonyms", str(synonyms),
+            "--model", tiny_config, "--pretrained", "none", "--no-progress"]
+    out = tmp_path / "e.json"
+    assert main([*base, "--real-prompts", "cupl", "--descriptors", str(sentences),
+                 "--name-type", "name", "--out", str(out)]) == 0
+    assert (seen[0]["prompt_style"], seen[0]["name_type"], seen[0]["descriptors"]) == (
+        "cupl", "name", str(sentences))
+    summary = json.loads(out.read_text())
+    assert (summary["real_prompts"], summary["name_type"]) == ("cupl", "name")
+    assert main([*base, "--name-type", "alternates"]) == 0
+    assert (seen[1]["prompt_style"], seen[1]["name_type"], seen[1]["descriptors"]) == (
+        "templates", "alternates", None)
+    assert main(base) == 0
+    assert (seen[2]["prompt_style"], seen[2]["name_type"]) == ("templates", "most_common_name")
+    capsys.readouterr()
+    cases = [
+        (["--real-prompts", "dclip"], "--real-prompts dclip needs --descriptors FILE (the DCLIP "
+                                      "descriptors)."),
+        (["--descriptors", str(sentences)],
+         "--descriptors with --method real needs --real-prompts dclip or cupl."),
+        (["--real-prompts", "cupl", "--descriptors", str(sentences), "--name-type", "alternates"],
+         "--real-prompts cupl replaces each class name by one name: use --name-type "
+         "most_common_name or name, not alternates."),
+    ]
+    for extra, message in cases:
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"zeroshot-plus: error: {message}"], err
+    for option, value in (("--name-type", "name"), ("--real-prompts", "cupl")):
+        assert main(["evaluate", str(labelled_folder), option, value, "--model", tiny_config,
+                     "--pretrained", "none", "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"zeroshot-plus: error: {option} needs --method real; --method zeroshot "
+                       f"does not use it."], err
 
 
 # ---------------------------------------------------------------------- released files
@@ -340,6 +531,25 @@ def test_zero_steps_keep_the_real_prompt_head_and_wise_zero_is_the_zero_shot_hea
     np.testing.assert_array_equal(trained.text_head_, W_zs)
     half = linear(backbone, max_iter=30).fit(X, captions=captions)
     np.testing.assert_allclose(half.text_head_, (half.linear_weights_ + W_zs) / 2, rtol=1e-6)
+
+
+def test_linear_name_type_sets_the_zero_shot_head_and_the_prompt_samples(backbone, pool,
+                                                                       monkeypatch):
+    X, captions, _, _ = pool
+    alternates = RealPromptClassifier(backbone, classnames=NAMES, synonyms=SYNONYMS,
+                                      templates=TEMPLATES, name_type="alternates").fit()
+    calls = _spy_texts(backbone, monkeypatch)
+    untrained = linear(backbone, max_iter=0, name_type="alternates").fit(X, captions=captions)
+    np.testing.assert_array_equal(untrained.zeroshot_weights_, alternates.text_head_)
+    # the prompt samples: every (synonym, template) prompt, the class name first (a map's
+    # alternates are the class name and its synonym)
+    assert calls[1] == ["a photo of a cat.", "a drawing of a cat.", "a photo of a kitty.",
+                        "a drawing of a kitty.", "a photo of a dog.", "a drawing of a dog.",
+                        "a photo of a puppy.", "a drawing of a puppy.", "a photo of a jay.",
+                        "a drawing of a jay.", "a photo of a blue jay.",
+                        "a drawing of a blue jay."]
+    with pytest.raises(InputError, match="RealLinearClassifier: name_type must be"):
+        linear(backbone, name_type="synonyms").fit(X, captions=captions)
 
 
 def test_learning_rate_warms_up_then_follows_a_cosine(backbone, pool):

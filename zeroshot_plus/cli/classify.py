@@ -134,7 +134,12 @@ def evaluate(args: argparse.Namespace) -> int:
                    model=backbone.describe(), templates=args.templates,
                    skipped=[path_text(f.name) for f in report.failures])
     if args.method == "descriptions" and not args.classifier:
-        summary.update(descriptors=classifier.report_, prompt_style=args.prompt_style)
+        summary.update(descriptors=classifier.report_, **{
+            name: getattr(args, name) for name in ("prompt_style", "name_position", "prefix",
+                                                   "between", "suffix", "empty_descriptors",
+                                                   "aggregation")})
+    if args.method == "real" and not args.classifier:
+        summary.update(name_type=args.name_type, real_prompts=args.real_prompts)
     if explain:
         summary["explanations"] = explanations
     try:
@@ -187,7 +192,9 @@ def _classifier(args: argparse.Namespace, backbone: Backbone,
         from ..methods.real import RealPromptClassifier
 
         return RealPromptClassifier(backbone, classnames=classnames, synonyms=args.synonyms,
-                                    templates=args.templates, cache=args.cache).fit()
+                                    templates=args.templates, name_type=args.name_type,
+                                    prompt_style=args.real_prompts, descriptors=args.descriptors,
+                                    cache=args.cache).fit()
     if args.method == "tpt":
         from ..methods.tpt import tpt_preset
         from ..text.synonyms import load_synonyms
@@ -215,15 +222,20 @@ def _fit_descriptions(args: argparse.Namespace, backbone: Backbone,
                       classnames: list[str] | None) -> DescriptionClassifier:
     from ..methods.descriptions import DescriptionClassifier
 
-    classifier = DescriptionClassifier(backbone, classnames=classnames,
-                                       descriptors=args.descriptors,
-                                       prompt_style=args.prompt_style, cache=args.cache).fit()
+    classifier = DescriptionClassifier(
+        backbone, classnames=classnames, descriptors=args.descriptors,
+        prompt_style=args.prompt_style, suffix=args.suffix, prefix=args.prefix,
+        between=args.between, name_position=args.name_position,
+        empty_descriptors=args.empty_descriptors, aggregation=args.aggregation,
+        cache=args.cache).fit()
     report = classifier.report_
     log.info("descriptors for %d of %d classes (%s)", report["n_with_descriptors"],
              report["n_classes"], report["source"])
     if report["without_descriptors"]:
-        log.warning("%d classes have no descriptors and are scored by their name: %s",
-                    len(report["without_descriptors"]), ", ".join(report["without_descriptors"][:10]))
+        log.warning("%d classes have no descriptors and are scored by %s: %s",
+                    len(report["without_descriptors"]),
+                    "their name" if args.empty_descriptors == "name" else "the blank descriptor",
+                    ", ".join(report["without_descriptors"][:10]))
     return classifier
 
 

@@ -12,9 +12,10 @@ import math
 from ..choices import (AUGMIX_MODES, COMPONENTS, CTX_COUNTS, EMBEDDING_FORMS, ENTROPIES,
                        KERNELS, MASK_MODES, PRECISIONS, WEIGHTINGS)
 from ..errors import InputError
-from ..text.descriptors import PROMPT_STYLES
+from ..text.descriptors import AGGREGATIONS, EMPTY_DESCRIPTORS, NAME_POSITIONS, PROMPT_STYLES
 from ..text.frequency import CAPTION_COLUMN, STRATEGIES
 from ..text.llm import KINDS
+from ..text.synonyms import NAME_TYPES, REAL_PROMPT_STYLES
 
 METHODS = ("zeroshot", "gda", "real", "descriptions", "tpt")
 
@@ -90,6 +91,7 @@ def _class_options(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--synonyms", metavar="FILE",
                         help="--method real: a REAL metrics file (most_common_name per class id, "
                              "rows in --classes order) or a JSON map {class: synonym}")
+    _real_options(parser)
     _description_options(parser)
     _few_shot_options(parser, support=True)
     _tpt_options(parser)
@@ -100,16 +102,44 @@ def _description_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--descriptors", metavar="FILE",
                        help="JSON {class: [descriptor, ...]}: released DCLIP descriptors, CuPL "
                             "sentences, or `zeroshot-plus describe` output; without --classes "
-                            "its keys are the classes")
+                            "its keys are the classes (also --method real with --real-prompts)")
     group.add_argument("--prompt-style", choices=PROMPT_STYLES,
                        help="menon (default): the paper's '{class}, which is/has {descriptor}' "
                             "rule with its quirks; corrected: the same rule on whole words; "
                             "plain: '{class}, {descriptor}'; sentences: each entry is a whole "
                             "prompt (CuPL files)")
+    group.add_argument("--name-position", choices=NAME_POSITIONS,
+                       help="where the class name goes: prepend (default: PREFIX class BETWEEN "
+                            "clause SUFFIX), append (clause BETWEEN class, as the reference's "
+                            "append mode) or none (the clause alone)")
+    group.add_argument("--prefix", metavar="TEXT",
+                       help="text before the class name (default: none)")
+    group.add_argument("--between", metavar="TEXT",
+                       help="text between the class name and the descriptor (default: ', ')")
+    group.add_argument("--suffix", metavar="TEXT",
+                       help="text after each descriptor prompt and after a bare class name; "
+                            "'.' is the reference's setting for ImageNet (default: none)")
+    group.add_argument("--empty-descriptors", choices=EMPTY_DESCRIPTORS,
+                       help="a class with no descriptors is scored by its name (default), or by "
+                            "the one descriptor '' (blank: the reference's 'k, which has ')")
+    group.add_argument("--aggregation", choices=AGGREGATIONS,
+                       help="how a class's descriptor similarities make its score: mean "
+                            "(default, the paper), max or sum")
     group.add_argument("--explain", type=int, nargs="?", const=3, metavar="N",
                        help="also give the N (default 3) descriptors of the predicted class "
                             "most similar to each image: extra columns of predict, and per "
                             "image in evaluate's --out JSON")
+
+
+def _real_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("REAL-Prompt (--method real)")
+    group.add_argument("--name-type", choices=NAME_TYPES,
+                       help="names in the prompts: most_common_name (default), name (the class "
+                            "names), or alternates (every synonym, averaged into one weight)")
+    group.add_argument("--real-prompts", choices=REAL_PROMPT_STYLES,
+                       help="templates (default: --templates filled with the names); dclip or "
+                            "cupl: the --descriptors prompts or CuPL sentences with each class "
+                            "name replaced by its chosen name")
 
 
 def _tpt_options(parser: argparse.ArgumentParser) -> None:
@@ -372,8 +402,11 @@ def _prompt_option(parser: argparse.ArgumentParser) -> None:
 _METHOD_OPTIONS = {
     "--templates": ("zeroshot", "gda", "real", "tpt"),
     "--synonyms": ("real", "tpt"),
-    "--descriptors": ("descriptions",), "--prompt-style": ("descriptions",),
-    "--explain": ("descriptions",),
+    "--descriptors": ("descriptions", "real"), "--prompt-style": ("descriptions",),
+    "--explain": ("descriptions",), "--name-position": ("descriptions",),
+    "--prefix": ("descriptions",), "--between": ("descriptions",), "--suffix": ("descriptions",),
+    "--empty-descriptors": ("descriptions",), "--aggregation": ("descriptions",),
+    "--name-type": ("real",), "--real-prompts": ("real",),
     "--support": ("gda",), "--shots": ("gda",), "--views": ("gda",), "--alpha": ("gda",),
     "--val": ("gda",), "--seed": ("gda", "tpt"),
     "--tpt-views": ("tpt",), "--tpt-steps": ("tpt",), "--tpt-lr": ("tpt",),
@@ -390,7 +423,9 @@ _NEEDS = {"gda": ("support", "--method gda needs --support DIR (labelled support
                                           "{class: [descriptor, ...]}).")}
 # what an option left out means (argparse's default is None, to tell it was given)
 _DEFAULTS = {"method": "zeroshot", "prompt_style": "menon", "views": 10, "alpha": "auto",
-             "seed": 0}
+             "seed": 0, "name_position": "prepend", "prefix": "", "between": ", ", "suffix": "",
+             "empty_descriptors": "name", "aggregation": "mean",
+             "name_type": "most_common_name", "real_prompts": "templates"}
 
 
 def resolve_options(args: argparse.Namespace) -> argparse.Namespace:
@@ -412,6 +447,19 @@ def resolve_options(args: argparse.Namespace) -> argparse.Namespace:
     if getattr(args, "explain", None) is not None and args.explain < 1:
         raise InputError(f"--explain must be at least 1, got {args.explain}.")
     return args
+
+
+def _check_real_options(args: argparse.Namespace) -> None:
+    """--real-prompts dclip/cupl and --descriptors go together, with one name per class."""
+    style = args.real_prompts or _DEFAULTS["real_prompts"]
+    if style == "templates" and args.descriptors is not None:
+        raise InputError("--descriptors with --method real needs --real-prompts dclip or cupl.")
+    if style != "templates" and args.descriptors is None:
+        raise InputError(f"--real-prompts {style} needs --descriptors FILE (the "
+                         f"{'DCLIP descriptors' if style == 'dclip' else 'CuPL sentences'}).")
+    if style != "templates" and args.name_type == "alternates":
+        raise InputError(f"--real-prompts {style} replaces each class name by one name: use "
+                         f"--name-type most_common_name or name, not alternates.")
 
 
 def _check_method_options(args: argparse.Namespace) -> None:
@@ -442,5 +490,7 @@ def _check_method_options(args: argparse.Namespace) -> None:
     for option in ("--diffusion-count", "--tpt-cosine"):
         if getattr(args, option[2:].replace("-", "_")) is not None and args.diffusion_views is None:
             raise InputError(f"{option} needs --diffusion-views DIR.")
+    if method == "real":
+        _check_real_options(args)
     if args.command == "predict" and args.classes is None and method != "descriptions":
         raise InputError("predict needs --classes (or --classifier FILE).")

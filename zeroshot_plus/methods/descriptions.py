@@ -14,6 +14,11 @@ and prediction is one (N, D) x (D, C) product, with no Python loop over classes 
 (N, descriptors) similarity matrix (benchmarks/descriptions.py compares this with the
 per-class loop of the reference code and with a similarity-matrix segment mean).
 
+The reference's other aggregations (``aggregate_similarity``): "sum", Σ_j xᵀ e_kj = n_k xᵀ m_k,
+is the same product scaled per class; "max", max_j xᵀ e_kj, is not linear, so it is computed
+on blocks of images (one (B, P) similarity block and a segment maximum, ``np.maximum.reduceat``,
+per block), never an (N, P) matrix.
+
 Scale: the reference code uses none (raw mean cosine; its top-5 is a softmax of S, and the
 argmax does not depend on a scale). Here ``logit_scale`` multiplies S, 100 by default (CLIP's
 own) so that ``predict_proba`` gives usable probabilities; logit_scale=1 is the reference's.
@@ -27,13 +32,14 @@ import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
 from ..text.classnames import display_name, parse_classnames
-from ..text.descriptors import check_prompt_style, descriptor_prompts, match_descriptors
+from ..text.descriptors import (AGGREGATIONS, EMPTY_DESCRIPTORS, NAME_POSITIONS,
+                                check_prompt_style, descriptor_prompts, match_descriptors)
 from ..errors import InputError
 from .base import (Predictor, check_param, class_columns, given_text_weights, is_integer,
                    is_number)
 from ..text.heads import l2_normalise
 
-_ROWS = 1024  # image rows per block in explain()
+_ROWS = 1024  # image rows per block in explain() and in the "max" aggregation
 
 
 class Explanation(NamedTuple):
@@ -45,7 +51,7 @@ class Explanation(NamedTuple):
 
 
 class DescriptionClassifier(Predictor):
-    """Zero-shot classifier scoring each class by the mean similarity to its descriptors.
+    """Zero-shot classifier scoring each class by its similarities to its descriptors.
 
     Parameters
     ----------
@@ -58,19 +64,30 @@ class DescriptionClassifier(Predictor):
         ("{class}, {descriptor}") or "sentences" (each entry is a whole prompt, for CuPL
         files); see ``zeroshot_plus.descriptors``.
     suffix : text after each descriptor prompt and after a bare class-name prompt (the
-        reference appends "." for ImageNet in one version of its code).
+        reference's ``after_text`` and ``label_after_text``: "." for ImageNet in its last
+        version, "" elsewhere).
+    prefix, between : text before the class name (the reference's ``before_text``, "") and
+        between the class name and the descriptor clause (``between_text``, ", ").
+    name_position : where the class name goes (the reference's ``category_name_inclusion``):
+        "prepend" (prefix + name + between + clause + suffix), "append" (clause + between +
+        name, no prefix or suffix, as the reference) or "none" (the clause alone); not used
+        by "sentences".
+    empty_descriptors : a class with no descriptors is scored by its bare name ("name", see
+        below), or by the single descriptor "" ("blank": the reference's ``[""]``, i.e. the
+        prompt "k, which has " in the "menon" style).
+    aggregation : "mean" (the paper), "max" or "sum" of a class's descriptor similarities
+        (the reference's ``aggregate_similarity``); S_k(x) below is this aggregate.
     allow_missing : classes absent from ``descriptors`` are classified by their name instead
         of raising InputError.
     text_weights : a precomputed (C, D) text head instead of backbone + descriptors (e.g. a
         saved ``text_head_``); classes are then scored by cosine, ``classnames`` optionally
         names its rows (else 0..C-1), and ``explain`` is not available.
-    logit_scale : multiplier of the mean similarities (the reference uses 1; see above).
+    logit_scale : multiplier of S_k (the reference uses 1; see above).
     cache : embedding store directory for the prompt embeddings.
 
     A class with no descriptors (an empty list, or missing with ``allow_missing``) is scored
-    by its bare name ``display_name(name) + suffix``, the reference's "CLIP-standard" prompt. (The
-    reference itself gives an empty list the single descriptor "", i.e. the prompt
-    "k, which has "; pass [""] to get that.)
+    by its bare name ``display_name(name) + suffix``, the reference's "CLIP-standard" prompt,
+    unless ``empty_descriptors="blank"``.
 
     Fitted attributes: ``classes_`` and ``classnames_`` (C,), ``prompts_`` and
     ``descriptors_`` (P,) str, ``descriptor_embeddings_`` (P, D) float32 (class-contiguous,
@@ -82,9 +99,10 @@ class DescriptionClassifier(Predictor):
     ``text_head_`` = m_k / ‖m_k‖ is the descriptor ensemble as a text head, for use wherever
     a (C, D) head is taken, e.g. ``GDAClassifier(text_weights=clf.text_head_,
     classnames=clf.classes_)``. Its cosine differs from S_k by the per-class factor ‖m_k‖
-    (<= 1, smaller for more diverse descriptors): S_k(x) = ‖m_k‖ · cos(x, text_head_k), so
-    the two rank classes alike when all classes have equally spread descriptors. With
-    "sentences" the text head is exactly CuPL's class weight (§2.4).
+    (<= 1, smaller for more diverse descriptors): with the mean, S_k(x) = ‖m_k‖ · cos(x,
+    text_head_k), so the two rank classes alike when all classes have equally spread
+    descriptors. With "sentences" the text head is exactly CuPL's class weight (§2.4). It is
+    the mean ensemble whatever the ``aggregation``.
     """
 
     _required_fitted = Predictor._required_fitted | {"class_means_"}
@@ -93,13 +111,21 @@ class DescriptionClassifier(Predictor):
     _learns_from_y = False
 
     def __init__(self, backbone=None, *, classnames=None, descriptors=None,
-                 prompt_style: str = "menon", suffix: str = "", allow_missing: bool = False,
-                 text_weights=None, logit_scale: float = 100.0, cache=None):
+                 prompt_style: str = "menon", suffix: str = "", prefix: str = "",
+                 between: str = ", ", name_position: str = "prepend",
+                 empty_descriptors: str = "name", aggregation: str = "mean",
+                 allow_missing: bool = False, text_weights=None, logit_scale: float = 100.0,
+                 cache=None):
         self.backbone = backbone
         self.classnames = classnames
         self.descriptors = descriptors
         self.prompt_style = prompt_style
         self.suffix = suffix
+        self.prefix = prefix
+        self.between = between
+        self.name_position = name_position
+        self.empty_descriptors = empty_descriptors
+        self.aggregation = aggregation
         self.allow_missing = allow_missing
         self.text_weights = text_weights
         self.logit_scale = logit_scale
@@ -109,13 +135,24 @@ class DescriptionClassifier(Predictor):
         """Build and encode the descriptor prompts; X and y are only checked (zero-shot)."""
         name = type(self).__name__
         check_param(self, "logit_scale", is_number(self.logit_scale, 0), "a number >= 0")
+        check_param(self, "aggregation", self.aggregation in AGGREGATIONS, _one_of(AGGREGATIONS))
         if self.text_weights is not None:
+            if self.aggregation != "mean":
+                raise InputError(f"{name}: aggregation '{self.aggregation}' needs the "
+                                 f"descriptors' embeddings; text_weights have one row per "
+                                 f"class, so only 'mean' applies.")
             head, names = given_text_weights(name, self.text_weights, self.classnames)
             self._set_text_head(head, names)
             self.class_means_ = self.text_head_
             self._check_fit_data(X, y)
             return self
         check_prompt_style(self.prompt_style)
+        check_param(self, "name_position", self.name_position in NAME_POSITIONS,
+                    _one_of(NAME_POSITIONS))
+        check_param(self, "empty_descriptors", self.empty_descriptors in EMPTY_DESCRIPTORS,
+                    _one_of(EMPTY_DESCRIPTORS))
+        for param in ("suffix", "prefix", "between"):
+            check_param(self, param, isinstance(getattr(self, param), str), "a string")
         if self.backbone is None or self.descriptors is None:
             raise InputError(f"{name} needs either text_weights, or a backbone and descriptors.")
         names = (None if self.classnames is None
@@ -123,8 +160,12 @@ class DescriptionClassifier(Predictor):
         match = match_descriptors(self.descriptors, names, allow_missing=self.allow_missing)
         prompts, shown = [], []
         for classname, items in zip(match.classnames, match.descriptors):
+            if not items and self.empty_descriptors == "blank":
+                items = [""]
             if items:
-                prompts.append(descriptor_prompts(classname, items, self.prompt_style, self.suffix))
+                prompts.append(descriptor_prompts(
+                    classname, items, self.prompt_style, self.suffix, prefix=self.prefix,
+                    between=self.between, position=self.name_position))
                 shown.append(items)
             else:  # no descriptors: the class name alone
                 prompts.append([display_name(classname) + self.suffix])
@@ -145,15 +186,34 @@ class DescriptionClassifier(Predictor):
         return self
 
     def logits(self, X) -> np.ndarray:
-        """(N, C) logits: logit_scale * S_k(x), the mean similarity to class k's descriptors."""
+        """(N, C) logits: logit_scale * S_k(x), the mean (or ``aggregation``) of the
+        similarities to class k's descriptors."""
         check_is_fitted(self)
         X = self._validate_embeddings(X, reset=False)
-        return self.logit_scale * (X @ self.class_means_.T)
+        if self.aggregation == "mean":
+            return self.logit_scale * (X @ self.class_means_.T)
+        if not hasattr(self, "descriptor_embeddings_"):
+            raise InputError(f"{type(self).__name__}: aggregation '{self.aggregation}' needs "
+                             f"descriptors, not text_weights.")
+        if self.aggregation == "sum":
+            return self.logit_scale * ((X @ self.class_means_.T) * self.counts_.astype(np.float32))
+        return self.logit_scale * self._max_similarities(X)
+
+    def _max_similarities(self, X: np.ndarray) -> np.ndarray:
+        """(N, C) max_j xᵀ e_kj, one (B, P) block of images at a time."""
+        order = np.argsort(self.offsets_, kind="stable")   # columns in prompt-row order
+        starts = self.offsets_[order]
+        scores = np.empty((len(X), len(order)), dtype=np.float32)
+        for start in range(0, len(X), _ROWS):
+            block = X[start:start + _ROWS] @ self.descriptor_embeddings_.T
+            scores[start:start + _ROWS, order] = np.maximum.reduceat(block, starts, axis=1)
+        return scores
 
     def explain(self, X, top: int = 3) -> list[Explanation]:
         """Per image, the predicted label and its ``top`` descriptors by similarity xᵀe_kj.
 
-        These are the descriptors that raised the label's score most (each adds xᵀe_kj / n_k).
+        These are the descriptors that raised the label's score most (with the mean, each
+        adds xᵀe_kj / n_k; with the max, the first is the one that sets the score).
         A class with fewer descriptors gives fewer; a class without any shows its name.
         """
         if not is_integer(top, 1):
@@ -180,3 +240,9 @@ class DescriptionClassifier(Predictor):
         return [Explanation(self.classes_[k].item(), self.descriptors_[b[np.isfinite(v)]].tolist(),
                             v[np.isfinite(v)].tolist())
                 for k, b, v in zip(predicted, best, sims)]
+
+
+def _one_of(values: tuple[str, ...]) -> str:
+    """The phrase "'a', 'b' or 'c'" that check_param's message expects."""
+    quoted = [f"'{v}'" for v in values]
+    return f"{', '.join(quoted[:-1])} or {quoted[-1]}"

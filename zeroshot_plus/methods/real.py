@@ -6,6 +6,17 @@ template, by s_c, its synonym most frequent in the pretraining captions:
 
     w_c = normalise( mean_j normalise(g(template_j(s_c))) ),   logits = 100 · x̂ · w_cᵀ
 
+Its variants in the reference code (``prompt_maker``; METHODS.md §3.2), as parameters:
+``name_type`` "most_common_name" (s_c, above), "name" (the class name itself: the zero-shot
+baseline) or "alternates" (every synonym a of c in every template, all averaged into one
+weight: w_c = normalise(mean_{a,j} normalise(g(template_j(a))))); and ``prompt_style``
+"templates" (above), "dclip" or "cupl": the class's prompts are then its DCLIP descriptor
+prompts ("k, which has d", the "menon" rule) or its CuPL sentences, in which every occurrence
+of the class name k is replaced by the chosen name (Python's ``str.replace``: case-sensitive,
+inside longer words too, as the reference); a class with an empty list gets the one prompt
+"A photo of a {chosen name}". The reference's ``tau`` re-normalisation, w_c / ‖w_c‖^τ, is
+left out: every w_c has unit norm, so it changes nothing.
+
 REAL-Linear: a linear head trained on a pool of (image, caption) pairs:
 
     1. For each synonym a of class c: e_{c,a} = normalise(mean_j normalise(g(template_j(a)))).
@@ -33,8 +44,10 @@ from ..errors import InputError
 from ..text.frequency import CaptionIndex
 from .base import (Predictor, check_param, class_columns, given_text_weights, is_integer,
                    is_number, label_codes)
+from ..text.classnames import display_name
+from ..text.descriptors import descriptor_prompts, match_descriptors
 from ..text.templates import class_prompts, load_templates
-from ..text.synonyms import SynonymTable, load_synonyms
+from ..text.synonyms import NAME_TYPES, REAL_PROMPT_STYLES, SynonymTable, load_synonyms
 from ..text.heads import class_weights, l2_normalise, segment_mean
 from .zeroshot import ZeroShotClassifier
 
@@ -53,13 +66,21 @@ class RealPromptClassifier(ZeroShotClassifier):
         written) or written by ``zeroshot-plus frequency``; or a JSON file / dict mapping
         each class name to the synonym to use ({class: synonym}).
     templates : template set name, template file, or list of templates ("{}" = the name).
+    name_type : the name(s) in the prompts: "most_common_name" (REAL-Prompt), "name" (the
+        class name) or "alternates" (every synonym: a metrics file's ``alternates`` as
+        written, or a map's class name and its synonyms, all averaged into one weight).
+    prompt_style : "templates" (``templates`` filled with the names), "dclip" or "cupl"
+        (``descriptors`` prompts with the class name replaced; see the module docstring).
+    descriptors : with "dclip", a descriptor file or dict {class: [descriptor, ...]}; with
+        "cupl", a CuPL file {class: [sentence, ...]}; matched to the classes by name.
     text_weights : a precomputed (C, D) text head (e.g. a saved ``text_head_``) instead of
         backbone + synonyms, as in ZeroShotClassifier.
     logit_scale : multiplier of the cosine similarities (CLIP's is 100).
     cache : embedding store directory for the prompt embeddings.
 
     Fitted attributes: ``classes_`` and ``classnames_`` (C,) the original class names,
-    ``prompt_names_`` (C,) the names the prompts use (not with ``text_weights``),
+    ``prompt_names_`` (C,) the names the prompts use (not with ``text_weights`` or
+    "alternates"),
     ``text_head_`` (C, D) (usable as GDA's ``text_weights``), ``n_features_in_``; rows in
     ``classes_`` order.
     """
@@ -67,12 +88,16 @@ class RealPromptClassifier(ZeroShotClassifier):
     _optional_fitted = frozenset({"prompt_names_"})
 
     def __init__(self, backbone=None, *, classnames=None, synonyms=None,
-                 templates="openai_imagenet", text_weights=None, logit_scale: float = 100.0,
-                 cache=None):
+                 templates="openai_imagenet", name_type: str = "most_common_name",
+                 prompt_style: str = "templates", descriptors=None, text_weights=None,
+                 logit_scale: float = 100.0, cache=None):
         self.backbone = backbone
         self.classnames = classnames
         self.synonyms = synonyms
         self.templates = templates
+        self.name_type = name_type
+        self.prompt_style = prompt_style
+        self.descriptors = descriptors
         self.text_weights = text_weights
         self.logit_scale = logit_scale
         self.cache = cache
@@ -81,14 +106,58 @@ class RealPromptClassifier(ZeroShotClassifier):
         if self.text_weights is not None:
             return super().fit(X, y)
         check_param(self, "logit_scale", is_number(self.logit_scale, 0), "a number >= 0")
+        _check_name_type(self)
+        check_param(self, "prompt_style", self.prompt_style in REAL_PROMPT_STYLES,
+                    "'templates', 'dclip' or 'cupl'")
+        name = type(self).__name__
+        if self.prompt_style == "templates" and self.descriptors is not None:
+            raise InputError(f"{name}: descriptors are used only with prompt_style 'dclip' or "
+                             f"'cupl', not '{self.prompt_style}'.")
+        if self.prompt_style != "templates" and self.descriptors is None:
+            raise InputError(f"{name}: prompt_style '{self.prompt_style}' needs descriptors "
+                             f"(a {'descriptor' if self.prompt_style == 'dclip' else 'CuPL'} "
+                             f"file or dict).")
+        if self.prompt_style != "templates" and self.name_type == "alternates":
+            raise InputError(f"{name}: prompt_style '{self.prompt_style}' replaces the class "
+                             f"name by one name; use name_type 'most_common_name' or 'name', "
+                             f"not 'alternates'.")
         table = _synonym_table(self)
-        prompt_names = table.prompt_names()
-        prompts = class_prompts(prompt_names, load_templates(self.templates))
+        prompts = _real_prompts(table, self.name_type, self.templates, self.prompt_style,
+                                self.descriptors)
         self._set_text_head(class_weights(self.backbone, prompts, cache=self.cache),
                             table.classes)
-        self.prompt_names_ = np.array(prompt_names)[class_columns(table.classes)[2]]
+        vars(self).pop("prompt_names_", None)
+        if self.name_type != "alternates":
+            names = [chosen for (chosen,) in table.names(self.name_type)]
+            self.prompt_names_ = np.array(names)[class_columns(table.classes)[2]]
         self._check_fit_data(X, y)
         return self
+
+
+def _real_prompts(table: SynonymTable, name_type: str, templates, style: str = "templates",
+                  descriptors=None) -> list[list[str]]:
+    """Per class (in ``table`` order), REAL's prompts (``prompt_maker``): every template filled
+    with every name of ``name_type``, synonym by synonym; or, with "dclip" / "cupl", the
+    class's descriptor prompts / CuPL sentences with its name replaced by the chosen one."""
+    names = table.names(name_type)
+    if style == "templates":
+        templates = load_templates(templates)
+        return [[p for one in class_prompts(group, templates) for p in one] for group in names]
+    match = match_descriptors(descriptors, table.classes)
+    prompts = []
+    for classname, items, (chosen,) in zip(match.classnames, match.descriptors, names):
+        if not items:
+            prompts.append([f"A photo of a {chosen}"])
+            continue
+        key = match.renamed.get(classname, classname)  # the name as the file writes it
+        written = descriptor_prompts(key, items, "menon" if style == "dclip" else "sentences")
+        prompts.append([p.replace(display_name(key), chosen) for p in written])
+    return prompts
+
+
+def _check_name_type(estimator) -> None:
+    check_param(estimator, "name_type", estimator.name_type in NAME_TYPES,
+                "'most_common_name', 'name' or 'alternates'")
 
 
 def _synonym_table(estimator) -> SynonymTable:
@@ -120,6 +189,9 @@ class RealLinearClassifier(Predictor):
     backbone, classnames, synonyms, templates, cache : as in RealPromptClassifier. Retrieval
         uses every synonym of a class (a metrics file's ``alternates``, or the class name and
         its synonym).
+    name_type : the names in W_zs's prompts and in the prompt samples (the reference's
+        ``--prompt_name_type``), as in RealPromptClassifier; with "alternates" every
+        (synonym, template) prompt is a sample.
     text_weights : a precomputed (C, D) zero-shot head W_zs instead of backbone + synonyms
         (``classnames`` optionally names its rows, else 0..C-1); its rows are then the prompt
         samples, and the pool must come labelled (``y``), as nothing encodes captions.
@@ -145,7 +217,8 @@ class RealLinearClassifier(Predictor):
         "sample_labels_", "samples_", "zeroshot_weights_"}
 
     def __init__(self, backbone=None, *, classnames=None, synonyms=None,
-                 templates="openai_imagenet", text_weights=None, n_samples: int = 100,
+                 templates="openai_imagenet", name_type: str = "most_common_name",
+                 text_weights=None, n_samples: int = 100,
                  max_iter="auto", lr: float = 1e-4, weight_decay: float = 0.01,
                  warmup_iter: int = 50, batch_size: int = 32, wise_alpha: float = 0.5,
                  mention: str = "synonym", logit_scale: float = 100.0, random_state=0,
@@ -154,6 +227,7 @@ class RealLinearClassifier(Predictor):
         self.classnames = classnames
         self.synonyms = synonyms
         self.templates = templates
+        self.name_type = name_type
         self.text_weights = text_weights
         self.n_samples = n_samples
         self.max_iter = max_iter
@@ -225,16 +299,16 @@ class RealLinearClassifier(Predictor):
                                              self.classnames)
             return W_zs, W_zs, np.arange(len(W_zs)), names, None
         table = _synonym_table(self)
-        templates = load_templates(self.templates)
-        prompts = class_prompts(table.prompt_names(), templates)
+        prompts = _real_prompts(table, self.name_type, self.templates)
         W_zs = class_weights(self.backbone, prompts, cache=self.cache)
         texts = self.backbone.encode_texts([p for group in prompts for p in group],
                                            cache=self.cache)
-        return (W_zs, texts, np.repeat(np.arange(len(prompts)), len(templates)), table.classes,
-                table)
+        return (W_zs, texts, np.repeat(np.arange(len(prompts)), [len(p) for p in prompts]),
+                table.classes, table)
 
     def _check_params(self) -> None:
         check_param(self, "mention", self.mention in ("synonym", "any"), "'synonym' or 'any'")
+        _check_name_type(self)
         check_param(self, "max_iter", self.max_iter == "auto" or is_integer(self.max_iter, 0),
                     "'auto' or an integer >= 0")
         for param in ("n_samples", "batch_size"):

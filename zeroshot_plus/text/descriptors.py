@@ -17,6 +17,16 @@ Prompt styles, for class name k ('_' read as a space), descriptor d and a ``suff
   "which has antlers".
 - ``"plain"``: ``k + ", " + d + suffix``.
 - ``"sentences"``: d itself is the whole prompt (CuPL sentences already name the class).
+
+Where the class name goes (the reference's ``category_name_inclusion``), with ``prefix``
+(its ``before_text``), ``between`` (``between_text``) and ``suffix`` (``after_text``):
+
+- ``"prepend"`` (the reference's default): ``prefix + k + between + m(d) + suffix``;
+- ``"append"``: ``m(d) + between + k``; the reference adds neither prefix nor suffix here;
+- ``"none"``: ``m(d)`` alone.
+
+where m(d) is the rule's clause ("menon", "corrected") or d itself ("plain"); "sentences"
+ignores all four settings.
 """
 
 from __future__ import annotations
@@ -31,6 +41,9 @@ from ..errors import InputError
 from .classnames import closest_name, display_name, match_key
 
 PROMPT_STYLES = ("menon", "corrected", "plain", "sentences")
+NAME_POSITIONS = ("prepend", "append", "none")
+AGGREGATIONS = ("mean", "max", "sum")   # DescriptionClassifier(aggregation=...)
+EMPTY_DESCRIPTORS = ("name", "blank")   # DescriptionClassifier(empty_descriptors=...)
 _BARE_PREFIXES = ("has", "often", "typically", "may", "can")
 _SHOWN = 10  # names listed in an error message
 
@@ -56,15 +69,24 @@ def descriptor_phrase(descriptor: str, rule: str = "menon") -> str:
 
 
 def descriptor_prompts(classname: str, descriptors: Sequence[str], style: str = "menon",
-                       suffix: str = "") -> list[str]:
-    """The prompts of one class, one per descriptor, in the given prompt style."""
+                       suffix: str = "", *, prefix: str = "", between: str = ", ",
+                       position: str = "prepend") -> list[str]:
+    """The prompts of one class, one per descriptor, in the given prompt style and name
+    position (see the module docstring)."""
     check_prompt_style(style)
-    name = display_name(classname)
+    if position not in NAME_POSITIONS:
+        raise InputError(f"unknown name position '{position}'; use one of "
+                         f"{', '.join(NAME_POSITIONS)}.")
     if style == "sentences":
         return list(descriptors)
-    if style == "plain":
-        return [f"{name}, {d}{suffix}" for d in descriptors]
-    return [f"{name}, {descriptor_phrase(d, style)}{suffix}" for d in descriptors]
+    name = display_name(classname)
+    clauses = list(descriptors) if style == "plain" else [
+        descriptor_phrase(d, style) for d in descriptors]
+    if position == "prepend":
+        return [f"{prefix}{name}{between}{m}{suffix}" for m in clauses]
+    if position == "append":
+        return [f"{m}{between}{name}" for m in clauses]
+    return clauses
 
 
 def check_prompt_style(style: str) -> None:

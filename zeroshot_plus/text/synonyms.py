@@ -24,6 +24,9 @@ from typing import Mapping, Sequence
 from ..errors import InputError
 from .classnames import closest_name, match_key, parse_classnames, validate_classnames
 
+NAME_TYPES = ("most_common_name", "name", "alternates")  # RealPromptClassifier(name_type=...)
+REAL_PROMPT_STYLES = ("templates", "dclip", "cupl")      # RealPromptClassifier(prompt_style=...)
+
 
 @dataclass
 class SynonymTable:
@@ -47,6 +50,16 @@ class SynonymTable:
                              f"frequency` to pick the most frequent one, or map each class to "
                              f"one synonym.")
         return list(self.chosen)
+
+    def names(self, name_type: str = "most_common_name") -> list[list[str]]:
+        """Per class, the names its prompts use (REAL's ``name_type``): the class name
+        ("name"), the chosen name ("most_common_name", see ``prompt_names``) or every
+        candidate synonym ("alternates")."""
+        if name_type == "name":
+            return [[name] for name in self.classes]
+        if name_type == "alternates":
+            return [list(synonyms) for synonyms in self.alternates]
+        return [[name] for name in self.prompt_names()]
 
 
 def is_metrics_format(data: Mapping) -> bool:
