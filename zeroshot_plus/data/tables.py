@@ -6,7 +6,9 @@ image-caption pairs (``image,caption``). A CSV header is recognised by its first
 Without a header, the columns come in the order the caller names them. A JSONL line is an object keyed by the column names (the
 path under ``path`` or ``image``). Relative paths are taken relative to the table's folder.
 A path is read back from its written form (``names.text_path``), so the outputs of
-``predict`` and ``match`` are tables too.
+``predict`` and ``match`` are tables too; a ``label`` cell is a class name, read back from its
+written form (``names.text_name``). Cells are stripped of the whitespace around them: a name
+that begins or ends with whitespace is written with escapes (``names``).
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
 from ..errors import InputError
-from .names import text_path
+from .names import text_name, text_path
 
 PATH_COLUMNS = ("path", "image")
+NAME_COLUMNS = ("label",)  # cells holding class names (``names.name_text``)
 
 
 class Row(NamedTuple):
@@ -53,7 +56,9 @@ def read_table(path: str | os.PathLike, columns: Sequence[str], *, what: str,
                          if path.suffix.lower() == ".jsonl"
                          else _csv_rows(text, path, columns, what, required)):
         image = text_path((cells[0] or "").strip())
-        values = tuple((v or "").strip() or None for v in cells[1:])
+        values = tuple(None if not (v or "").strip() else
+                       text_name(v.strip()) if column in NAME_COLUMNS else v.strip()
+                       for column, v in zip(columns, cells[1:]))
         missing = [c for c, v in zip(columns, values) if c in required and v is None]
         if not image or missing:
             needs = " and a ".join(["an image path", *missing])
