@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -106,11 +107,7 @@ def match(args: argparse.Namespace) -> int:
     from ..evaluation.protocols import distinct, retrieval_recall
     from ..methods.comclip import ComCLIPMatcher, draw_explanation
 
-    if args.parser == "llm":
-        from ..text.parsing import LLMParser
-        parser = LLMParser()
-    else:
-        parser = "rules"
+    parser = _caption_parser(args)
     components = tuple(c.strip() for c in args.components.split(",") if c.strip())
     matcher = ComCLIPMatcher(load_backbone(args), parser=parser, components=components,
                              weighting=args.weighting, mask_mode=args.mask_mode,
@@ -144,6 +141,26 @@ def match(args: argparse.Namespace) -> int:
             print(f"{name}: image-to-text R@1 {i2t[1]:.2%} R@5 {i2t[5]:.2%}  text-to-image "
                   f"R@1 {t2i[1]:.2%} R@5 {t2i[5]:.2%}", file=sys.stderr)
     return 0
+
+
+def _caption_parser(args: argparse.Namespace) -> object:
+    """"rules", or the LLM parser of match's --parser llm options (checked here, before
+    torch loads)."""
+    given = [option for option, value in (("--base-url", args.base_url),
+                                          ("--api-key", args.api_key),
+                                          ("--llm-model", args.llm_model)) if value is not None]
+    if args.parser != "llm":
+        if given:
+            raise InputError(f"{given[0]} is used only with --parser llm.")
+        return "rules"
+    if not (args.llm_model or os.environ.get("ZEROSHOT_PLUS_LLM_MODEL")):
+        raise InputError("--parser llm needs the LLM's model name: give --llm-model or "
+                         "ZEROSHOT_PLUS_LLM_MODEL (e.g. gpt-4o-mini, or the name your server "
+                         "serves).")
+    from ..text.parsing import LLMParser
+
+    return LLMParser(base_url=args.base_url, model=args.llm_model, api_key=args.api_key,
+                     cache_dir=None if args.cache is None else Path(args.cache) / "llm")
 
 
 def _encode(args: argparse.Namespace, backbone: Backbone, images: ImageSet
