@@ -1,4 +1,5 @@
-"""The one way the project writes a file: whole or not at all, and one sentence on failure.
+"""The one way the project writes a file: whole or not at all, and one sentence on failure;
+and the one way it reads a user's text or JSON file (``read_text``, ``read_json``).
 
 ``atomic_output`` writes to a temporary file of its own (``tempfile.mkstemp``, so two runs
 writing the same path never share one) in the target's folder, flushes it to disk and renames
@@ -15,13 +16,14 @@ gone (``remove_stale_partials``); a live writer's file, or one of another host, 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
 
 from ..errors import InputError
 
@@ -124,3 +126,55 @@ def _running(pid: int) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
+
+
+def read_text(path: str | os.PathLike, what: str) -> str:
+    """The text of a user's UTF-8 file (a byte-order mark allowed); InputError, one sentence
+    naming the file, when it is missing or a folder, cannot be read or is not UTF-8."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} '{path}' is a folder, not a file.")
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise InputError(f"{what} '{path}' does not exist.") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {what} '{path}': {os_error_cause(exc)}.") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise InputError(f"{what} '{path}' is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
+                         f"on line {line}); save it as UTF-8.") from None
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """The JSON value in a user's file (``read_text``).
+
+    what : how errors name the file, e.g. "descriptor file".
+    Raises InputError, one sentence naming the file, as ``read_text`` does, and when it is
+    not JSON (or nests too deeply), repeats a key in one object,
+    or holds a string that is not text (a lone surrogate escape such as "\\udcff").
+    """
+    text = read_text(path, what)
+    try:
+        data = json.loads(text, object_pairs_hook=lambda pairs: _unique_keys(pairs, what, path))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{what} '{path}' is not valid JSON: {exc.msg} (line {exc.lineno}).") \
+            from None
+    except RecursionError:
+        raise InputError(f"{what} '{path}' nests arrays or objects too deeply.") from None
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{what} '{path}' holds a string that is not text (a lone surrogate "
+                         f"escape such as \"\\udcff\").") from None
+    return data
+
+
+def _unique_keys(pairs: list[tuple[str, Any]], what: str, path: Path) -> dict:
+    data = dict(pairs)
+    if len(data) < len(pairs):
+        seen: set[str] = set()
+        repeated = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise InputError(f"{what} '{path}' names '{repeated}' twice in one object; keep one "
+                         f"entry per key.")
+    return data

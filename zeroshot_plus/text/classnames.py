@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ..data.files import read_json, read_text
 from ..data.names import label_text, text_name
 from ..errors import InputError
 
@@ -37,19 +38,21 @@ def parse_classnames(spec: str | os.PathLike | Sequence[str], *, repeats: bool =
     """
     if isinstance(spec, (str, os.PathLike)) and Path(spec).is_file():
         path = Path(spec)
-        text = path.read_text(encoding="utf-8-sig")
         if path.suffix.lower() == ".json":
-            try:
-                names = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"class file '{path}' is not valid JSON: {exc.msg}.") from None
+            names = read_json(path, "class file")
             if not isinstance(names, list):
                 raise InputError(f"class file '{path}' must hold a JSON list of class names.")
+            for i, name in enumerate(names, 1):
+                if not isinstance(name, str):
+                    raise InputError(f"class file '{path}': item {i} is "
+                                     f"{json.dumps(name)[:40]}, not a class name (a string).")
         else:
-            names = [line.strip() for line in text.splitlines()]
+            names = [line.strip() for line in read_text(path, "class file").splitlines()]
             names = [text_name(n) for n in names if n and not n.startswith("#")]
         source = f"class file '{path}'"
     elif isinstance(spec, str):
+        if spec.strip() and Path(spec).is_dir():
+            raise InputError(f"class file '{spec}' is a folder, not a file.")
         if os.sep in spec or spec.endswith((".txt", ".json")):
             raise InputError(f"class file '{spec}' does not exist.")
         names, source = [text_name(n.strip()) for n in spec.split(",")], "class list"
