@@ -138,7 +138,8 @@ class EmbeddingStore:
         return frozenset(self._index)
 
     def get(self, keys: list[str]) -> np.ndarray:
-        """Stored embeddings for ``keys`` as a (len(keys), D) float32 array."""
+        """Stored embeddings for ``keys`` as a (len(keys), D) float32 array; InputError when a
+        shard indexed by this store was removed meanwhile (by a person or another process)."""
         by_shard: dict[Path, list[tuple[int, int]]] = {}
         for i, key in enumerate(keys):
             shard, row = self._index[key]
@@ -147,7 +148,8 @@ class EmbeddingStore:
         for shard, pairs in by_shard.items():
             arrays = self._load(shard)
             if arrays is None:
-                raise KeyError(f"shard {shard.name} disappeared or was damaged after indexing")
+                raise InputError(f"embedding cache: shard '{shard}' was removed or damaged "
+                                 f"while this run read the cache; run again to recompute it.")
             embeddings = arrays[1]
             if out is None:
                 out = np.empty((len(keys), embeddings.shape[1]), dtype=np.float32)

@@ -50,11 +50,12 @@ def parse_classnames(spec: str | os.PathLike | Sequence[str], *, repeats: bool =
             names = [line.strip() for line in read_text(path, "class file").splitlines()]
             names = [text_name(n) for n in names if n and not n.startswith("#")]
         source = f"class file '{path}'"
-    elif isinstance(spec, str):
-        if spec.strip() and Path(spec).is_dir():
-            raise InputError(f"class file '{spec}' is a folder, not a file.")
-        if os.sep in spec or spec.endswith((".txt", ".json")):
-            raise InputError(f"class file '{spec}' does not exist.")
+    elif isinstance(spec, (str, os.PathLike)):
+        text = os.fspath(spec)
+        if text.strip() and Path(text).is_dir():
+            raise InputError(f"class file '{text}' is a folder, not a file.")
+        if not isinstance(spec, str) or os.sep in spec or spec.endswith((".txt", ".json")):
+            raise InputError(f"class file '{text}' does not exist.")
         names, source = [text_name(n.strip()) for n in spec.split(",")], "class list"
     else:
         names, source = [str(n) for n in spec], "class list"
