@@ -159,3 +159,55 @@ def test_written_files_have_the_usual_permissions(tmp_path):
     with atomic_output(tmp_path / "out.txt") as handle:
         handle.write("x")
     assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def _hold_partial(target: Path, marker: Path) -> subprocess.Popen:
+    """A process that writes part of ``target`` and then waits (to be killed) inside the block."""
+    process = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import pathlib, time
+        from zeroshot_plus.data.files import atomic_output
+        with atomic_output({str(target)!r}) as handle:
+            handle.write("half")
+            handle.flush()
+            pathlib.Path({str(marker)!r}).touch()
+            time.sleep(120)
+        """)], cwd=REPO_DIR, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert process.poll() is None and time.monotonic() < deadline, "the writer never started"
+        time.sleep(0.01)
+    return process
+
+
+def _partials(folder: Path) -> list[str]:
+    return [n for n in _names(folder) if n.endswith(".partial")]
+
+
+def test_the_next_write_removes_what_a_killed_writer_left_not_a_live_writers_file(tmp_path):
+    target, other = tmp_path / "out.csv", tmp_path / "other.csv"
+    killed = _hold_partial(target, tmp_path / "m1")
+    killed.kill()  # SIGKILL: the writer cannot clean up
+    killed.wait(timeout=30)
+    (left,) = _partials(tmp_path)
+    assert f".{killed.pid}." in left and target.name in left
+    live = _hold_partial(target, tmp_path / "m2")
+    stranger = _hold_partial(other, tmp_path / "m3")
+    stranger.kill()
+    stranger.wait(timeout=30)
+    try:
+        with atomic_output(target) as handle:
+            handle.write("whole")
+        remaining = _partials(tmp_path)
+        # the dead writer's file is gone; the live writer's and another target's are kept
+        assert left not in remaining and len(remaining) == 2
+        assert any(f".{live.pid}." in n and n.startswith(".out.csv.") for n in remaining)
+        assert any(f".{stranger.pid}." in n and n.startswith(".other.csv.") for n in remaining)
+        assert target.read_text() == "whole"
+    finally:
+        live.kill()
+        live.wait(timeout=30)
+    with atomic_output(other) as handle:
+        handle.write("whole")
+    with atomic_output(target) as handle:
+        handle.write("again")
+    assert _partials(tmp_path) == []

@@ -470,3 +470,69 @@ def test_a_cache_that_cannot_be_written_warns_once_and_answers(llm, tmp_path, ca
     assert len(warnings) == 1 and "without caching" in warnings[0]
     left = sorted(p.name for p in tmp_path.rglob("*"))
     assert left == (["cache"] if blocked == "cache" else ["cache", "descriptors"])
+
+
+# ---------------------------------------------------------------------- match --parser llm
+
+
+@pytest.fixture
+def pairs_file(tmp_path, make_image) -> Path:
+    pairs = tmp_path / "pairs.csv"
+    make_image(tmp_path / "im0.png", 0)
+    make_image(tmp_path / "im1.png", 1)
+    pairs.write_text("image,caption\nim0.png,a dog chasing a ball\nim1.png,a cat on a mat\n")
+    return pairs
+
+
+def _match(pairs: Path, tiny_config: str, *options: str) -> int:
+    return main(["match", str(pairs), "--model", tiny_config, "--pretrained", "none",
+                 "--no-progress", "--parser", "llm", *options])
+
+
+def test_match_takes_the_llm_options_and_a_refused_key_names_one_it_has(
+        pairs_file, tiny_config, tmp_path, caplog, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    captions = ["a dog chasing a ball", "a cat on a mat"]
+    server = FakeLLM(captions, kind="objects")
+    for caption in captions:
+        server.script[caption] = ["401"] * 5
+    try:
+        assert _match(pairs_file, tiny_config, "--base-url", server.url, "--llm-model", "m",
+                      "--api-key", "wrong") == 0
+    finally:
+        server.close()
+    (warning,) = [r.getMessage() for r in caplog.records if "caption parser" in r.getMessage()]
+    assert "HTTP 401" in warning and "rule parser" in warning and "--api-key" in warning
+    assert [b["model"] for b in server.bodies] == ["m"]  # one request: a refused key is final
+
+
+def test_match_caches_llm_parses_under_its_cache(pairs_file, tiny_config, tmp_path, capsys,
+                                                 monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    captions = ["a dog chasing a ball", "a cat on a mat"]
+    server = FakeLLM(captions, kind="objects")
+    server.items = lambda name: {name.split()[1]: {"attributes": []}}  # the rules find two
+    cache, out = tmp_path / "cache", tmp_path / "m.jsonl"
+    try:
+        for _ in range(2):
+            assert _match(pairs_file, tiny_config, "--base-url", server.url, "--llm-model", "m",
+                          "--cache", str(cache), "--out", str(out)) == 0
+    finally:
+        server.close()
+    assert dict(server.requests) == {c: 1 for c in captions}   # the second run asked nothing
+    assert len(list((cache / "llm").rglob("*.json"))) == 2
+    assert not (tmp_path / "xdg").exists()
+    entities = [json.loads(line)["entities"] for line in out.read_text().splitlines()]
+    assert entities == [["dog"], ["cat"]]
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--parser", "rules", "--api-key", "k"], "--api-key is used only with --parser llm."),
+    (["--parser", "llm", "--base-url", "http://127.0.0.1:9/v1"],
+     "--parser llm needs the LLM's model name: give --llm-model or ZEROSHOT_PLUS_LLM_MODEL"),
+])
+def test_match_llm_options_are_checked_before_any_work(pairs_file, tiny_config, capsys,
+                                                       options, message):
+    assert main(["match", str(pairs_file), "--model", tiny_config, "--pretrained", "none",
+                 *options]) == 2
+    assert message in capsys.readouterr().err

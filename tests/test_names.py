@@ -12,7 +12,7 @@ import pytest
 
 from zeroshot_plus.cli import main
 from zeroshot_plus.data.embeddings import load_embeddings, save_embeddings
-from zeroshot_plus.data.names import path_text, text_path
+from zeroshot_plus.data.names import name_text, path_text, text_name, text_path
 from zeroshot_plus.data.sources import read_image_source
 from zeroshot_plus.data.tables import image_prompts, read_table
 
@@ -131,3 +131,58 @@ def test_class_names_from_bytes_match_the_folder_labels(hostile_folder, model_ar
     assert {label for row in rows for label in row["labels"]} == {"cat", "dog\\xe9"}
     assert main(["evaluate", str(root), "--classes", classes, *model_args]) == 0
     assert "dog\\xe9" in capsys.readouterr().out
+
+
+# whitespace at the ends of a name, and backslash sequences that look like its escapes
+EDGES = [" a ", "\tlead", "trail\n", " ", "\u3000wide\u00a0", "\\x20lit", "lit\\x5c ",
+         "\\", "\\ ", "mid dle", "\x85nel"]
+
+
+def test_edge_whitespace_is_escaped_and_inverted_exactly():
+    for name in EDGES:
+        for write, read in ((path_text, text_path), (name_text, text_name)):
+            text = write(name)
+            assert text == text.strip() and read(text) == name, (name, text)
+    assert path_text(" a.jpg") == "\\x20a.jpg" and name_text(" a ") == "\\x20a\\x20"
+    assert path_text("\u3000x") == "\\u3000x"
+    # names without edge whitespace are written as before
+    for name in ["plain", "mid dle", "caf\\xe9", "a\\b"]:
+        assert name_text(name) == name
+    assert text_name("caf\\xe9") == "caf\\xe9"
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_edge_spaces_in_file_and_class_names_round_trip(tmp_path, make_image, model_args,
+                                                        suffix, capsys):
+    """A class folder " a " holding " 0.png": its manifest (relative paths that begin with a
+    space), predict's output read back as a manifest, and evaluate all keep the spaces."""
+    root = tmp_path / "imgs"
+    paths = [make_image(root / " a " / " 0.png", 0), make_image(root / "b\u3000" / "1.png", 1)]
+    labels = [" a ", "b\u3000"]
+    manifest = root / f"m{suffix}"
+    cells = [(path_text(p.relative_to(root)), name_text(l)) for p, l in zip(paths, labels)]
+    if suffix == ".csv":
+        with open(manifest, "w", newline="", encoding="utf-8") as handle:
+            csv.writer(handle).writerows([["path", "label"], *cells])
+    else:
+        manifest.write_text("".join(json.dumps({"path": p, "label": l}) + "\n"
+                                    for p, l in cells), encoding="utf-8")
+    images = read_image_source(manifest)
+    assert [os.fspath(p) for p in images.items] == [os.fspath(p) for p in paths]
+    assert images.labels == labels == read_image_source(root).labels
+    out = tmp_path / f"p{suffix}"
+    assert main(["fit", str(root), "--out", str(tmp_path / "g.npz"), "--alpha", "1",
+                 *model_args]) == 0
+    assert main(["predict", str(manifest), "--classifier", str(tmp_path / "g.npz"), "--out",
+                 str(out), *model_args]) == 0
+    if suffix == ".csv":
+        with open(out, newline="", encoding="utf-8") as handle:
+            written = [row[1::2][:2] for row in csv.reader(handle)][1:]
+    else:
+        written = [json.loads(line)["labels"] for line in out.read_text("utf-8").splitlines()]
+    assert all(sorted(text_name(w) for w in row) == labels for row in written)
+    assert [os.fspath(p) for p in read_image_source(out).items] == [os.fspath(p) for p in paths]
+    capsys.readouterr()
+    assert main(["evaluate", str(root), *model_args]) == 0
+    assert main(["evaluate", str(manifest), "--classes", "\\x20a\\x20,b\\u3000",
+                 *model_args]) == 0

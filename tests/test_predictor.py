@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -362,7 +363,11 @@ def _tampered(saved: Path, path: Path, edit_meta=None, **arrays) -> Path:
      f"is 5, not the {D} columns of text_head_"),
     (None, {"fitted__text_head_": None}, "fitted attribute 'text_head_'", "is missing"),
     (None, {"fitted__text_head_": np.ones((3, D))}, "fitted attribute 'text_head_'",
-     "is not a float array (4, D), one row per entry of classes_"),
+     f"has the shape (3, {D}), not (4, {D}) (C = len(classes_), D = n_features_in_)"),
+    (None, {"fitted__text_head_": np.ones((4, D), np.int64)}, "fitted attribute 'text_head_'",
+     "is not a 2-dimensional float array"),
+    (lambda m: m["fitted"].update(n_features_in_="32"), {}, "fitted attribute 'n_features_in_'",
+     "is '32', not a whole number >= 1"),
     (None, {"fitted__text_head_": np.full((4, D), np.inf)}, "fitted attribute 'text_head_'",
      "holds non-finite values (NaN or infinity)"),
     (None, {"fitted__classnames_": np.array(["a", "b"])}, "fitted attribute 'classnames_'",
@@ -402,3 +407,85 @@ def test_load_accepts_every_fitted_attribute_its_class_sets(backbone, tmp_path):
         assert type(loaded) is type(classifier)
         names = {k for k in vars(classifier) if k.endswith("_") and not k.startswith("_")}
         assert names <= type(classifier)._required_fitted | type(classifier)._optional_fitted
+
+
+def _fitted_files(tmp_path: Path) -> dict[str, Path]:
+    """A saved GDA (text side), DescriptionClassifier and RealLinearClassifier, fitted on
+    embeddings alone: 3 classes, 8 features."""
+    from zeroshot_plus import DescriptionClassifier, GDAClassifier, RealLinearClassifier
+
+    rng = np.random.default_rng(2)
+    X, y = rng.normal(size=(30, 8)).astype(np.float32), np.repeat(["a", "b", "c"], 10)
+    text = rng.normal(size=(3, 8)).astype(np.float32)
+    fitted = {"gda": GDAClassifier(text_weights=text, classnames=["a", "b", "c"], cv=2).fit(X, y),
+              "descriptions": DescriptionClassifier(text_weights=text).fit(),
+              "real": RealLinearClassifier(text_weights=text, classnames=["a", "b", "c"],
+                                           max_iter=3).fit(X, y)}
+    paths = {}
+    for name, classifier in fitted.items():
+        paths[name] = tmp_path / f"{name}.npz"
+        classifier.save(paths[name])
+    return paths
+
+
+SHAPE = "(C = len(classes_), D = n_features_in_)"
+
+
+@pytest.mark.parametrize("saved, edit_meta, arrays, field, problem", [
+    ("gda", None, {"fitted__weights_": np.ones((3, 7))}, "weights_",
+     f"has the shape (3, 7), not (3, 8) {SHAPE}"),
+    ("gda", None, {"fitted__weights_": np.ones((2, 8))}, "weights_",
+     f"has the shape (2, 8), not (3, 8) {SHAPE}"),
+    ("gda", None, {"fitted__precision_": np.eye(8)[:, :7]}, "precision_",
+     "has the shape (8, 7), not (8, 8) (D = n_features_in_)"),
+    ("gda", None, {"fitted__means_": np.ones(24)}, "means_", "is not a 2-dimensional float array"),
+    ("gda", None, {"fitted__bias_": np.ones(4)}, "bias_",
+     "has the shape (4,), not (3,) (C = len(classes_))"),
+    ("gda", None, {"fitted__class_counts_": np.ones(3)}, "class_counts_",
+     "is not a 1-dimensional integer array"),
+    ("gda", None, {"fitted__class_counts_": np.array([10, -1, 10])}, "class_counts_",
+     "holds negative values"),
+    ("gda", None, {"fitted__alpha_scores_": np.ones(2)}, "alpha_scores_",
+     "has the shape (2,), not (7,) (G shared with the arrays of that length)"),
+    ("gda", lambda m: m["fitted"].update(n_features_in_=9), {}, "n_features_in_",
+     "is 9, not the 8 columns of text_head_"),
+    ("descriptions", None, {"fitted__class_means_": np.ones((3, 9), np.float32)}, "class_means_",
+     f"has the shape (3, 9), not (3, 8) {SHAPE}"),
+    ("real", None, {"fitted__linear_weights_": np.ones((3, 9), np.float32)}, "linear_weights_",
+     f"has the shape (3, 9), not (3, 8) {SHAPE}"),
+    ("real", None, {"fitted__sample_labels_": np.full(30, 3)}, "sample_labels_",
+     "holds class indices beyond the 3 classes"),
+    ("real", None, {"fitted__sample_labels_": np.zeros(29, np.int64)}, "sample_labels_",
+     "has the shape (29,), not (30,) (S shared with the arrays of that length)"),
+    ("real", None, {"fitted__learning_rates_": np.ones(4), "fitted__loss_curve_": np.ones(4)},
+     "learning_rates_",
+     "has 4 steps, not n_iter_ = 3"),
+])
+def test_load_checks_every_fitted_array_against_classes_and_features(
+        tmp_path, saved, edit_meta, arrays, field, problem):
+    path = _fitted_files(tmp_path)[saved]
+    klass = {"gda": "GDAClassifier", "descriptions": "DescriptionClassifier",
+             "real": "RealLinearClassifier"}[saved]
+    Predictor.load(path)  # the file as saved loads
+    tampered = _tampered(path, tmp_path / "tampered.npz", edit_meta, **arrays)
+    with pytest.raises(InputError) as info:
+        Predictor.load(tampered)
+    assert str(info.value) == f"saved {klass} '{tampered}': fitted attribute '{field}' {problem}."
+
+
+def test_load_checks_descriptor_rows(backbone, tmp_path):
+    from zeroshot_plus import DescriptionClassifier
+
+    path = tmp_path / "d.npz"
+    DescriptionClassifier(backbone, descriptors={"a": ["x", "y"], "b": ["z"]}).fit().save(path)
+    Predictor.load(path, backbone)
+    for arrays, field, problem in [
+            ({"fitted__offsets_": np.array([2, 0])}, "offsets_",
+             "points past the 3 descriptor prompts"),
+            ({"fitted__counts_": np.array([2, 0])}, "counts_",
+             "holds a class without descriptor prompts"),
+            ({"fitted__prompts_": np.array(["p"] * 4)}, "prompts_",
+             "has the shape (4,), not (3,) (P shared with the arrays of that length)")]:
+        tampered = _tampered(path, tmp_path / "t.npz", None, **arrays)
+        with pytest.raises(InputError, match=rf"'{field}' {re.escape(problem)}\.$"):
+            Predictor.load(tampered, backbone)

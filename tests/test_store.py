@@ -319,8 +319,8 @@ def test_a_store_that_cannot_be_created_is_a_warning(backbone, image_folder, tmp
     assert report.n_encoded == 20
     backbone.encode_texts(["a cat."], cache=blocker / "cache")
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(warnings) == 1 and "without caching" in warnings[0]
-    assert "not a directory" in warnings[0]
+    assert len(warnings) == 2  # one per store: the images' and the texts'
+    assert all("without caching" in w and "not a directory" in w for w in warnings)
     assert blocker.read_text() == "x"
 
 
@@ -340,7 +340,7 @@ def test_a_store_that_cannot_be_written_is_a_warning(tmp_path, caplog):
 def test_a_full_disk_under_the_cache_does_not_change_the_output(labelled_folder, tiny_config,
                                                                 tmp_path):
     """predict with --cache on a 'disk' that holds no shard (RLIMIT_FSIZE in the child): it
-    warns once, writes its real output, and leaves no temporary file in the cache."""
+    warns once per store, writes its real output, and leaves no temporary file in the cache."""
     command = [sys.executable, "-c",
                "import resource, signal, sys\n"
                "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
@@ -357,6 +357,46 @@ def test_a_full_disk_under_the_cache_does_not_change_the_output(labelled_folder,
                             capture_output=True, text=True, timeout=300)
     assert plain.returncode == 0 and cached.returncode == 0, cached.stderr
     assert cached.stdout == plain.stdout and plain.stdout.count("\n") == 13
-    assert cached.stderr.count("without caching") == 1
+    warnings = [line for line in cached.stderr.splitlines() if "without caching" in line]
+    assert len(warnings) == 2  # once per store: the texts' and the images'
+    assert "/texts/" in warnings[0] and "/images/" in warnings[1]
     assert "no space left on device" in cached.stderr and "Traceback" not in cached.stderr
     assert [p for p in cache.rglob("*") if p.is_file()] == []
+
+
+def test_a_failed_write_stops_only_that_store(tmp_path, caplog):
+    """Caching is turned off per store, not per folder for the rest of the process: a store
+    opened on the same root once it can be written again caches as usual."""
+    first = EmbeddingStore(tmp_path / "cache", "fp", "images")
+    shutil.rmtree(first.directory)
+    first.directory.write_text("in the way")
+    first.put(["a"], _unit_rows(1))
+    assert not first.writable and "a" not in first
+    first.directory.unlink()
+    second = EmbeddingStore(tmp_path / "cache", "fp", "images")
+    second.put(["b"], _unit_rows(1, seed=1))
+    assert second.writable and len(_shards(tmp_path / "cache")) == 1
+    assert EmbeddingStore(tmp_path / "cache", "fp", "images").keys() == {"b"}
+
+
+def test_opening_a_store_removes_partial_shards_of_killed_writers(tmp_path):
+    store = EmbeddingStore(tmp_path / "cache", "fp", "images")
+    marker = tmp_path / "started"
+    process = subprocess.Popen([sys.executable, "-c", (
+        "import pathlib, time\n"
+        "from zeroshot_plus.data.files import atomic_output\n"
+        f"with atomic_output({str(store.directory / 'x.npz')!r}, binary=True) as handle:\n"
+        "    handle.write(b'half'); handle.flush()\n"
+        f"    pathlib.Path({str(marker)!r}).touch()\n"
+        "    time.sleep(120)\n")], cwd=REPO_DIR)
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    assert len(list(store.directory.glob(".*.partial"))) == 1
+    EmbeddingStore(tmp_path / "cache", "fp", "images")
+    assert len(list(store.directory.glob(".*.partial"))) == 1  # the writer still runs
+    process.kill()
+    process.wait(timeout=30)
+    EmbeddingStore(tmp_path / "cache", "fp", "images")
+    assert list(store.directory.iterdir()) == []

@@ -47,15 +47,21 @@ def test_read_table_optional_column_is_none_when_empty(tmp_path):
      "line 3 needs an image path and a prompt"),
     ("notjson.jsonl", '{"path": "a.png", "prompt": "x"}\n[1, 2]\n', "line 2 is not a JSON object"),
     ("empty.csv", "path,prompt\n\n", "lists no images"),
-    ("binary.csv", b"\xff\xfe\x00bad", "cannot read --prompts"),
+    ("binary.csv", b"\xff\xfe\x00bad", "is not UTF-8 text (byte 0xff on line 1)"),
+    ("list.jsonl", '{"path": "a.png", "prompt": ["x"]}\n', 'line 1: "prompt" is ["x"], not a '
+                                                              'string'),
+    ("number.jsonl", '{"path": 5, "prompt": "x"}\n', 'line 1: "path" is 5, not a string'),
+    ("deep.jsonl", "[" * 100_000 + "]" * 100_000 + "\n", "line 1 is not a JSON object"),
+    ("twice.csv", "a.png,a dog\nb.png,a cat\n./a.png,a bird\n",
+     "gives image 'TABLE/a.png' two different prompts"),
 ])
 def test_read_table_errors_are_one_sentence_naming_file_and_row(tmp_path, name, text, fragment):
     table = tmp_path / name
     (table.write_bytes if isinstance(text, bytes) else table.write_text)(text)
     with pytest.raises(InputError) as info:
-        read_table(table, ("prompt",), what="--prompts", required=("prompt",))
+        image_prompts(table, [tmp_path / "a.png", tmp_path / "b.png"], what="--prompts")
     message = str(info.value)
-    assert fragment in message and str(table) in message
+    assert fragment.replace("TABLE", str(tmp_path)) in message and str(table) in message
     assert message.endswith(".") and "\n" not in message
     with pytest.raises(InputError, match="does not exist|No such file"):
         read_table(tmp_path / "absent.csv", ("prompt",), what="--prompts")

@@ -18,15 +18,17 @@ from zeroshot_plus.text.heads import class_weights, l2_normalise, segment_mean
 
 def test_classnames_from_comma_list_and_sequence():
     assert parse_classnames("cat, dog ,fish") == ["cat", "dog", "fish"]
-    assert parse_classnames(["cat", " dog "]) == ["cat", "dog"]
+    assert parse_classnames(["cat", " dog "]) == ["cat", " dog "]  # a sequence: as given
+    assert parse_classnames(" \\x20a\\x09 ,b") == [" a\t", "b"]
     assert parse_classnames("single") == ["single"]
 
 
 def test_classnames_from_files(tmp_path):
     text = tmp_path / "classes.txt"
-    text.write_text("# animals\ncat\n\n  dog  \nsea lion\n", encoding="utf-8")
-    assert parse_classnames(text) == ["cat", "dog", "sea lion"]
-    assert parse_classnames(str(text)) == ["cat", "dog", "sea lion"]
+    text.write_text("# animals\ncat\n\n  dog  \nsea lion\n\\x20spaced\\u3000\n",
+                    encoding="utf-8")
+    assert parse_classnames(text) == ["cat", "dog", "sea lion", " spaced\u3000"]
+    assert parse_classnames(str(text)) == ["cat", "dog", "sea lion", " spaced\u3000"]
     listed = tmp_path / "classes.json"
     listed.write_text(json.dumps(["a", "b"]))
     assert parse_classnames(listed) == ["a", "b"]
@@ -71,8 +73,10 @@ def test_missing_class_file_is_named(tmp_path):
         parse_classnames(str(missing))
 
 
-def test_validate_classnames_strips():
-    assert validate_classnames([" a", "b "]) == ["a", "b"]
+def test_validate_classnames_keeps_names_as_given_and_refuses_blank_ones():
+    assert validate_classnames([" a", "b "]) == [" a", "b "]
+    with pytest.raises(InputError, match="empty class name at position 2"):
+        validate_classnames(["a", " \t"])
 
 
 def test_display_name_match_key_and_closest_name():

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from ..data.names import path_text
+from ..data.names import name_text, path_text
 from ..data.sources import ImageSet, read_image_source
 from ..errors import InputError
 from ..text.classnames import parse_classnames
@@ -71,7 +71,7 @@ def predict(args: argparse.Namespace) -> int:
             top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
             reasons = classifier.explain(vectors, explain) if explain else [None] * len(positions)
             for position, row, order, reason in zip(positions, probabilities, top, reasons):
-                labels = [str(classifier.classnames_[j]) for j in order]
+                labels = [name_text(str(classifier.classnames_[j])) for j in order]
                 probs = [round(float(row[j]), 6) for j in order]
                 why = [] if reason is None else [(d, round(s, 6)) for d, s in
                                                  zip(reason.descriptors, reason.similarities)]

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..data.files import write_error
+from ..data.files import read_json, write_error
 from ..data.names import path_text
 from ..data.sources import ImageSet
 from ..data.tables import image_prompts, read_pairs
@@ -110,11 +110,7 @@ def match(args: argparse.Namespace) -> int:
     from ..evaluation.protocols import distinct, rerank_recall, top_candidates
     from ..methods.comclip import ComCLIPMatcher, draw_explanation
 
-    if args.parser == "llm":
-        from ..text.parsing import LLMParser
-        parser = LLMParser()
-    else:
-        parser = "rules"
+    parser = _caption_parser(args)
     components = tuple(c.strip() for c in args.components.split(",") if c.strip())
     matcher = ComCLIPMatcher(load_backbone(args), parser=parser, components=components,
                              weighting=args.weighting, mask_mode=args.mask_mode,
@@ -175,10 +171,7 @@ def _print_recall(name: str, scores: np.ndarray, images: list[str], captions: li
 def _read_boxes(path: str, images: list[str]) -> list[dict | None]:
     """--boxes FILE.json -> one {entity: box(es)} (or None) per pair's image; the file's image
     names are resolved like the pairs file's, relative to the file."""
-    try:
-        table = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise InputError(f"cannot read --boxes '{path}': {exc}.") from None
+    table = read_json(path, "--boxes file")
     if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
         raise InputError(f"--boxes '{path}' must be a JSON object {{image: {{entity: box}}}}.")
 
@@ -194,6 +187,26 @@ def _read_boxes(path: str, images: list[str]) -> list[dict | None]:
         raise InputError(f"--boxes '{path}' gives boxes for '{name}', which is not an image "
                          f"of the pairs file.")
     return [given.get(key(image)) for image in images]
+
+
+def _caption_parser(args: argparse.Namespace) -> object:
+    """"rules", or the LLM parser of match's --parser llm options (checked here, before
+    torch loads)."""
+    given = [option for option, value in (("--base-url", args.base_url),
+                                          ("--api-key", args.api_key),
+                                          ("--llm-model", args.llm_model)) if value is not None]
+    if args.parser != "llm":
+        if given:
+            raise InputError(f"{given[0]} is used only with --parser llm.")
+        return "rules"
+    if not (args.llm_model or os.environ.get("ZEROSHOT_PLUS_LLM_MODEL")):
+        raise InputError("--parser llm needs the LLM's model name: give --llm-model or "
+                         "ZEROSHOT_PLUS_LLM_MODEL (e.g. gpt-4o-mini, or the name your server "
+                         "serves).")
+    from ..text.parsing import LLMParser
+
+    return LLMParser(base_url=args.base_url, model=args.llm_model, api_key=args.api_key,
+                     cache_dir=None if args.cache is None else Path(args.cache) / "llm")
 
 
 def _encode(args: argparse.Namespace, backbone: Backbone, images: ImageSet

@@ -367,8 +367,17 @@ def build_parser() -> argparse.ArgumentParser:
                             "(DIR is created if missing)")
     match.add_argument("--parser", choices=("rules", "llm"), default="rules",
                        help="caption parser: rules (default, offline) or llm (an OpenAI-"
-                            "compatible endpoint from OPENAI_BASE_URL / OPENAI_API_KEY / "
-                            "ZEROSHOT_PLUS_LLM_MODEL; answers cached)")
+                            "compatible endpoint; answers cached in DIR/llm with --cache DIR, "
+                            "else in ~/.cache/zeroshot_plus/llm)")
+    match.add_argument("--base-url", metavar="URL",
+                       help="with --parser llm: OpenAI-compatible endpoint (default: "
+                            "$OPENAI_BASE_URL, else OpenAI)")
+    match.add_argument("--api-key", metavar="KEY",
+                       help="with --parser llm: API key (default: $OPENAI_API_KEY; a "
+                            "--base-url server may need none)")
+    match.add_argument("--llm-model", metavar="NAME",
+                       help="with --parser llm: LLM model name (default: "
+                            "$ZEROSHOT_PLUS_LLM_MODEL)")
     match.add_argument("--components", default=",".join(COMPONENTS), metavar="LIST",
                        help="sub-images to add: entities,relations (default); '' = plain CLIP")
     match.add_argument("--weighting", choices=WEIGHTINGS, default="sum",

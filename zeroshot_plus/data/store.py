@@ -9,8 +9,10 @@ entries are recomputed; so is a shard whose embeddings have another dimension th
 store's.
 
 The store is a cache and never fails a run: when a shard cannot be written (no space,
-read-only, permission denied, ...) or the store cannot be created, one warning is logged
-and the process goes on without writing to that cache root.
+read-only, permission denied, ...) one warning is logged and that store writes nothing more;
+when the store cannot be created, ``open_store`` warns and the caller runs without one.
+Opening a store removes the temporary files of shard writes killed half-way
+(``files.remove_stale_partials``).
 """
 
 from __future__ import annotations
@@ -25,12 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .files import atomic_output, os_error_cause
+from .files import atomic_output, os_error_cause, remove_stale_partials
 
 log = logging.getLogger(__name__)
 
 _NORM_TOLERANCE = 1e-3
-_UNWRITABLE: set[str] = set()  # cache roots that failed a write in this process
+_NO_CACHING = "the run goes on without caching embeddings"
 
 
 def open_store(root: str | os.PathLike, fingerprint: str, kind: str) -> EmbeddingStore | None:
@@ -38,15 +40,8 @@ def open_store(root: str | os.PathLike, fingerprint: str, kind: str) -> Embeddin
     try:
         return EmbeddingStore(root, fingerprint, kind)
     except InputError as exc:
-        _stop_writing(root, str(exc).rstrip("."))
+        log.warning("%s; %s", str(exc).rstrip("."), _NO_CACHING)
         return None
-
-
-def _stop_writing(root: str | os.PathLike, failure: str) -> None:
-    key = os.path.abspath(root)
-    if key not in _UNWRITABLE:
-        _UNWRITABLE.add(key)
-        log.warning("%s; the run goes on without caching embeddings", failure)
 
 
 class EmbeddingStore:
@@ -62,6 +57,7 @@ class EmbeddingStore:
     def __init__(self, root: str | os.PathLike, fingerprint: str, kind: str):
         self.root = root
         self.directory = Path(root) / fingerprint / kind
+        self.writable = True  # False once a write failed: the rest of the run is not cached
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -71,6 +67,7 @@ class EmbeddingStore:
         self._index: dict[str, tuple[Path, int]] = {}
         self._dims: dict[Path, int] = {}
         self._scanned: set[Path] = set()
+        remove_stale_partials(self.directory)
         self.refresh()
 
     def refresh(self) -> None:
@@ -141,7 +138,8 @@ class EmbeddingStore:
         return frozenset(self._index)
 
     def get(self, keys: list[str]) -> np.ndarray:
-        """Stored embeddings for ``keys`` as a (len(keys), D) float32 array."""
+        """Stored embeddings for ``keys`` as a (len(keys), D) float32 array; InputError when a
+        shard indexed by this store was removed meanwhile (by a person or another process)."""
         by_shard: dict[Path, list[tuple[int, int]]] = {}
         for i, key in enumerate(keys):
             shard, row = self._index[key]
@@ -150,7 +148,8 @@ class EmbeddingStore:
         for shard, pairs in by_shard.items():
             arrays = self._load(shard)
             if arrays is None:
-                raise KeyError(f"shard {shard.name} disappeared or was damaged after indexing")
+                raise InputError(f"embedding cache: shard '{shard}' was removed or damaged "
+                                 f"while this run read the cache; run again to recompute it.")
             embeddings = arrays[1]
             if out is None:
                 out = np.empty((len(keys), embeddings.shape[1]), dtype=np.float32)
@@ -174,14 +173,15 @@ class EmbeddingStore:
 
     def put(self, keys: list[str], embeddings: np.ndarray) -> None:
         """Write one shard atomically and index it; a write that fails turns writing off."""
-        if not keys or os.path.abspath(self.root) in _UNWRITABLE:
+        if not keys or not self.writable:
             return
         final = self.directory / f"{uuid.uuid4().hex}.npz"
         try:
             with atomic_output(final, binary=True) as handle:
                 np.savez(handle, keys=np.asarray(keys), embeddings=embeddings.astype(np.float32))
         except InputError as exc:
-            _stop_writing(self.root, f"embedding cache: {str(exc).rstrip('.')}")
+            self.writable = False
+            log.warning("embedding cache: %s; %s", str(exc).rstrip("."), _NO_CACHING)
             return
         self._scanned.add(final)
         self._dims[final] = embeddings.shape[1]

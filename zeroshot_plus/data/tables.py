@@ -6,7 +6,9 @@ image-caption pairs (``image,caption``). A CSV header is recognised by its first
 Without a header, the columns come in the order the caller names them. A JSONL line is an object keyed by the column names (the
 path under ``path`` or ``image``). Relative paths are taken relative to the table's folder.
 A path is read back from its written form (``names.text_path``), so the outputs of
-``predict`` and ``match`` are tables too.
+``predict`` and ``match`` are tables too; a ``label`` cell is a class name, read back from its
+written form (``names.text_name``). Cells are stripped of the whitespace around them: a name
+that begins or ends with whitespace is written with escapes (``names``).
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
 from ..errors import InputError
-from .names import text_path
+from .files import read_text
+from .names import text_name, text_path
 
 PATH_COLUMNS = ("path", "image")
+NAME_COLUMNS = ("label",)  # cells holding class names (``names.name_text``)
 
 
 class Row(NamedTuple):
@@ -43,17 +47,15 @@ def read_table(path: str | os.PathLike, columns: Sequence[str], *, what: str,
     read, a header lacks a required column, a row lacks a value, or no row is left.
     """
     path = Path(path)
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as handle:  # "\r" in a cell is kept
-            text = handle.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read {what} '{path}': {exc}.") from None
+    text = read_text(path, what)  # bytes decoded as they are: "\r" in a cell is kept
     rows = []
     for where, cells in (_jsonl_rows(text, path, columns, what)
                          if path.suffix.lower() == ".jsonl"
                          else _csv_rows(text, path, columns, what, required)):
         image = text_path((cells[0] or "").strip())
-        values = tuple((v or "").strip() or None for v in cells[1:])
+        values = tuple(None if not (v or "").strip() else
+                       text_name(v.strip()) if column in NAME_COLUMNS else v.strip()
+                       for column, v in zip(columns, cells[1:]))
         missing = [c for c, v in zip(columns, values) if c in required and v is None]
         if not image or missing:
             needs = " and a ".join(["an image path", *missing])
@@ -87,11 +89,16 @@ def _jsonl_rows(text: str, path: Path, columns: Sequence[str], what: str
         try:
             record = json.loads(line)
             image = next(record[k] for k in PATH_COLUMNS if k in record)
-        except (json.JSONDecodeError, StopIteration, TypeError):
+        except (json.JSONDecodeError, StopIteration, TypeError, RecursionError):
             raise InputError(f"{what} '{path}' line {number} is not a JSON object with a "
                              f"\"path\" field.") from None
-        yield f"line {number}", [str(image)] + [None if record.get(c) is None else str(record[c])
-                                                for c in columns]
+        cells = [image] + [record.get(c) for c in columns]
+        for column, value in zip(("path", *columns), cells):  # a label may be a number
+            if not (isinstance(value, str) or column != "path" and (
+                    value is None or isinstance(value, int) and not isinstance(value, bool))):
+                raise InputError(f"{what} '{path}' line {number}: \"{column}\" is "
+                                 f"{json.dumps(value)[:40]}, not a string.")
+        yield f"line {number}", [None if v is None else str(v) for v in cells]
 
 
 def image_prompts(table: str | os.PathLike, images: Sequence[str | os.PathLike], *,
@@ -100,9 +107,11 @@ def image_prompts(table: str | os.PathLike, images: Sequence[str | os.PathLike],
 
     Raises InputError naming the table and the first image it gives no prompt.
     """
-    prompts = {path.resolve(): prompt
-               for path, (prompt,) in read_table(table, ("prompt",), what=what,
-                                                 required=("prompt",))}
+    prompts: dict[Path, str] = {}
+    for path, (prompt,) in read_table(table, ("prompt",), what=what, required=("prompt",)):
+        if prompts.setdefault(path.resolve(), prompt) != prompt:
+            raise InputError(f"{what} '{table}' gives image '{os.fspath(path)}' two different "
+                             f"prompts.")
     missing = [image for image in images if Path(image).resolve() not in prompts]
     if missing:
         raise InputError(f"{len(missing)} image(s) have no prompt in {what} '{table}', "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -87,9 +88,29 @@ def _check_finite(fail, field: str, value) -> None:
             _check_finite(fail, field, item)
 
 
+# The fitted arrays of every predictor: dtype kinds and shape. C is the number of classes
+# (len(classes_)), D the number of features (n_features_in_); another letter is a length that
+# the arrays naming it share (G: the alpha grid, P: descriptor prompts, S: samples, T: steps), taken to be the most
+# common length among them.
+_ARRAYS = {
+    "text_head_": ("f", "CD"), "class_means_": ("f", "CD"), "means_": ("f", "CD"),
+    "weights_": ("f", "CD"), "zeroshot_weights_": ("f", "CD"), "linear_weights_": ("f", "CD"),
+    "precision_": ("f", "DD"), "bias_": ("f", "C"), "descriptor_embeddings_": ("f", "PD"),
+    "alpha_grid_": ("f", "G"), "alpha_scores_": ("f", "G"),
+    "learning_rates_": ("f", "T"), "loss_curve_": ("f", "T"),
+    "class_counts_": ("iu", "C"), "counts_": ("iu", "C"), "offsets_": ("iu", "C"),
+    "sample_counts_": ("iu", "C"), "samples_": ("iu", "S"), "sample_labels_": ("iu", "S"),
+    "descriptors_": ("U", "P"), "prompts_": ("U", "P"), "prompt_names_": ("U", "C"),
+}
+_MAY_BE_NONE = {"alpha_grid_", "alpha_scores_"}  # text_head_ too where the class allows it
+_KINDS = {"f": "float", "iu": "integer", "U": "string"}
+# fitted counts: the least value each may take
+_COUNTS = {"n_features_in_": 1, "n_iter_": 0, "n_ctx_": 1}
+
+
 def _check_shapes(fail, fitted: dict, text_optional: bool) -> None:
-    """classes_ and classnames_ (C,); text_head_ a float (C, D) with n_features_in_ == D (or
-    None where the class may have no text side)."""
+    """classes_ and classnames_ (C,); every other fitted array the dtype and shape of
+    ``_ARRAYS`` with n_features_in_ == D; counts and indices within their ranges."""
     classes = fitted["classes_"]
     if not isinstance(classes, np.ndarray) or classes.ndim != 1 or not len(classes):
         fail("fitted attribute 'classes_'", "is not a non-empty one-dimensional array")
@@ -98,14 +119,71 @@ def _check_shapes(fail, fitted: dict, text_optional: bool) -> None:
     if not isinstance(names, np.ndarray) or names.shape != (n_classes,):
         fail("fitted attribute 'classnames_'", f"does not have the shape ({n_classes},) of "
                                                f"classes_")
-    if "text_head_" not in fitted or (text_optional and fitted["text_head_"] is None):
-        return
-    head, n_features = fitted["text_head_"], fitted.get("n_features_in_")
-    if not isinstance(head, np.ndarray) or head.dtype.kind != "f" or head.ndim != 2 \
-            or head.shape[0] != n_classes:
-        fail("fitted attribute 'text_head_'", f"is not a float array ({n_classes}, D), one row "
-                                              f"per entry of classes_")
-    if not isinstance(n_features, int) or isinstance(n_features, bool) \
-            or n_features != head.shape[1]:
-        fail("fitted attribute 'n_features_in_'", f"is {n_features!r}, not the "
-                                                  f"{head.shape[1]} columns of text_head_")
+    for name, least in _COUNTS.items():
+        value = fitted.get(name, least)
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            fail(f"fitted attribute '{name}'", f"is {value!r}, not a whole number >= {least}")
+    optional = _MAY_BE_NONE | ({"text_head_"} if text_optional else set())
+    arrays = {name: value for name, value in fitted.items()
+              if name in _ARRAYS and not (value is None and name in optional)}
+    for name, value in arrays.items():
+        kinds, shape = _ARRAYS[name]
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in kinds \
+                or value.ndim != len(shape):
+            fail(f"fitted attribute '{name}'", f"is not a {len(shape)}-dimensional "
+                                               f"{_KINDS[kinds]} array")
+    if "n_features_in_" in fitted:
+        _check_features(fail, arrays, fitted["n_features_in_"])
+    lengths = {"C": n_classes}
+    if "n_features_in_" in fitted:
+        lengths["D"] = fitted["n_features_in_"]
+    sizes: dict[str, Counter] = {}  # another letter's length: the most common among arrays
+    for name, value in arrays.items():
+        for symbol, size in zip(_ARRAYS[name][1], value.shape):
+            sizes.setdefault(symbol, Counter())[size] += 1
+    for symbol, counts in sizes.items():
+        lengths.setdefault(symbol, counts.most_common(1)[0][0])
+    for name, value in arrays.items():
+        expected = tuple(lengths[symbol] for symbol in _ARRAYS[name][1])
+        if value.shape != expected:
+            fail(f"fitted attribute '{name}'", f"has the shape {value.shape}, not {expected} "
+                                               f"({_meaning(_ARRAYS[name][1])})")
+    _check_ranges(fail, arrays, n_classes, fitted.get("n_iter_"))
+
+
+def _check_features(fail, arrays: dict, n_features: int) -> None:
+    """n_features_in_ against the D columns of the arrays: the file's count is wrong when
+    every array agrees on another one."""
+    widths = {value.shape[_ARRAYS[name][1].index("D")]: name
+              for name, value in arrays.items() if "D" in _ARRAYS[name][1]}
+    if len(widths) == 1 and n_features not in widths:
+        (width, name), = widths.items()
+        fail("fitted attribute 'n_features_in_'", f"is {n_features}, not the {width} columns "
+                                                  f"of {name}")
+
+
+def _meaning(shape: str) -> str:
+    words = {"C": "C = len(classes_)", "D": "D = n_features_in_"}
+    return ", ".join(words.get(symbol, f"{symbol} shared with the arrays of that length")
+                     for symbol in dict.fromkeys(shape))
+
+
+def _check_ranges(fail, arrays: dict, n_classes: int, n_iter: int | None) -> None:
+    """Counts are >= 0, descriptor rows and sample labels index what they point into."""
+    for name in ("class_counts_", "sample_counts_", "samples_", "offsets_"):
+        if name in arrays and (arrays[name] < 0).any():
+            fail(f"fitted attribute '{name}'", "holds negative values")
+    if "counts_" in arrays:
+        counts, offsets = arrays["counts_"], arrays.get("offsets_")
+        rows = len(arrays["descriptors_"]) if "descriptors_" in arrays else None
+        if (counts < 1).any():
+            fail("fitted attribute 'counts_'", "holds a class without descriptor prompts")
+        if offsets is not None and rows is not None and (offsets + counts > rows).any():
+            fail("fitted attribute 'offsets_'", f"points past the {rows} descriptor prompts")
+    if "sample_labels_" in arrays and (arrays["sample_labels_"] >= n_classes).any():
+        fail("fitted attribute 'sample_labels_'", f"holds class indices beyond the "
+                                                  f"{n_classes} classes")
+    if "learning_rates_" in arrays and n_iter is not None \
+            and len(arrays["learning_rates_"]) != n_iter:
+        fail("fitted attribute 'learning_rates_'", f"has {len(arrays['learning_rates_'])} "
+                                                   f"steps, not n_iter_ = {n_iter}")

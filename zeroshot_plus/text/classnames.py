@@ -1,6 +1,11 @@
 """Class names: reading and checking a class list, the form people read, the form lookups
 compare, and the closest name offered when a lookup fails.
 
+A class name is kept exactly as given in a sequence, a JSON list or a folder's name, spaces at
+its ends included (the labels of a folder named " a " are " a "). A comma list and the lines
+of a text file are stripped of the spaces around each name; a name that begins or ends with
+whitespace is written there with escapes (``\\x20a``, ``data.names.name_text``).
+
 Template prompts use a class name exactly as given (``text.templates``), as open_clip and
 CLIP_benchmark do. Two other forms of a name are derived here and nowhere else:
 
@@ -19,7 +24,8 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ..data.names import label_text
+from ..data.files import read_json, read_text
+from ..data.names import label_text, text_name
 from ..errors import InputError
 
 
@@ -32,41 +38,46 @@ def parse_classnames(spec: str | os.PathLike | Sequence[str], *, repeats: bool =
     """
     if isinstance(spec, (str, os.PathLike)) and Path(spec).is_file():
         path = Path(spec)
-        text = path.read_text(encoding="utf-8-sig")
         if path.suffix.lower() == ".json":
-            try:
-                names = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"class file '{path}' is not valid JSON: {exc.msg}.") from None
+            names = read_json(path, "class file")
             if not isinstance(names, list):
                 raise InputError(f"class file '{path}' must hold a JSON list of class names.")
+            for i, name in enumerate(names, 1):
+                if not isinstance(name, str):
+                    raise InputError(f"class file '{path}': item {i} is "
+                                     f"{json.dumps(name)[:40]}, not a class name (a string).")
         else:
-            names = [line.strip() for line in text.splitlines()]
-            names = [n for n in names if n and not n.startswith("#")]
+            names = [line.strip() for line in read_text(path, "class file").splitlines()]
+            names = [text_name(n) for n in names if n and not n.startswith("#")]
         source = f"class file '{path}'"
-    elif isinstance(spec, str):
-        if os.sep in spec or spec.endswith((".txt", ".json")):
-            raise InputError(f"class file '{spec}' does not exist.")
-        names, source = [n.strip() for n in spec.split(",")], "class list"
+    elif isinstance(spec, (str, os.PathLike)):
+        text = os.fspath(spec)
+        if text.strip() and Path(text).is_dir():
+            raise InputError(f"class file '{text}' is a folder, not a file.")
+        if not isinstance(spec, str) or os.sep in spec or spec.endswith((".txt", ".json")):
+            raise InputError(f"class file '{text}' does not exist.")
+        names, source = [text_name(n.strip()) for n in spec.split(",")], "class list"
     else:
-        names, source = [str(n).strip() for n in spec], "class list"
+        names, source = [str(n) for n in spec], "class list"
     return validate_classnames(names, source, repeats=repeats)
 
 
 def validate_classnames(names: Sequence[str], source: str = "class list", *,
                         repeats: bool = False) -> list[str]:
-    """Stripped names, bytes that are not UTF-8 (from a command line or a file name) written
-    as ``\\xNN`` (``names.label_text``); an empty list, an empty name or (unless ``repeats``)
-    a repeated name is an InputError."""
+    """The names as given, bytes that are not UTF-8 (from a command line or a file name)
+    written as ``\\xNN`` (``names.label_text``); an empty list, an empty or blank name or
+    (unless ``repeats``) a repeated name is an InputError."""
     try:
-        names = [label_text(str(n)).strip() for n in names]
+        names = [label_text(str(n)) for n in names]
     except UnicodeEncodeError:
         raise InputError(f"the {source} has a class name that is not text (a lone "
                          f"surrogate).") from None
-    if not names or not any(names):
+    blank = [not n.strip() for n in names]
+    if all(blank):
         raise InputError(f"the {source} is empty.")
-    if "" in names:
-        raise InputError(f"the {source} has an empty class name at position {names.index('') + 1}.")
+    if any(blank):
+        raise InputError(f"the {source} has an empty class name at position "
+                         f"{blank.index(True) + 1}.")
     seen: set[str] = set()
     for name in [] if repeats else names:
         if name in seen:

@@ -34,9 +34,9 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from ..data.files import read_json
 from ..errors import InputError
 from .classnames import closest_name, display_name, match_key
 
@@ -96,21 +96,15 @@ def check_prompt_style(style: str) -> None:
 
 def load_descriptor_file(path: str | os.PathLike) -> dict[str, list[str]]:
     """Read ``{class: [descriptor, ...]}`` from a JSON file (descriptors or CuPL sentences)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"descriptor file '{path}' does not exist.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"descriptor file '{path}' is not valid JSON: {exc.msg} "
-                         f"(line {exc.lineno}).") from None
-    except UnicodeDecodeError:
-        raise InputError(f"descriptor file '{path}' is not UTF-8 text.") from None
-    return validate_descriptors(data, f"descriptor file '{path}'")
+    return validate_descriptors(read_json(path, "descriptor file"), f"descriptor file '{path}'")
 
 
 def validate_descriptors(data, source: str = "descriptor map") -> dict[str, list[str]]:
-    """Check a ``{class: [str, ...]}`` mapping and return a copy with stripped strings."""
+    """Check a ``{class: [str, ...]}`` mapping and return a copy with stripped strings.
+
+    A blank class name or descriptor is an InputError; an empty list is allowed (the class is
+    then classified by its name).
+    """
     if not isinstance(data, Mapping):
         raise InputError(f"the {source} must be a JSON object {{class: [descriptor, ...]}}, "
                          f"not a {type(data).__name__}.")
@@ -118,9 +112,15 @@ def validate_descriptors(data, source: str = "descriptor map") -> dict[str, list
         raise InputError(f"the {source} names no classes.")
     checked = {}
     for name, items in data.items():
+        if not str(name).strip():
+            raise InputError(f"the {source} has a blank class name ({json.dumps(name)}).")
         if not isinstance(items, list) or not all(isinstance(d, str) for d in items):
             raise InputError(f"the {source} must map each class to a list of strings; class "
                              f"'{name}' maps to {json.dumps(items)[:60]}.")
+        if not all(d.strip() for d in items):
+            blank = next(i for i, d in enumerate(items, 1) if not d.strip())
+            raise InputError(f"the {source} gives class '{name}' a blank descriptor (item "
+                             f"{blank}).")
         checked[str(name)] = [d.strip() for d in items]
     return checked
 

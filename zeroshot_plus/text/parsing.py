@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 from ..errors import InputError
-from .llm import (BadAnswer, ChatClient, LLMCache, LLMError, check_text, default_cache_dir,
-                  json_answer, resolve_endpoint)
+from .llm import (AttemptsExhausted, BadAnswer, ChatClient, LLMCache, LLMError, check_text,
+                  default_cache_dir, json_answer, resolve_endpoint)
 
 log = logging.getLogger(__name__)
 
@@ -315,6 +315,8 @@ class LLMParser:
     max_attempts, timeout : requests per caption and seconds per request (``ChatClient``).
     fallback : on an endpoint that keeps failing, return the rule-based parse (True; the
         first fallback is announced with its cause as a warning), or raise LLMError (False).
+        An endpoint that refuses the key or the request is not asked again: later captions
+        are read from the cache or parsed by the rules.
     """
 
     def __init__(self, base_url: str | None = None, model: str | None = None,
@@ -325,6 +327,7 @@ class LLMParser:
         self.client = ChatClient(self.endpoint, max_attempts=max_attempts, timeout=timeout)
         self.fallback = fallback
         self._fell_back = False
+        self._refused = False  # the endpoint refused the key or the request: ask no more
 
     def key(self, caption: str) -> dict:
         return {"model": self.endpoint.model, "kind": "parses", "class": caption,
@@ -335,11 +338,14 @@ class LLMParser:
         cached = self.cache.get(key, lambda items: _cached_parse(items, caption))
         if cached is not None:
             return Parse.from_dict(caption, cached)
+        if self._refused:
+            return parse_caption(caption)
         messages = [{"role": "system", "content": _PARSE_SYSTEM},
                     {"role": "user", "content": f"{_PARSE_EXAMPLE}\nCaption: \"{caption}\""}]
         try:
             data = self.client.ask(messages, lambda content: _parse_answer(content, caption))
         except LLMError as exc:
+            self._refused = self.fallback and not isinstance(exc, AttemptsExhausted)
             if not self.fallback:
                 raise LLMError(f"the LLM gave no valid parse of '{caption}'.") from None
             if not self._fell_back:

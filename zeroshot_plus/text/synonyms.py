@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from ..data.files import read_json
 from ..errors import InputError
 from .classnames import closest_name, match_key, parse_classnames, validate_classnames
 
@@ -79,6 +80,11 @@ def load_synonyms(spec: str | os.PathLike | Mapping, classnames=None) -> Synonym
     names = None if classnames is None else parse_classnames(classnames)
     if is_metrics_format(data):
         return _from_metrics(data, names, source)
+    rows = [k for k, v in data.items() if isinstance(v, Mapping) and "name" in v]
+    if rows:
+        other = next(k for k in data if k not in rows)
+        raise InputError(f"the {source} mixes REAL metrics rows (objects with a 'name', e.g. "
+                         f"'{rows[0]}') with other entries (e.g. '{other}').")
     return _from_map(data, names, source)
 
 
@@ -88,30 +94,35 @@ def _read(spec) -> tuple[Mapping, str]:
     if not isinstance(spec, (str, os.PathLike)):
         raise InputError(f"synonyms must be a JSON file or a dict, got {type(spec).__name__}.")
     path = Path(spec)
-    if not path.is_file():
-        raise InputError(f"synonym file '{path}' does not exist.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"synonym file '{path}' is not valid JSON ({exc}).") from None
+    data = read_json(path, "synonym file")
     if not isinstance(data, dict) or not data:
         raise InputError(f"synonym file '{path}' must hold a non-empty JSON object.")
     return data, f"synonym file '{path}'"
 
 
 def _from_metrics(data: Mapping, names: list[str] | None, source: str) -> SynonymTable:
-    try:
-        ids = {int(key): key for key in data}
-    except ValueError:
-        bad = next(k for k in data if not str(k).strip().lstrip("-").isdigit())
-        raise InputError(f"the {source} has class id '{bad}', which is not an integer.") from None
+    ids: dict[int, str] = {}
+    for key in data:
+        try:
+            number = int(key)
+        except ValueError:
+            raise InputError(f"the {source} has class id '{key}', which is not an "
+                             f"integer.") from None
+        if number in ids:
+            raise InputError(f"the {source} has class id {number} twice ('{ids[number]}' and "
+                             f"'{key}').")
+        ids[number] = key
     if sorted(ids) != list(range(len(ids))):
         missing = sorted(set(range(len(ids))) - set(ids))
         raise InputError(f"the {source} must have class ids 0..{len(ids) - 1}; "
                          f"id {missing[0]} is missing.")
     rows = [data[ids[i]] for i in range(len(ids))]
+    for i, row in enumerate(rows):
+        if not isinstance(row["name"], str):
+            raise InputError(f"class id {i} of the {source} has a name that is not a string "
+                             f"({json.dumps(row['name'])[:40]}).")
     if names is None:  # a name may repeat (ImageNet's "crane"): rows are told apart by id
-        names = [str(row["name"]).strip() for row in rows]
+        names = [row["name"].strip() for row in rows]
         if "" in names:
             raise InputError(f"class id {names.index('')} of the {source} has an empty name.")
     elif len(names) != len(rows):
@@ -125,9 +136,14 @@ def _from_metrics(data: Mapping, names: list[str] | None, source: str) -> Synony
         if not isinstance(found, Mapping):
             raise InputError(f"class id {i} of the {source}: 'alternates' must be an object "
                              f"{{synonym: count}}.")
+        bad = [(k, v) for k, v in found.items()
+               if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0)]
+        if bad:
+            raise InputError(f"class id {i} of the {source}: the caption count of '{bad[0][0]}' "
+                             f"is {json.dumps(bad[0][1])}, not a whole number >= 0.")
         chosen.append(row["most_common_name"])
         alternates.append(list(found) or [row["name"]])
-        counts.append({k: int(v) for k, v in found.items()})
+        counts.append(dict(found))
     return SynonymTable(names, chosen, alternates, counts, source)
 
 

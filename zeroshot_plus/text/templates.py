@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
+from ..data.files import read_text
 from ..errors import InputError
 
 OPEN_CLIP_TEMPLATE_SETS = ("openai_imagenet", "simple_imagenet")
@@ -32,7 +33,12 @@ def load_templates(spec: str | os.PathLike | Sequence[str]) -> list[str]:
     """A template set by name, from a file, or as a list of template strings; each with
     ``{}`` where the class name goes (a ``{c}`` is read as ``{}``)."""
     if not isinstance(spec, (str, os.PathLike)):
-        return _validate_templates(list(spec), "template list")
+        templates = list(spec)
+        if not all(isinstance(t, str) for t in templates):
+            bad = next(i for i, t in enumerate(templates, 1) if not isinstance(t, str))
+            raise InputError(f"template {bad} of the template list is "
+                             f"{templates[bad - 1]!r}, not a string.")
+        return _validate_templates(templates, "template list")
     name = os.fspath(spec)
     if name in OPEN_CLIP_TEMPLATE_SETS:
         import open_clip
@@ -45,7 +51,8 @@ def load_templates(spec: str | os.PathLike | Sequence[str]) -> list[str]:
         return _validate_templates(_template_lines(shipped.read_text("utf-8")), f"template set '{name}'")
     path = Path(name)
     if path.is_file():
-        return _validate_templates(_template_lines(path.read_text("utf-8-sig")), f"template file '{path}'")
+        return _validate_templates(_template_lines(read_text(path, "template file")),
+                                   f"template file '{path}'")
     dataset, colon, style = name.partition(":")
     if colon:
         from ..data.datasets import dataset_templates
