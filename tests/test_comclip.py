@@ -497,7 +497,7 @@ def test_cli_match_reference_settings_reach_the_matcher(backbone, images, tiny_c
             (["--boxes", str(tmp_path / "other.json")],
              "gives boxes for 'elsewhere.png', which is not an image of the pairs file."),
             (["--boxes", str(tmp_path / "list.json")], "must be a JSON object"),
-            (["--boxes", str(tmp_path / "none.json")], "cannot read --boxes")):
+            (["--boxes", str(tmp_path / "none.json")], "--boxes file '" + str(tmp_path / "none.json") + "' does not exist.")):
         assert main(["match", str(pairs), *model, *extra]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
