@@ -16,7 +16,8 @@ from .parser import build_parser, resolve_options
 # command -> the module that runs it, imported only when it runs
 _COMMANDS = {"embed": "classify", "predict": "classify", "evaluate": "classify",
              "fit": "classify", "describe": "language", "frequency": "language",
-             "sce": "dissect", "edit": "dissect", "match": "dissect"}
+             "sce": "dissect", "edit": "dissect", "match": "dissect",
+             "benchmark": "benchmark"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
