@@ -1,8 +1,9 @@
 """Class names and prompt templates -> per-class prompt lists.
 
 Template sets are named (``openai_imagenet`` and ``simple_imagenet`` from open_clip, the files
-in ``zeroshot_plus.prompt_data/templates``), given as a path to a text file (one template per line),
-or given directly as a list of template strings. The class name goes where a template has
+in ``zeroshot_plus.prompt_data/templates``, or a standard dataset's set as ``DATASET:STYLE``, e.g.
+``oxford_pets:coop``; see ``data.datasets.dataset_templates``), given as a path to a text file
+(one template per line), or given directly as a list of template strings. The class name goes where a template has
 ``{}`` (open_clip's form) or ``{c}`` (CLIP_benchmark's; read as ``{}``), and is used exactly
 as given, as open_clip's ``build_zero_shot_classifier`` and CLIP_benchmark use it.
 """
@@ -44,8 +45,14 @@ def load_templates(spec: str | os.PathLike | Sequence[str]) -> list[str]:
     path = Path(name)
     if path.is_file():
         return _validate_templates(_template_lines(path.read_text("utf-8-sig")), f"template file '{path}'")
+    dataset, colon, style = name.partition(":")
+    if colon:
+        from ..data.datasets import dataset_templates
+
+        return dataset_templates(dataset, style)
     raise InputError(f"unknown template set '{name}': not a file, and not one of "
-                     f"{', '.join(available_template_sets())}.")
+                     f"{', '.join(available_template_sets())} (or DATASET:STYLE, e.g. "
+                     f"oxford_pets:coop).")
 
 
 def _template_lines(text: str) -> list[str]:
