@@ -11,7 +11,7 @@ import math
 import os
 
 from ..choices import COMPONENTS, ENTROPIES, KERNELS, MASK_MODES, PRECISIONS, WEIGHTINGS
-from ..data.datasets import dataset_names
+from ..data.datasets import dataset_spec
 from ..errors import InputError
 from ..evaluation.protocols import METHODS as BENCHMARK_METHODS, PROTOCOLS
 from ..text.descriptors import PROMPT_STYLES
@@ -19,7 +19,7 @@ from ..text.frequency import CAPTION_COLUMN, STRATEGIES
 from ..text.llm import KINDS
 
 METHODS = ("zeroshot", "gda", "real", "descriptions", "tpt")
-TEMPLATE_STYLES = ("coop", "clip", "real")
+TEMPLATE_STYLES = ("gda", "coop", "clip", "real")
 
 
 def _count(text: str) -> int:
@@ -352,10 +352,11 @@ def _benchmark_parser(commands, model: argparse.ArgumentParser) -> None:
     benchmark.add_argument("--seeds", default="1,2,3", metavar="S,S",
                            help="sampling seeds of the few-shot runs (default: 1,2,3)")
     benchmark.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    benchmark.add_argument("--templates", choices=TEMPLATE_STYLES, default="coop",
-                           help="templates of zeroshot and gda: coop (default; CoOp's per-data-set "
-                                "prompt, GDA's 7 for ImageNet), clip (the CLIP paper's ensembles) "
-                                "or real (REAL's); real always uses its own")
+    benchmark.add_argument("--templates", choices=TEMPLATE_STYLES, default="gda",
+                           help="templates of zeroshot and gda: gda (default; CoOp's one prompt "
+                                "per data set, 7 for the ImageNet family), coop (CoOp's one "
+                                "prompt), clip (the CLIP paper's ensembles) or real (REAL's); "
+                                "real always uses its own")
     benchmark.add_argument("--descriptors", action="append", metavar="DATASET=FILE",
                            help="--methods descriptions: the descriptor JSON of a data set "
                                 "(repeat the option for several)")
@@ -446,7 +447,8 @@ def _check_method_options(args: argparse.Namespace) -> None:
 
 def _check_benchmark(args: argparse.Namespace) -> None:
     """The benchmark's lists as Python values, each name and number checked."""
-    args.datasets = _names("--datasets", args.datasets, dataset_names())
+    args.datasets = list(dict.fromkeys(  # canonical names; an unknown one is one sentence
+        dataset_spec(name).name for name in _names("--datasets", args.datasets, None)))
     args.methods = _names("--methods", args.methods, BENCHMARK_METHODS)
     args.protocols = _names("--protocols", args.protocols, PROTOCOLS)
     args.shots = _integers("--shots", args.shots, 1)
@@ -461,7 +463,7 @@ def _names(option: str, text: str, known) -> list[str]:
     if not names:
         raise InputError(f"{option} names nothing; give a comma list.")
     for name in names:
-        if name not in known:
+        if known is not None and name not in known:
             raise InputError(f"{option}: unknown name '{name}'; choose among {', '.join(known)}.")
     return list(dict.fromkeys(names))
 

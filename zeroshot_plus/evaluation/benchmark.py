@@ -49,7 +49,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..data import datasets as standard
-from ..data.datasets import Dataset
+from ..data.datasets import Dataset, dataset_spec
+from ..data.fewshot import base_new, few_shot
 from ..data.files import atomic_output
 from ..data.sources import ImageSet
 from ..data.support import augmented_support
@@ -125,8 +126,9 @@ class Benchmark:
     shots, seeds : support images per class and sampling seeds of the few-shot runs.
     out : output folder (created): records, summaries, plots.
     cache : embedding store directory; default ``out/store``.
-    templates : the template style of zeroshot and GDA ("coop", "clip" or "real";
-        ``dataset_templates``); REAL always uses its own ("real").
+    templates : the template style of zeroshot and GDA (``dataset_templates``): "gda"
+        (GDA's: CoOp's one template, 7 for the ImageNet family), "coop", "clip" or "real";
+        REAL always uses its own ("real").
     descriptors : {data set: descriptor JSON file} for the descriptions method.
     real_metrics : {data set: REAL metrics file} for the real method and head/tail.
     n_views : augmented views per support image (GDA's augment_epoch).
@@ -140,7 +142,7 @@ class Benchmark:
                  datasets: Sequence[str | Dataset] = (), methods: Sequence[str] = ("zeroshot",),
                  protocols: Sequence[str] = ("zeroshot",), shots: Sequence[int] = (1, 2, 4, 8, 16),
                  seeds: Sequence[int] = (1, 2, 3), out: str | os.PathLike = "benchmark",
-                 cache: str | os.PathLike | None = None, templates: str = "coop",
+                 cache: str | os.PathLike | None = None, templates: str = "gda",
                  descriptors: Mapping[str, str | os.PathLike] | None = None,
                  real_metrics: Mapping[str, str | os.PathLike] | None = None,
                  n_views: int = 10, tpt_views: int = 63, on_error: str = "skip",
@@ -175,35 +177,40 @@ class Benchmark:
         except OSError as exc:
             raise InputError(f"cannot create the output folder '{out}': {exc.strerror}.") from None
         self._store = Path(self.cache) if self.cache is not None else out / "store"
-        self._loaded = {d.name if isinstance(d, Dataset) else d: d for d in self.datasets}
+        for name in self._loaded:  # every data set is read before any work: one that is
+            self._dataset(name)    # missing stops the run at once
         self._vectors: dict[str, np.ndarray | None] = {}
         self._heads: dict[tuple, np.ndarray] = {}
         self._backbone_fields = self.backbone.describe()
         report = self._report = BenchmarkReport()
         records = RecordLog(out / RECORDS)
-        plan = self.plan()
+        plan = self._plan()
         report.planned = len(plan)
         keys = []
         with tqdm(total=len(plan), desc="benchmark runs", unit="run",
                   disable=not self.progress) as bar:
             for run in plan:
-                templates = self._templates(run)
+                try:
+                    templates, problem = self._templates(run), None
+                except InputError as exc:  # no templates of that style for the data set
+                    templates, problem = None, str(exc)
                 key = run_key(self._describe(run, templates))
                 keys.append(key)
                 bar.set_postfix_str(run.label(), refresh=False)
                 if key in records.done:
                     report.resumed += 1
                 else:
-                    self._do(run, templates, key, records)
+                    self._do(run, templates, key, records, problem)
                 bar.update()
         records.close()
         report.outputs = self._write_outputs(out, records.latest(keys))
         report.seconds = time.perf_counter() - start
         return report
 
-    def _do(self, run: Run, templates: list[str] | None, key: tuple, records: RecordLog) -> None:
+    def _do(self, run: Run, templates: list[str] | None, key: tuple, records: RecordLog,
+            problem: str | None) -> None:
         """Run one planned run and record it, or record why it was skipped."""
-        reason = self._missing(run)
+        reason = problem or self._missing(run)
         if reason is None:
             try:
                 started = time.perf_counter()
@@ -238,16 +245,19 @@ class Benchmark:
             raise InputError("no data set to benchmark.")
         if self.on_error not in ("skip", "raise"):
             raise InputError(f"on_error must be 'skip' or 'raise', got '{self.on_error}'.")
-        names = [d.name if isinstance(d, Dataset) else d for d in self.datasets]
+        self._loaded: dict[str, Dataset | None] = {  # None: loaded from ``root`` when needed
+            d.name if isinstance(d, Dataset) else dataset_spec(d).name:
+                d if isinstance(d, Dataset) else None for d in self.datasets}
+        names = list(self._loaded)
         if "variants" in self.protocols and (IMAGENET not in names
                                              or not set(VARIANTS) & set(names)):
             raise InputError(f"the variants protocol fits on '{IMAGENET}' and tests on "
                              f"{', '.join(VARIANTS)}: list '{IMAGENET}' and at least one "
                              f"variant among the data sets.")
 
-    def plan(self) -> list[Run]:
+    def _plan(self) -> list[Run]:
         """Every run the options ask for, grouped by the data set they fit on."""
-        names = [d.name if isinstance(d, Dataset) else d for d in self.datasets]
+        names = list(self._loaded)
         runs = []
         for source in names:
             for protocol in self.protocols:
@@ -299,7 +309,7 @@ class Benchmark:
 
     def _dataset(self, name: str) -> Dataset:
         loaded = self._loaded[name]
-        if not isinstance(loaded, Dataset):
+        if loaded is None:
             if self.root is None:
                 raise InputError(f"data set '{name}' needs a root folder to load it from.")
             loaded = self._loaded[name] = standard.load_dataset(name, self.root)
@@ -404,9 +414,9 @@ class Benchmark:
              base: Dataset | None = None) -> GDAClassifier:
         """GDA on ``shots`` x ``seed`` support images of ``dataset`` (of its base classes when
         ``base`` is given: the fewshot data set restricted to them), alpha on the val split."""
-        fewshot = standard.few_shot(dataset, run.shots, run.seed, protocol="gda")
+        fewshot = few_shot(dataset, run.shots, run.seed, protocol="gda")
         if base is not None:
-            fewshot = standard.base_new(fewshot, "base")
+            fewshot = base_new(fewshot, "base")
         support = fewshot.train
         scale = (0.08, 1.0) if _imagenet_family(dataset.name) else (0.5, 1.0)
         views = augmented_support(self.backbone, support, n_views=self.n_views, scale=scale,
@@ -452,7 +462,7 @@ class Benchmark:
         columns = label_columns(classifier.classes_, dataset.classnames)
         metrics = {}
         for part in ("base", "new"):
-            subset = standard.base_new(dataset, part)
+            subset = base_new(dataset, part)
             X, y, _ = self._labelled(subset.test, subset.classnames)
             own = columns[[dataset.classnames.index(name) for name in subset.classnames]]
             metrics[f"{part}_accuracy"] = classification_metrics(y, classifier.logits(X)[:, own])["top1"]
