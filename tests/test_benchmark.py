@@ -405,3 +405,24 @@ def test_missing_data_set_folder(tiny_config, tmp_path, capsys):
     err = capsys.readouterr().err.splitlines()
     assert err == [f"zeroshot-plus: error: dtd: expected the folder '{tmp_path / 'dtd'}' (see "
                    f"the DTD section of CoOp's DATASETS.md for how to lay it out)."]
+
+
+def test_released_descriptors_are_read_by_position(data_root, backbone, shared_data, tmp_path):
+    """DCLIP's EuroSAT file names 4 of the 10 classes otherwise ('lake or sea'); its key order
+    is the label order, as DCLIP reads it."""
+    path = shared_data / "descriptors" / "descriptors_eurosat.json"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    from zeroshot_plus import DescriptionClassifier
+    from zeroshot_plus.data.datasets import load_dataset
+
+    out = tmp_path / "out"
+    Benchmark(backbone, data_root, datasets=["eurosat"], methods=["descriptions"],
+              descriptors={"eurosat": path}, out=out, progress=False).run()
+    (record,) = records_of(out)
+    keys = list(json.loads(path.read_text()))
+    dataset = load_dataset("eurosat", data_root)
+    classifier = DescriptionClassifier(backbone, descriptors=str(path)).fit()
+    predicted = classifier.predict(backbone.encode_images(dataset.test))
+    y = [keys[dataset.classnames.index(label)] for label in dataset.test.labels]
+    assert record["metrics"]["top1"] == pytest.approx(np.mean(predicted == np.array(y)))

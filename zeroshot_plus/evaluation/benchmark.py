@@ -29,7 +29,8 @@ Paper settings: GDA picks alpha on the data set's validation split as ``few_shot
 protocol="gda")`` gives it (ImageNet's is its test set, as in the paper); support views are
 RandomResizedCrop(scale (0.5, 1), or (0.08, 1) on ImageNet) + flip; TPT uses 63 views, AugMix
 outside the ImageNet family and "a photo of a" as its context; descriptions use DCLIP's '.'
-suffix on the ImageNet family.
+suffix on the ImageNet family, and a descriptor file's classes by name, else (as DCLIP reads
+its files) by position.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from ..methods.gda import GDAClassifier
 from ..methods.real import RealPromptClassifier
 from ..methods.tpt import tpt_preset
 from ..methods.zeroshot import ZeroShotClassifier
+from ..text.descriptors import load_descriptor_file, match_descriptors
 from ..text.heads import class_weights
 from ..text.templates import class_prompts
 from . import protocols
@@ -393,16 +395,20 @@ class Benchmark:
         elif run.method == "descriptions":
             path = self.descriptors[run.source]
             extra["descriptors"] = os.fspath(path)
+            table = load_descriptor_file(path)
+            names = _descriptor_classes(table, dataset.classnames)
             classifier = DescriptionClassifier(
-                self.backbone, classnames=dataset.classnames, descriptors=path,
+                self.backbone, classnames=names, descriptors=table,
                 suffix="." if _imagenet_family(dataset.name) else "", cache=self._store).fit()
+            columns = label_columns(classifier.classes_, names)
         else:  # real
             path = self.real_metrics[run.source]
             extra["real_metrics"] = os.fspath(path)
             classifier = RealPromptClassifier(self.backbone, classnames=dataset.classnames,
                                               synonyms=path, templates=templates,
                                               cache=self._store).fit()
-        columns = label_columns(classifier.classes_, dataset.classnames)
+        if run.method != "descriptions":
+            columns = label_columns(classifier.classes_, dataset.classnames)
 
         def score(images: ImageSet, classnames: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
             X, y, _ = self._labelled(images, classnames)
@@ -485,6 +491,20 @@ class Benchmark:
 
 def _imagenet_family(name: str) -> bool:
     return name == IMAGENET or name in VARIANTS
+
+
+def _descriptor_classes(table: Mapping[str, list[str]], classnames: list[str]) -> list[str]:
+    """The class of each label, as a descriptor file names it: the data set's own names when
+    the file has them all, else (DCLIP's convention: its files list the classes in label
+    order, e.g. ImageNet's "newt" as "eft") the file's keys by position."""
+    try:
+        match_descriptors(table, classnames)
+        return classnames
+    except InputError:
+        if len(table) != len(classnames):
+            raise
+    log.info("descriptor classes taken by position (the file's key order is label order)")
+    return list(table)
 
 
 def _frequencies(path: str | os.PathLike, n_classes: int) -> np.ndarray:
