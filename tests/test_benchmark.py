@@ -306,7 +306,7 @@ def test_every_zero_shot_method_and_skips(data_root, backbone, tmp_path, caplog)
     assert [(r["method"], "metrics" in r) for r in records] == [
         ("zeroshot", True), ("descriptions", False), ("real", False), ("tpt", True)]
     assert "no descriptor file for 'eurosat'" in records[1]["skipped"]
-    assert records[3]["templates"] == ["a photo of a {}."]
+    assert records[3]["templates"] == ["a photo of a {}."] and records[3]["seed"] == 1
     # again with the same inputs: nothing is recorded twice
     Benchmark(backbone, data_root, **options).run()
     assert len(records_of(out)) == 4

@@ -3,8 +3,8 @@
 ``Benchmark(backbone, root, datasets=..., methods=..., protocols=..., out=...).run()``:
 
 1. Plan: every (data set, protocol, method, shots, seed) the options ask for, the protocols
-   of ``protocols.PROTOCOL_METHODS``; zero-shot methods run once (shots 0, no seed), GDA once
-   per shots x seed. A run whose method lacks an input (a descriptor or metrics file, a train
+   of ``protocols.PROTOCOL_METHODS``; zero-shot methods run once (shots 0, no seed; TPT with
+   the first seed), GDA once per shots x seed. A run whose method lacks an input (a descriptor or metrics file, a train
    split) is not run: it gets a record saying why, and one logged line.
 2. Embed: each data set's test (and val) images once, through the embedding store (keyed by
    image content, so a second run, or another method, reads them back); GDA's support sets as
@@ -189,8 +189,8 @@ class Benchmark:
         plan = self._plan()
         report.planned = len(plan)
         keys = []
-        with tqdm(total=len(plan), desc="benchmark runs", unit="run",
-                  disable=not self.progress) as bar:
+        with records, tqdm(total=len(plan), desc="benchmark runs", unit="run",
+                           disable=not self.progress) as bar:
             for run in plan:
                 try:
                     templates, problem = self._templates(run), None
@@ -204,7 +204,6 @@ class Benchmark:
                 else:
                     self._do(run, templates, key, records, problem)
                 bar.update()
-        records.close()
         report.outputs = self._write_outputs(out, records.latest(keys))
         report.seconds = time.perf_counter() - start
         return report
@@ -215,10 +214,12 @@ class Benchmark:
         reason = problem or self._missing(run)
         if reason is None:
             try:
-                started = time.perf_counter()
+                started, embedding = time.perf_counter(), self._report.embed_seconds
                 metrics, extra = self._evaluate(run, templates)
+                # the run's own time: without embedding the test and val sets, which it shares
+                seconds = time.perf_counter() - started - (self._report.embed_seconds - embedding)
                 record = {**self._describe(run, templates), "metrics": metrics, **extra,
-                          "seconds": round(time.perf_counter() - started, 3)}
+                          "seconds": round(seconds, 3)}
                 records.append(key, record)
                 self._report.ran += 1
                 return
@@ -273,8 +274,10 @@ class Benchmark:
                     if method not in PROTOCOL_METHODS[protocol]:
                         continue
                     few = method in protocols.FEW_SHOT_METHODS
+                    # zero-shot methods run once; TPT's views are drawn with the first seed
+                    seeds = self.seeds if few else self.seeds[:1] if method == "tpt" else (None,)
                     for shots in (self.shots if few else (0,)):
-                        for seed in (self.seeds if few else (None,)):
+                        for seed in seeds:
                             runs.extend(Run(t, protocol, method, shots, seed, source)
                                         for t in targets)
         return runs
@@ -442,7 +445,7 @@ class Benchmark:
         """TPT on the data set's own classes (AugMix views outside the ImageNet family)."""
         classifier = tpt_preset(self.backbone, dataset.classnames, n_views=self.tpt_views,
                                 augmix=not _imagenet_family(dataset.name),
-                                random_state=self.seeds[0]).fit()
+                                random_state=run.seed).fit()
         columns = label_columns(classifier.classes_, dataset.classnames)
 
         def score(images: ImageSet, classnames: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -579,7 +582,10 @@ class RecordLog:
         last = {run_key(r): r for r in self.records if "metrics" in r}
         return [last[k] for k in dict.fromkeys(keys) if k in last]
 
-    def close(self) -> None:
+    def __enter__(self) -> "RecordLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
         self._stream.close()
 
 
