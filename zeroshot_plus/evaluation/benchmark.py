@@ -286,9 +286,9 @@ class Benchmark:
         """Why ``run`` cannot be done (an input its method or protocol lacks), or None."""
         if run.method == "descriptions" and run.source not in (self.descriptors or {}):
             return f"no descriptor file for '{run.source}' (descriptors={{'{run.source}': FILE}})"
-        if (run.method == "real" or run.protocol == "headtail") \
-                and run.dataset not in (self.real_metrics or {}):
-            return f"no REAL metrics file for '{run.dataset}' (real_metrics={{'{run.dataset}': FILE}})"
+        for needed, name in (("real", run.source), ("headtail", run.dataset)):
+            if needed in (run.method, run.protocol) and name not in (self.real_metrics or {}):
+                return f"no REAL metrics file for '{name}' (real_metrics={{'{name}': FILE}})"
         if run.shots and self._dataset(run.source).train is None:
             return f"'{run.source}' has no train split to draw support images from"
         return None
