@@ -41,7 +41,9 @@ def plot_summary(rows: Sequence[Mapping], folder: Path) -> list[Path]:
             axes.errorbar(shots, [100 * m for m in means], yerr=[100 * s for s in stds],
                           marker="o", capsize=3, label=method)
         axes.set(xlabel="shots per class", ylabel="top-1 accuracy (%)", title=dataset)
-        axes.set_xscale("symlog", linthresh=1)
+        axes.set_xscale("symlog", base=2, linthresh=1)
+        ticks = sorted({shots for points in curves.values() for shots, _, _ in points})
+        axes.set_xticks(ticks, [str(t) for t in ticks])
         axes.legend()
         written.append(_save(figure, folder / f"shots_{dataset}.png"))
     for protocol in dict.fromkeys(row["protocol"] for row in accuracy):
@@ -58,7 +60,7 @@ def plot_summary(rows: Sequence[Mapping], folder: Path) -> list[Path]:
                      [100 * m for _, (m, _) in present], width,
                      yerr=[100 * s for _, (_, s) in present], capsize=2, label=method)
         axes.set_xticks(range(len(datasets)), datasets, rotation=30, ha="right")
-        axes.set(ylabel="top-1 accuracy (%)", title=protocol)
+        axes.set(ylabel="top-1 accuracy (%)", title=f"{protocol} (each method at its most shots)")
         axes.legend()
         written.append(_save(figure, folder / f"methods_{protocol}.png"))
     return written
