@@ -447,3 +447,16 @@ def test_readme_reproduction_commands_parse(tmp_path, monkeypatch):
                 Path(value.partition("=")[2]).touch()
         args = resolve_options(build_parser().parse_args(argv))
         assert args.datasets and args.methods and args.protocols
+
+
+def test_command_line_interrupted(data_root, tiny_config, tmp_path, monkeypatch, capsys):
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Benchmark, "run", interrupted)
+    out = tmp_path / "out"
+    assert main(["benchmark", "--root", str(data_root), "--datasets", "eurosat", "--out",
+                 str(out), "--model", tiny_config, "--pretrained", "none"]) == 130
+    assert capsys.readouterr().err == (
+        f"zeroshot-plus: interrupted; the finished runs are recorded in {out / 'records.jsonl'} "
+        f"and the embeddings kept in the store: run the same command again to do the rest\n")
