@@ -362,8 +362,8 @@ def _torchvision_pairs(ds) -> tuple[list[str], list[int]]:
                      f"'_labels'.")
 
 
-def _torchvision_set(ds, classnames: list[str]) -> ImageSet:
-    paths, labels = _torchvision_pairs(ds)
+def _torchvision_set(ds, classnames: list[str], pairs=None) -> ImageSet:
+    paths, labels = _torchvision_pairs(ds) if pairs is None else pairs
     if labels and not 0 <= min(labels) <= max(labels) < len(classnames):
         raise InputError(f"the {type(ds).__name__} has labels up to {max(labels)}, but only "
                          f"{len(classnames)} class names were given.")
@@ -378,6 +378,7 @@ def from_torchvision(ds, name: str | None = None, classnames: list[str] | None =
     Class names: ``classnames`` if given, else the catalogue's when ``name`` is a catalogued
     dataset, else ``ds.classes``.
     """
+    pairs = _torchvision_pairs(ds)
     spec = dataset_spec(name) if name is not None and _key(name) in _ALIASES else None
     if classnames is None:
         if spec is not None:
@@ -392,6 +393,6 @@ def from_torchvision(ds, name: str | None = None, classnames: list[str] | None =
         raise InputError(f"the class names of the {type(ds).__name__} repeat a name; "
                          f"pass unique classnames.")
     return Dataset(spec.name if spec else (name or type(ds).__name__.lower()), classnames,
-                   test=_torchvision_set(ds, classnames),
+                   test=_torchvision_set(ds, classnames, pairs),
                    train=None if train is None else _torchvision_set(train, classnames),
                    val=None if val is None else _torchvision_set(val, classnames))

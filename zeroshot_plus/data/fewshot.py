@@ -20,6 +20,11 @@ draws for a seed; it never touches the global ``random`` module (each call repla
   whole val split (ImageNet: the test set). Nothing else in that loop draws from Python's
   ``random`` (data loading runs in worker processes and torchvision transforms draw from
   torch). ``few_shot(ds, 8, 1, "gda")`` replays the 1-, 2- and 4-shot draws first.
+- ``"gda_single"``: GDA's base-to-new and robustness scripts (``main_base2new.py``,
+  ``main_robustness.py``): the same draw as ``"gda"``, but the first after seeding (those
+  scripts have no shots loop). For base-to-new, draw over all classes and then take
+  ``base_new(..., "base")``: GDA's non-ImageNet datasets subsample after drawing, and its
+  ImageNet base loop draws the base classes first and stops, so the base draw is the same.
 
 How this was checked: the reference sampling code (the two ``generate_fewshot_dataset``
 methods, ``split_dataset_by_label``, GDA's ImageNet loop, and the seed / shots loops of CoOp's
@@ -47,7 +52,7 @@ from ..errors import InputError
 from .datasets import Dataset
 from .sources import ImageSet
 
-PROTOCOLS = ("coop", "gda")
+PROTOCOLS = ("coop", "gda", "gda_single")
 GDA_SHOTS = (1, 2, 4, 8, 16)  # GDA's shots loop; each seed's stream runs through it in order
 COOP_VAL_SHOTS = 4  # CoOp draws min(K, 4) validation shots per class
 
@@ -89,7 +94,7 @@ def few_shot(dataset: Dataset, shots: int, seed: int, protocol: str = "coop") ->
         val = (dataset.test if dataset.val is None
                else _draw(rng, dataset.val, min(shots, COOP_VAL_SHOTS), repeat=False))
         return replace(dataset, train=train, val=val)
-    for earlier in GDA_SHOTS:
+    for earlier in GDA_SHOTS if protocol == "gda" else ():
         if earlier >= shots:
             break
         _draw(rng, dataset.train, earlier, repeat=True)

@@ -3,9 +3,10 @@
 Template sets are named (``openai_imagenet`` and ``simple_imagenet`` from open_clip, the files
 in ``zeroshot_plus.prompt_data/templates``, or a standard dataset's set as ``DATASET:STYLE``, e.g.
 ``oxford_pets:coop``; see ``data.datasets.dataset_templates``), given as a path to a text file
-(one template per line), or given directly as a list of template strings. The class name goes where a template has
-``{}`` (open_clip's form) or ``{c}`` (CLIP_benchmark's; read as ``{}``), and is used exactly
-as given, as open_clip's ``build_zero_shot_classifier`` and CLIP_benchmark use it.
+(one template per line), or given directly as a list of template strings. The class name goes
+where a template has ``{}`` (open_clip's form) or ``{c}`` (CLIP_benchmark's; read as ``{}``),
+and is used exactly as given, as open_clip's ``build_zero_shot_classifier`` and CLIP_benchmark
+use it.
 """
 
 from __future__ import annotations
