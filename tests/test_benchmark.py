@@ -193,7 +193,11 @@ def test_base_to_new_arithmetic(data_root, backbone, tmp_path):
     assert set(gda["metrics"]) == {"base_accuracy", "new_accuracy", "harmonic_mean"}
     assert gda["metrics"]["harmonic_mean"] == pytest.approx(
         harmonic_mean(gda["metrics"]["base_accuracy"], gda["metrics"]["new_accuracy"]))
-    # support images only of the base classes, two each
+    # support images only of the base classes, two each: GDA's base-to-new draw
+    from zeroshot_plus.data.fewshot import base_new
+
+    drawn = base_new(few_shot(dataset, 2, 1, protocol="gda_single"), "base").train.items
+    assert gda["support"] == [str(p) for p in drawn]
     classes = [Path(p).parent.name for p in gda["support"]]
     assert len(classes) == 10 and len(set(classes)) == 5
     assert set(classes) == {n.replace(" ", "") for n in dataset.classnames[:5]}

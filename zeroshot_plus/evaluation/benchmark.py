@@ -25,8 +25,10 @@ and their harmonic mean); ImageNet -> variants (fitted on ``imagenet``, tested o
 variants among the data sets, the 200-class ones over their 200 columns; TPT tunes on the
 variant's own classes, as its paper does); head/tail (per-class accuracy averaged over the
 least frequent 20% of classes by REAL's released frequencies, and over the rest).
-Paper settings: GDA picks alpha on the data set's validation split as ``few_shot(...,
-protocol="gda")`` gives it (ImageNet's is its test set, as in the paper); support views are
+Paper settings: GDA's support images are GDA's draws (``few_shot`` with protocol "gda" for
+the few-shot protocol, "gda_single" for base-to-new and the variants, as its scripts draw),
+and it picks alpha on the data set's validation split (ImageNet's is its test set, as in the
+paper); support views are
 RandomResizedCrop(scale (0.5, 1), or (0.08, 1) on ImageNet) + flip; TPT uses 63 views, AugMix
 outside the ImageNet family and "a photo of a" as its context; descriptions use DCLIP's '.'
 suffix on the ImageNet family, and a descriptor file's classes by name, else (as DCLIP reads
@@ -423,7 +425,10 @@ class Benchmark:
              base: Dataset | None = None) -> GDAClassifier:
         """GDA on ``shots`` x ``seed`` support images of ``dataset`` (of its base classes when
         ``base`` is given: the fewshot data set restricted to them), alpha on the val split."""
-        fewshot = few_shot(dataset, run.shots, run.seed, protocol="gda")
+        # GDA's few-shot script draws every K from one stream per seed (shots 1, 2, 4, ...),
+        # its base-to-new and robustness scripts draw once after seeding
+        draw = "gda" if run.protocol == "fewshot" else "gda_single"
+        fewshot = few_shot(dataset, run.shots, run.seed, protocol=draw)
         if base is not None:
             fewshot = base_new(fewshot, "base")
         support = fewshot.train
