@@ -464,3 +464,26 @@ def test_command_line_interrupted(data_root, tiny_config, tmp_path, monkeypatch,
     assert capsys.readouterr().err == (
         f"zeroshot-plus: interrupted; the finished runs are recorded in {out / 'records.jsonl'} "
         f"and the embeddings kept in the store: run the same command again to do the rest\n")
+
+
+def test_variants_share_one_fit(backbone, cifar10_test, tmp_path, monkeypatch):
+    photos = sorted(p for folder in sorted(cifar10_test.iterdir())
+                    for p in sorted(folder.iterdir())[:1])
+    names = dataset_classnames("imagenet")
+    imagenet = Dataset("imagenet", names, test=ImageSet(photos, names[:10]),
+                       train=ImageSet(photos, names[:10]))
+    variants = [Dataset(v, dataset_classnames(v),
+                        test=ImageSet(photos, dataset_classnames(v)[:10]))
+                for v in ("imagenet_v2", "imagenet_a", "imagenet_r")]
+    fits = []
+    fit = Benchmark._fit
+    monkeypatch.setattr(Benchmark, "_fit", lambda self, run, *a: fits.append(run) or
+                        fit(self, run, *a))
+    out = tmp_path / "out"
+    Benchmark(backbone, datasets=[imagenet, *variants], methods=["gda"], protocols=["variants"],
+              shots=[1], seeds=[1, 2], out=out, n_views=1, progress=False).run()
+    records = records_of(out)
+    assert [(r["dataset"], r["seed"]) for r in records] == [
+        (v, seed) for seed in (1, 2) for v in ("imagenet_v2", "imagenet_a", "imagenet_r")]
+    assert [(r.shots, r.seed) for r in fits] == [(1, 1), (1, 2)]
+    assert all(len(r["support"]) == 10 and "alpha" in r for r in records)

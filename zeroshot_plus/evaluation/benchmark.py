@@ -185,6 +185,7 @@ class Benchmark:
             self._dataset(name)    # missing stops the run at once
         self._vectors: dict[str, np.ndarray | None] = {}
         self._heads: dict[tuple, np.ndarray] = {}
+        self._last_fit: tuple = (None, None, None)  # (what was fitted, its scorer, its fields)
         self._backbone_fields = self.backbone.describe()
         report = self._report = BenchmarkReport()
         records = RecordLog(out / RECORDS)
@@ -373,7 +374,13 @@ class Benchmark:
             score = self._tpt(run, target)  # tuned on the tested classes, as TPT's paper does
             columns = None
         else:
-            score = self._fit(run, source, templates, extra)
+            # the variants reuse one fit: its runs follow each other in the plan
+            fit = (run.source, run.protocol, run.method, run.shots, run.seed)
+            if self._last_fit[0] != fit:
+                fitted: dict = {}
+                self._last_fit = (fit, self._fit(run, source, templates, fitted), fitted)
+            score = self._last_fit[1]
+            extra.update(self._last_fit[2])
             indices = standard.imagenet_indices(run.dataset) if run.protocol == "variants" else None
             columns = None if indices is None else np.asarray(indices)
             if columns is None and len(target.classnames) != len(source.classnames):
