@@ -11,7 +11,8 @@ TPT is left out by default: it tunes on every test image's 63 views, which no st
 Measured, each in a fresh process state:
   embed once   : every image the harness encodes, into an empty store, with the library
                  directly: the test and val images, and the augmented support views of every
-                 (shots, seed) draw;
+                 (shots, seed) draw, few-shot and base-to-new (views of an image drawn twice
+                 with one seed are counted twice, encoded once);
   cold harness : the harness from scratch (empty store, no records);
   cached       : the harness into a new output folder with the store of the cold run: every
                  run is done again, every embedding is read back;
@@ -46,7 +47,7 @@ sys.path.insert(0, str(REPO))
 
 from zeroshot_plus import Backbone, augmented_support  # noqa: E402
 from zeroshot_plus.data.datasets import dataset_classnames, load_dataset  # noqa: E402
-from zeroshot_plus.data.fewshot import few_shot  # noqa: E402
+from zeroshot_plus.data.fewshot import base_new, few_shot  # noqa: E402
 from zeroshot_plus.evaluation.benchmark import Benchmark  # noqa: E402
 
 PROTOCOLS = ["zeroshot", "fewshot", "base2new", "headtail"]
@@ -87,9 +88,12 @@ def embed_once(args, data: Path, store: Path) -> tuple[float, int, int]:
     if "gda" in args.methods:
         for shots in args.shots:
             for seed in args.seeds:
-                support = few_shot(dataset, shots, seed, protocol="gda").train
-                views += len(augmented_support(bb, support, n_views=10, random_state=seed,
-                                               cache=store).X)
+                # few-shot draws, and base-to-new's (GDA's single draw, base classes)
+                for support in (few_shot(dataset, shots, seed, protocol="gda").train,
+                                base_new(few_shot(dataset, shots, seed, protocol="gda_single"),
+                                         "base").train):
+                    views += len(augmented_support(bb, support, n_views=10, random_state=seed,
+                                                   cache=store).X)
     return time.perf_counter() - start, len(dataset.test) + len(dataset.val), views
 
 
@@ -116,7 +120,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
     args.methods = args.methods.split(",")
-    args.shots, args.seeds = ([int(v) for v in text.split(",")] for text in (args.shots, args.seeds))
+    args.shots, args.seeds = ([int(v) for v in text.split(",")]
+                              for text in (args.shots, args.seeds))
     metrics = SHARED / "real" / "eurosat" / "metrics-LAION400M-satellite.json"
     if not metrics.is_file():
         sys.exit(f"needs the CIFAR-10 photos and the released REAL EuroSAT metrics in {SHARED}")

@@ -23,7 +23,8 @@ import pytest
 from conftest import REPO_DIR
 from zeroshot_plus import Backbone
 from zeroshot_plus.cli import main
-from zeroshot_plus.data.datasets import Dataset, dataset_classnames, dataset_templates, imagenet_indices
+from zeroshot_plus.data.datasets import (Dataset, dataset_classnames, dataset_templates,
+                                          imagenet_indices)
 from zeroshot_plus.data.fewshot import few_shot
 from zeroshot_plus.data.sources import ImageSet
 from zeroshot_plus.evaluation.benchmark import Benchmark, summarise

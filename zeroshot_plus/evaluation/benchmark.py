@@ -4,8 +4,9 @@
 
 1. Plan: every (data set, protocol, method, shots, seed) the options ask for, the protocols
    of ``protocols.PROTOCOL_METHODS``; zero-shot methods run once (shots 0, no seed; TPT with
-   the first seed), GDA once per shots x seed. A run whose method lacks an input (a descriptor or metrics file, a train
-   split) is not run: it gets a record saying why, and one logged line.
+   the first seed), GDA once per shots x seed. A run whose method lacks an input (a
+   descriptor or metrics file, a train split) is not run: it gets a record saying why, and
+   one logged line.
 2. Embed: each data set's test (and val) images once, through the embedding store (keyed by
    image content, so a second run, or another method, reads them back); GDA's support sets as
    10 augmented views per image (``augmented_support``), stored by (content, seed, view).
@@ -486,7 +487,8 @@ class Benchmark:
             subset = base_new(dataset, part)
             X, y, _ = self._labelled(subset.test, subset.classnames)
             own = columns[[dataset.classnames.index(name) for name in subset.classnames]]
-            metrics[f"{part}_accuracy"] = classification_metrics(y, classifier.logits(X)[:, own])["top1"]
+            logits = classifier.logits(X)[:, own]
+            metrics[f"{part}_accuracy"] = classification_metrics(y, logits)["top1"]
         metrics["harmonic_mean"] = harmonic_mean(metrics["base_accuracy"], metrics["new_accuracy"])
         return metrics, extra
 
