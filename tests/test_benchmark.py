@@ -392,6 +392,8 @@ print(json.dumps({"code": code, "heavy": [m for m in %r if m in sys.modules]}))
     (["--datasets", "pets", "--seeds", "-1"], "--seeds must be a comma list of integers >= 0"),
     (["--datasets", "pets", "--descriptors", "dtd=d.json"],
      "--descriptors names 'dtd', which is not among --datasets."),
+    (["--datasets", "pets", "--descriptors", "pets=no_such.json"],
+     "--descriptors: file 'no_such.json' does not exist."),
     (["--datasets", "pets", "--real-metrics", "oxford_pets"],
      "--real-metrics takes DATASET=FILE, got 'oxford_pets'."),
 ])

@@ -487,6 +487,7 @@ def _dataset_files(option: str, pairs: list[str], datasets: list[str]) -> dict[s
         name, _, path = pair.partition("=")
         if not path:
             raise InputError(f"{option} takes DATASET=FILE, got '{pair}'.")
+        name = dataset_spec(name).name
         if name not in datasets:
             raise InputError(f"{option} names '{name}', which is not among --datasets.")
         if not os.path.isfile(path):
