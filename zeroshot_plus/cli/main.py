@@ -16,7 +16,8 @@ from .parser import build_parser, resolve_options
 # command -> the module that runs it, imported only when it runs
 _COMMANDS = {"embed": "classify", "predict": "classify", "evaluate": "classify",
              "fit": "classify", "describe": "language", "frequency": "language",
-             "sce": "dissect", "edit": "dissect", "match": "dissect"}
+             "sce": "dissect", "edit": "dissect", "match": "dissect",
+             "benchmark": "benchmark"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,8 +37,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except KeyboardInterrupt:
-        print("zeroshot-plus: interrupted; embeddings written so far are kept in the --cache "
-              "store" if args.cache else "zeroshot-plus: interrupted", file=sys.stderr)
+        if args.command == "benchmark":
+            print(f"zeroshot-plus: interrupted; the finished runs are recorded in "
+                  f"{os.path.join(args.out, 'records.jsonl')} and the embeddings kept in the "
+                  f"store: run the same command again to do the rest", file=sys.stderr)
+        else:
+            print("zeroshot-plus: interrupted; embeddings written so far are kept in the "
+                  "--cache store" if args.cache else "zeroshot-plus: interrupted",
+                  file=sys.stderr)
         return 130
 
 

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 
 from ..choices import (AUGMIX_MODES, COMPONENTS, CTX_COUNTS, EMBEDDING_FORMS, ENTROPIES,
                        KERNELS, MASK_MODES, PRECISIONS, WEIGHTINGS)
+from ..data.datasets import dataset_spec
 from ..errors import InputError
+from ..evaluation.protocols import METHODS as BENCHMARK_METHODS, PROTOCOLS
 from ..text.descriptors import AGGREGATIONS, EMPTY_DESCRIPTORS, NAME_POSITIONS, PROMPT_STYLES
 from ..text.frequency import CAPTION_COLUMN, STRATEGIES
 from ..text.llm import KINDS
 from ..text.synonyms import NAME_TYPES, REAL_PROMPT_STYLES
 
 METHODS = ("zeroshot", "gda", "real", "descriptions", "tpt")
+TEMPLATE_STYLES = ("gda", "coop", "clip", "real")
 
 
 def _count(text: str) -> int:
@@ -398,7 +402,48 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --retrieval: ComCLIP re-ranks CLIP's N best images per "
                             "caption (the paper's Flickr30K protocol: 10) instead of scoring "
                             "every pair; prints text-to-image R@1/5")
+    _benchmark_parser(commands, model)
     return parser
+
+
+def _benchmark_parser(commands, model: argparse.ArgumentParser) -> None:
+    benchmark = commands.add_parser(
+        "benchmark", parents=[model], help="run the papers' protocols over standard data sets",
+        description="Run methods x protocols x shots x seeds over standard data sets: each data "
+                    "set is embedded once into the store (--cache, default OUT/store), every "
+                    "method and seed reuses the embeddings, and finished runs are not redone "
+                    "when the command is run again. Writes OUT/records.jsonl (one record per "
+                    "run), OUT/summary.md and OUT/summary.csv (mean and std over seeds), "
+                    "OUT/clip_benchmark/*.json and OUT/plots/*.png.")
+    benchmark.add_argument("--root", required=True, metavar="DATA",
+                           help="folder holding the data sets in the CoOp layout")
+    benchmark.add_argument("--datasets", required=True, metavar="a,b",
+                           help="data sets to run on (comma list)")
+    benchmark.add_argument("--methods", default="zeroshot", metavar="a,b",
+                           help=f"methods: {', '.join(BENCHMARK_METHODS)} (default: zeroshot)")
+    benchmark.add_argument("--protocols", default="zeroshot", metavar="a,b",
+                           help=f"protocols: {', '.join(PROTOCOLS)} (default: zeroshot)")
+    benchmark.add_argument("--shots", default="1,2,4,8,16", metavar="K,K",
+                           help="support images per class of the few-shot runs "
+                                "(default: 1,2,4,8,16)")
+    benchmark.add_argument("--seeds", default="1,2,3", metavar="S,S",
+                           help="sampling seeds of the few-shot runs (default: 1,2,3)")
+    benchmark.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    benchmark.add_argument("--templates", choices=TEMPLATE_STYLES, default="gda",
+                           help="templates of zeroshot and gda: gda (default; CoOp's one prompt "
+                                "per data set, 7 for the ImageNet family), coop (CoOp's one "
+                                "prompt), clip (the CLIP paper's ensembles) or real (REAL's); "
+                                "real always uses its own")
+    benchmark.add_argument("--descriptors", action="append", metavar="DATASET=FILE",
+                           help="--methods descriptions: the descriptor JSON of a data set "
+                                "(repeat the option for several)")
+    benchmark.add_argument("--real-metrics", action="append", metavar="DATASET=FILE",
+                           help="--methods real and --protocols headtail: the REAL metrics file "
+                                "of a data set (repeat the option for several)")
+    benchmark.add_argument("--views", type=_count, default=10,
+                           help="augmented views per support image (default: 10)")
+    benchmark.add_argument("--tpt-views", type=_count, default=63, metavar="N",
+                           help="TPT's augmented views per test image (default: 63)")
 
 
 def _prompt_option(parser: argparse.ArgumentParser) -> None:
@@ -442,6 +487,8 @@ def resolve_options(args: argparse.Namespace) -> argparse.Namespace:
     does not use and a method without what it needs; then fill in the defaults."""
     if hasattr(args, "method"):  # predict and evaluate
         _check_method_options(args)
+    if args.command == "benchmark":
+        _check_benchmark(args)
     for name, value in _DEFAULTS.items():
         if getattr(args, name, "") is None:
             setattr(args, name, value)
@@ -503,3 +550,54 @@ def _check_method_options(args: argparse.Namespace) -> None:
         _check_real_options(args)
     if args.command == "predict" and args.classes is None and method != "descriptions":
         raise InputError("predict needs --classes (or --classifier FILE).")
+
+
+def _check_benchmark(args: argparse.Namespace) -> None:
+    """The benchmark's lists as Python values, each name and number checked."""
+    args.datasets = list(dict.fromkeys(  # canonical names; an unknown one is one sentence
+        dataset_spec(name).name for name in _names("--datasets", args.datasets, None)))
+    args.methods = _names("--methods", args.methods, BENCHMARK_METHODS)
+    args.protocols = _names("--protocols", args.protocols, PROTOCOLS)
+    args.shots = _integers("--shots", args.shots, 1)
+    args.seeds = _integers("--seeds", args.seeds, 0)
+    for option in ("--descriptors", "--real-metrics"):
+        name = option[2:].replace("-", "_")
+        setattr(args, name, _dataset_files(option, getattr(args, name) or [], args.datasets))
+
+
+def _names(option: str, text: str, known) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise InputError(f"{option} names nothing; give a comma list.")
+    for name in names:
+        if known is not None and name not in known:
+            raise InputError(f"{option}: unknown name '{name}'; choose among {', '.join(known)}.")
+    return list(dict.fromkeys(names))
+
+
+def _integers(option: str, text: str, low: int) -> list[int]:
+    values = []
+    for item in text.split(","):
+        try:
+            value = int(item)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise InputError(f"{option} must be a comma list of integers >= {low}, got '{text}'.")
+        values.append(value)
+    return list(dict.fromkeys(values))
+
+
+def _dataset_files(option: str, pairs: list[str], datasets: list[str]) -> dict[str, str]:
+    files = {}
+    for pair in pairs:
+        name, _, path = pair.partition("=")
+        if not path:
+            raise InputError(f"{option} takes DATASET=FILE, got '{pair}'.")
+        name = dataset_spec(name).name
+        if name not in datasets:
+            raise InputError(f"{option} names '{name}', which is not among --datasets.")
+        if not os.path.isfile(path):
+            raise InputError(f"{option}: file '{path}' does not exist.")
+        files[name] = path
+    return files
