@@ -371,7 +371,8 @@ def _run_passes(ray, backbone: Backbone, scanned: ScannedImages, passes: list[ra
                # at most one decoding task per CPU: a cap that differs from the number of
                # actors also keeps decoding a stage of its own, not fused into the actors
                .map(_decode_pass, fn_kwargs={"preprocess": backbone.preprocess,
-                                             "draft_size": draft}, concurrency=cpus)
+                                             "draft_size": draft},
+                    compute=ray.data.TaskPoolStrategy(size=cpus))
                .map(_Encoder, fn_constructor_kwargs={"backbone": backbone, "cache": cache,
                                                      "gpu": bool(gpus), "threads": threads},
                     compute=ray.data.ActorPoolStrategy(size=actors), **placement))
