@@ -292,7 +292,9 @@ def ray_image_embeddings(backbone: Backbone, images, *, address: str | None = No
     report = report if report is not None else EncodeReport()
     views = Preprocessed(backbone)
     store = open_store(cache, backbone.fingerprint, views.kind) if cache is not None else None
-    planned = [views.keys(p, key) for p, key in enumerate(scanned.keys)]
+    # as on one machine, only a store makes an image's key known before it is decoded
+    contents = scanned.keys if store is not None else [None] * len(scanned)
+    planned = [views.keys(p, key) for p, key in enumerate(contents)]
     known, skip, copied, needs_model = plan_reads(backbone, store, planned)
     n_images, size = len(scanned), backbone.batch_size
     passes = [range(s, min(s + size, n_images)) for s in range(0, n_images, size)]
