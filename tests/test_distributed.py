@@ -247,7 +247,7 @@ def test_frequency_on_ray_writes_the_fts5_metrics(ray_runtime, tmp_path, capsys)
                         encoding="utf-8")
     pq.write_table(pa.table({"caption": parts[3]}), files[3])
     synonyms = tmp_path / "synonyms.json"
-    synonyms.write_text(json.dumps({g[0]: g[1:] for g in GROUPS}), encoding="utf-8")
+    synonyms.write_text(json.dumps({g[0]: g[1:] or ["blue"] for g in GROUPS}), encoding="utf-8")
     common = ["frequency", "--captions", *map(str, files), "--synonyms", str(synonyms),
               "--no-progress"]
     assert main([*common, "--out", str(tmp_path / "local.json"),
