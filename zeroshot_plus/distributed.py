@@ -366,9 +366,14 @@ def _run_passes(ray, backbone: Backbone, scanned: ScannedImages, passes: list[ra
     gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
     if gpus:
         actors, threads, placement = gpus, None, {"num_gpus": 1, "num_cpus": 1}
-    else:  # CPU actors of a few threads each, one CPU in (threads + 1) left to decoding
-        threads = max(1, min(4, cpus - 1))
-        actors, placement = max(1, cpus // (threads + 1)), {"num_cpus": threads}
+    else:
+        # A forward pass costs some twenty times its images' decoding on a CPU: actors of
+        # up to 8 threads fill each node, each reserving one CPU less than it uses, which
+        # the decoding tasks take (as the local path decodes between forward passes).
+        nodes = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"]]
+        threads = max(1, min(8, min((n for n in nodes if n), default=1)))
+        actors = max(1, sum(n // threads for n in nodes))
+        placement = {"num_cpus": max(1, threads - 1)}
     dataset = (ray.data.from_items(rows, override_num_blocks=len(rows))
                # at most one decoding task per CPU: a cap that differs from the number of
                # actors also keeps decoding a stage of its own, not fused into the actors
