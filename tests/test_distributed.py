@@ -256,3 +256,20 @@ def test_frequency_on_ray_writes_the_fts5_metrics(ray_runtime, tmp_path, capsys)
     local = json.loads((tmp_path / "local.json").read_text())
     assert json.loads((tmp_path / "ray.json").read_text()) == local
     assert capsys.readouterr().err.count(f"in {len(CAPTIONS)} captions") == 2
+
+
+def test_real_linear_pool_from_shards_on_ray_equals_the_pairs_file(ray_runtime, small_batches,
+                                                                   photos, tmp_path):
+    from zeroshot_plus.distributed import pool_embeddings
+
+    readable = [p for p in photos if p.name != "broken.jpg"][:6]
+    _write_shard(tmp_path / "pool.tar", readable)
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("image,caption\n" + "".join(
+        f"{p},caption {i} of {p.parent.name}\n" for i, p in enumerate(readable)))
+    X_ray, captions_ray = pool_embeddings(small_batches, [tmp_path / "pool.tar"],
+                                          engine="ray")
+    X_local, captions_local = pool_embeddings(small_batches, pairs)
+    assert captions_ray == captions_local == [f"caption {i} of {p.parent.name}"
+                                              for i, p in enumerate(readable)]
+    assert np.array_equal(X_ray, X_local)

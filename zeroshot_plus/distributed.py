@@ -443,6 +443,46 @@ class _Encoder:
         return {**row, "embeddings": embeddings, "seconds": seconds}
 
 
+def pool_embeddings(backbone: Backbone, pool, *, engine: str = "local",
+                    address: str | None = None, cache: str | os.PathLike | None = None,
+                    report: EncodeReport | None = None, progress: bool | None = None,
+                    ) -> tuple[np.ndarray, list[str]]:
+    """REAL-Linear's retrieval pool, embedded: (image embeddings (N, D), captions (N,)) of
+    its readable images, for ``RealLinearClassifier.fit(X, captions=...)``.
+
+    pool : a pairs file (``image,caption`` rows: ``data.tables.read_pairs``); with
+        ``engine="ray"`` also img2dataset tar shards (a list of them), whose images are
+        paired with their ``KEY.txt`` caption (an image without one is left out).
+    Unreadable images are left out, and listed in ``report``.
+    """
+    from .data.tables import read_pairs
+
+    shards = [s for s in _source_list(pool) if str(s).lower().endswith(".tar")]
+    if shards and engine != "ray":
+        raise InputError("tar shards are read by the Ray engine only (engine='ray').")
+    if shards:
+        images = scan_images(shards, address=address)
+        keep = [i for i, caption in enumerate(images.captions) if caption is not None]
+        images = ScannedImages([images.items[i] for i in keep], None, images.source,
+                               [images.keys[i] for i in keep],
+                               [images.members[i] for i in keep],
+                               [images.captions[i] for i in keep])
+        captions = images.captions
+    else:
+        paths, captions = read_pairs(pool)
+        images = paths
+    positions, parts = [], []
+    for batch_positions, vectors in image_embeddings(
+            backbone, images, engine=engine, address=address, cache=cache, on_error="skip",
+            report=report, progress=progress):
+        positions.append(batch_positions)
+        parts.append(vectors)
+    if not parts:
+        raise InputError("no image of the pool could be read.")
+    kept = np.concatenate(positions)
+    return np.concatenate(parts), [captions[i] for i in kept]
+
+
 # ---------------------------------------------------------------------- caption counting
 
 
