@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 def embed(args: argparse.Namespace) -> int:
     check_output("--out", args.out, ".npz")
-    images = read_images(args.images)
+    images = read_images(args.images, args.engine, args.ray_address)
     from ..data.embeddings import save_embeddings
     from ..encoders.backbone import EncodeReport
 

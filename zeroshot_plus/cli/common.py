@@ -57,8 +57,31 @@ def output(path: str | None, binary: bool = False) -> Iterator[IO]:
         yield handle
 
 
-def read_images(sources: list[str]) -> ImageSet:
-    """The IMAGES arguments as one ImageSet; labelled only when every source is."""
+def join_ray(address: str | None) -> None:
+    """Start or join the Ray runtime of ``--engine ray``; Ray's own log lines only with -v."""
+    from ..distributed import start_ray
+
+    start_ray(address)
+    import ray.data  # noqa: F401 - configures its loggers, which are then turned down
+
+    level = logging.INFO if log.isEnabledFor(logging.INFO) else logging.ERROR
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(level)
+
+
+def read_images(sources: list[str], engine: str = "local", address: str | None = None
+                ) -> ImageSet:
+    """The IMAGES arguments as one ImageSet; labelled only when every source is. With
+    ``engine="ray"``, scanned on the Ray cluster (which also reads WebDataset tar shards)."""
+    if engine == "ray":
+        from ..distributed import scan_images
+
+        join_ray(address)
+        return scan_images(sources, address=address)
+    shards = [s for s in sources if s.lower().endswith(".tar")]
+    if shards:
+        raise InputError(f"'{shards[0]}' is a tar shard: shards are read by the Ray engine "
+                         f"only (embed --engine ray); extract them first.")
     sets = [read_image_source(s) for s in sources]
     if len(sets) == 1:
         return sets[0]
@@ -90,7 +113,15 @@ def load_backbone(args: argparse.Namespace) -> Backbone:
 
 def stream(args: argparse.Namespace, backbone: Backbone, images: ImageSet,
            report: EncodeReport) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(positions, embeddings) batches of the readable images, in input order."""
+    """(positions, embeddings) batches of the readable images, in input order; on Ray with
+    ``--engine ray`` (``images`` then from ``read_images(..., engine="ray")``)."""
+    if getattr(args, "engine", "local") == "ray":
+        from ..distributed import ray_image_embeddings
+
+        yield from ray_image_embeddings(backbone, images, address=args.ray_address,
+                                        cache=args.cache, report=report,
+                                        on_error="raise" if args.strict else "skip")
+        return
     yield from backbone.iter_image_embeddings(images, cache=args.cache, report=report,
                                               on_error="raise" if args.strict else "skip")
 

@@ -36,12 +36,23 @@ def frequency(args: argparse.Namespace) -> int:
     from ..text.synonyms import load_synonyms
 
     table = load_synonyms(args.synonyms, args.classes)
-    index = args.index or f"{args.captions[0]}.fts5.sqlite"
-    with build_index(args.captions, index, column=args.column,
-                     progress=not args.no_progress) as captions:
-        metrics = mine_frequencies(table, captions, require=args.require,
-                                   strategy=args.strategy, progress=not args.no_progress)
-        n_captions = len(captions)
+    if args.engine == "ray":
+        from ..distributed import caption_counts
+        from .common import join_ray
+
+        join_ray(args.ray_address)
+        counts = caption_counts(args.captions, table, column=args.column, require=args.require,
+                                address=args.ray_address, progress=not args.no_progress)
+        metrics = mine_frequencies(table, counts, require=args.require, strategy=args.strategy,
+                                   progress=False)
+        n_captions = len(counts)
+    else:
+        index = args.index or f"{args.captions[0]}.fts5.sqlite"
+        with build_index(args.captions, index, column=args.column,
+                         progress=not args.no_progress) as captions:
+            metrics = mine_frequencies(table, captions, require=args.require,
+                                       strategy=args.strategy, progress=not args.no_progress)
+            n_captions = len(captions)
     with output(args.out) as handle:
         json.dump(metrics, handle, indent=1)
     changed = sum(m["most_common_name"] != m["name"] for m in metrics.values())

@@ -220,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "embeddings (N, D) float32, paths, labels).")
     embed.add_argument("images", nargs="+", metavar="IMAGES")
     embed.add_argument("--out", required=True, metavar="FILE.npz", help="output file")
+    _engine_options(embed, "IMAGES may also be WebDataset .tar shards (img2dataset's "
+                           "KEY.jpg + KEY.txt), read by the Ray engine only")
 
     predict = commands.add_parser("predict", parents=[model], help="predict a class for each image",
                                   description="Classify images; one row per image with the top-k "
@@ -258,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "`--method real --synonyms` uses.")
     frequency.add_argument("--captions", nargs="+", required=True, metavar="FILE",
                            help="caption files: .txt (one per line), .csv/.tsv (a --column), "
-                                ".parquet (needs pyarrow)")
+                                ".parquet (needs pyarrow), .jsonl (a --column field)")
     frequency.add_argument("--synonyms", required=True, metavar="FILE",
                            help="candidate synonyms: JSON {class: [synonym, ...]} or a REAL "
                                 "metrics file (its alternates are counted again)")
@@ -276,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "word subset of the class name; max: the most frequent")
     frequency.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     frequency.add_argument("-v", "--verbose", action="store_true", help="log what is being done")
+    _engine_options(frequency, "one Ray task per caption file")
     frequency.set_defaults(cache=None)
 
     sce = commands.add_parser(
@@ -446,6 +449,16 @@ def _benchmark_parser(commands, model: argparse.ArgumentParser) -> None:
                            help="TPT's augmented views per test image (default: 63)")
 
 
+def _engine_options(parser: argparse.ArgumentParser, note: str) -> None:
+    group = parser.add_argument_group("engine")
+    group.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help=f"local (default): this process; ray: a Ray cluster (needs the "
+                            f"distributed extra); {note}")
+    group.add_argument("--ray-address", metavar="ADDRESS",
+                       help="--engine ray: the cluster to join, e.g. auto or ray://HOST:10001 "
+                            "(default: start a local Ray runtime)")
+
+
 def _prompt_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", required=True, metavar="FILE.csv",
                         help="CSV path,prompt (a header row is optional) or JSONL: the prompt "
@@ -502,6 +515,11 @@ def resolve_options(args: argparse.Namespace) -> argparse.Namespace:
             raise InputError(f"--alpha must be 'auto' or a number, got '{args.alpha}'.") from None
     if getattr(args, "explain", None) is not None and args.explain < 1:
         raise InputError(f"--explain must be at least 1, got {args.explain}.")
+    if getattr(args, "ray_address", None) and args.engine != "ray":
+        raise InputError("--ray-address needs --engine ray.")
+    if getattr(args, "engine", "local") == "ray" and getattr(args, "index", None):
+        raise InputError("--index names the local engine's FTS5 index; --engine ray counts "
+                         "without one.")
     return args
 
 

@@ -35,10 +35,11 @@ _NORM_TOLERANCE = 1e-3
 _NO_CACHING = "the run goes on without caching embeddings"
 
 
-def open_store(root: str | os.PathLike, fingerprint: str, kind: str) -> EmbeddingStore | None:
+def open_store(root: str | os.PathLike, fingerprint: str, kind: str, *,
+               scan: bool = True) -> EmbeddingStore | None:
     """The store under ``root``, or None (after one warning) when it cannot be created."""
     try:
-        return EmbeddingStore(root, fingerprint, kind)
+        return EmbeddingStore(root, fingerprint, kind, scan=scan)
     except InputError as exc:
         log.warning("%s; %s", str(exc).rstrip("."), _NO_CACHING)
         return None
@@ -52,9 +53,12 @@ class EmbeddingStore:
     root : directory of the store (created when missing).
     fingerprint : the Backbone's fingerprint.
     kind : "images" or "texts".
+    scan : index the shards already written; False for a process that only writes (a worker
+        of the Ray engine), which then serves only what it wrote.
     """
 
-    def __init__(self, root: str | os.PathLike, fingerprint: str, kind: str):
+    def __init__(self, root: str | os.PathLike, fingerprint: str, kind: str, *,
+                 scan: bool = True):
         self.root = root
         self.directory = Path(root) / fingerprint / kind
         self.writable = True  # False once a write failed: the rest of the run is not cached
@@ -68,7 +72,8 @@ class EmbeddingStore:
         self._dims: dict[Path, int] = {}
         self._scanned: set[Path] = set()
         remove_stale_partials(self.directory)
-        self.refresh()
+        if scan:
+            self.refresh()
 
     def refresh(self) -> None:
         """Index shards written since the last scan (by this or another process).

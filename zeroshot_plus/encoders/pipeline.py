@@ -31,7 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Container, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Callable, Container, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -156,16 +156,7 @@ def encode_views(backbone: Backbone, items: ImageSource, views: ViewMaker, *,
     contents = (content_keys(image_set.items) if store is not None or views.keyed
                 else [None] * n_images)
     planned = [views.keys(position, contents[position]) for position in range(n_images)]
-    known = store.keys() if store is not None else frozenset()
-    skip = _not_read(planned, known)
-    # A run whose views are all stored needs no model (and imports no open_clip).
-    needs_model = len(skip) < n_images
-    if needs_model:
-        backbone.model  # load (or fail) before a progress bar is drawn
-        if store is not None and store.dim is not None and store.expect(backbone.embed_dim):
-            known = store.keys()
-            skip = _not_read(planned, known)
-    copied = {k for position, keys in skip.items() for k in keys if k not in known}
+    known, skip, copied, needs_model = plan_reads(backbone, store, planned)
     draft_size = (backbone.image_size if views.draft and backbone.jpeg_draft and needs_model
                   else None)
     dataset = _Decoder(image_set.items, views, contents, frozenset(skip), known, draft_size)
@@ -183,6 +174,28 @@ def encode_views(backbone: Backbone, items: ImageSource, views: ViewMaker, *,
         done = passes.flush()
         if done is not None:
             yield done
+
+
+def plan_reads(backbone: Backbone, store: EmbeddingStore | None,
+               planned: list[list[str] | None]
+               ) -> tuple[frozenset[str], dict[int, list[str]], set[str], bool]:
+    """What a run reads, given each image's planned view keys (None: known only once
+    decoded): (the stored keys, the images not to read and their keys, the keys of those
+    images that earlier images of the run provide, whether any image needs the model).
+
+    The model is loaded (or fails) here when it is needed, and the store then serves only
+    embeddings of its dimension."""
+    known = store.keys() if store is not None else frozenset()
+    skip = _not_read(planned, known)
+    # A run whose views are all stored needs no model (and imports no open_clip).
+    needs_model = len(skip) < len(planned)
+    if needs_model:
+        backbone.model  # load (or fail) before a progress bar is drawn
+        if store is not None and store.dim is not None and store.expect(backbone.embed_dim):
+            known = store.keys()
+            skip = _not_read(planned, known)
+    copied = {k for position, keys in skip.items() for k in keys if k not in known}
+    return known, skip, copied, needs_model
 
 
 def _not_read(planned: list[list[str] | None], known: frozenset[str]) -> dict[int, list[str]]:
@@ -293,8 +306,11 @@ class _Passes:
     """Gathers decoded images into forward passes, encodes them, stores and resolves them."""
 
     def __init__(self, backbone: Backbone, image_set: ImageSet, store: EmbeddingStore | None,
-                 copied: set[str], on_error: str, report: EncodeReport):
+                 copied: set[str], on_error: str, report: EncodeReport,
+                 encode: Callable[[list[View]], np.ndarray] | None = None):
         self.backbone, self.image_set, self.store = backbone, image_set, store
+        # fresh views (B,) -> (B, D), stored; default: the backbone's forward pass here
+        self.encode = encode or self._encode_here
         self.copied = copied              # keys that later images read back
         self.on_error, self.report = on_error, report
         self.reused: dict[str, np.ndarray] = {}
@@ -320,12 +336,8 @@ class _Passes:
         fresh = [view for _, views in images for view in views if view.pixels is not None]
         vectors: dict[str, np.ndarray] = {}
         if fresh:
-            start = time.perf_counter()
-            encoded = self.backbone.encode_pixels(torch.stack([v.pixels for v in fresh]))
-            self.report.encoder_seconds += time.perf_counter() - start
+            encoded = self.encode(fresh)
             keys = [v.key for v in fresh]
-            if self.store is not None:
-                self.store.put(keys, encoded)
             vectors.update(zip(keys, encoded))
             self.reused.update((k, e) for k, e in zip(keys, encoded) if k in self.copied)
         wanted = dict.fromkeys(v.key for _, views in images for v in views
@@ -347,6 +359,14 @@ class _Passes:
             out.append(EncodedImage(item.position, item.size, [v.key for v in views],
                                     np.stack(found)))
         return out
+
+    def _encode_here(self, fresh: list[View]) -> np.ndarray:
+        start = time.perf_counter()
+        encoded = self.backbone.encode_pixels(torch.stack([v.pixels for v in fresh]))
+        self.report.encoder_seconds += time.perf_counter() - start
+        if self.store is not None:
+            self.store.put([v.key for v in fresh], encoded)
+        return encoded
 
     def _fail(self, position: int, error: str) -> None:
         name = image_name(self.image_set.items[position], position)

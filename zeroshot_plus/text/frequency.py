@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import json
 import logging
 import os
 import re
@@ -187,7 +188,8 @@ class CaptionIndex:
 
 def read_captions(path: str | os.PathLike, column: str = CAPTION_COLUMN) -> Iterator[str]:
     """Stream the captions of one file: .txt (one per line), .csv/.tsv (a ``column``),
-    .parquet (a ``column``; needs pyarrow). Empty captions are kept as ''."""
+    .parquet (a ``column``; needs pyarrow), .jsonl (a ``column`` field of each line's object).
+    Empty captions are kept as ''."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"caption file '{path}' does not exist.")
@@ -196,6 +198,8 @@ def read_captions(path: str | os.PathLike, column: str = CAPTION_COLUMN) -> Iter
         return _csv_captions(path, column, "\t" if suffix == ".tsv" else ",")
     if suffix == ".parquet":
         return _parquet_captions(path, column)
+    if suffix == ".jsonl":
+        return _jsonl_captions(path, column)
     return _text_captions(path)
 
 
@@ -216,6 +220,22 @@ def _csv_captions(path: Path, column: str, delimiter: str) -> Iterator[str]:
         position = header.index(column)
         for row in reader:
             yield row[position] if position < len(row) else ""
+
+
+def _jsonl_captions(path: Path, column: str) -> Iterator[str]:
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if not isinstance(record, dict) or column not in record:
+                raise InputError(f"caption file '{path}' line {number} is not a JSON object "
+                                 f"with a '{column}' field; name the caption field with "
+                                 f"--column.")
+            yield "" if record[column] is None else str(record[column])
 
 
 def _parquet_captions(path: Path, column: str) -> Iterator[str]:
