@@ -217,6 +217,9 @@ def test_detector_errors_are_one_sentence(backbone, owl_folder, tmp_path, monkey
     missing = tmp_path / "no" / "such"
     with pytest.raises(ModelLoadError, match=f"detector folder '{missing}' does not exist."):
         ComCLIPMatcher(backbone, grounding="detector", detector=missing).fit()
+    # a hub id that is not cached: unreachable hub (here) or no such model (with network)
+    with pytest.raises(ModelLoadError, match="load detector 'zeroshot-plus-tests/no-such-owl'"):
+        owl_detector("zeroshot-plus-tests/no-such-owl").load()
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelLoadError, match="could not load detector '.*empty'"):
         owl_detector(tmp_path / "empty").load()

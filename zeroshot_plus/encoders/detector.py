@@ -117,10 +117,10 @@ class Detector:
         files = self._files()
         if files is None and not _reachable(_HF_HOST):
             raise ModelLoadError(
-                f"cannot download detector '{self.name}': {_HF_HOST} is unreachable and it is "
-                f"not in the local Hugging Face cache; on a machine with network, save it with "
-                f"save_pretrained (model and processor) and pass that folder with --detector "
-                f"PATH (Python: detector=PATH).")
+                f"cannot load detector '{self.name}': it is neither a folder here nor in the "
+                f"local Hugging Face cache, and {_HF_HOST} is unreachable; on a machine with "
+                f"network, save it with save_pretrained (model and processor), copy that "
+                f"folder here and pass it with --detector PATH (Python: detector=PATH).")
         source = str(files) if files is not None else self.name
         bars = hf_logging.is_progress_bar_enabled()
         if not self.progress:
