@@ -82,7 +82,8 @@ class Detector:
     def __init__(self, model: str | os.PathLike = DEFAULT_DETECTOR, *,
                  device: str | torch.device | None = None, progress: bool = True):
         self.name = os.fspath(model)
-        self.folder = Path(self.name).expanduser() if Path(self.name).expanduser().is_dir() else None
+        folder = Path(self.name).expanduser()
+        self.folder = folder if folder.is_dir() else None
         if self.folder is None and not _HUB_ID.match(self.name):
             raise ModelLoadError(f"detector folder '{self.name}' does not exist.")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
