@@ -29,9 +29,9 @@ def images(tmp_path, make_image):
             enumerate([(40, 30), (36, 48), (40, 40)])]
 
 
-@pytest.fixture(scope="session")
-def owl_folder(tmp_path_factory):
-    """A tiny OWLv2 (random weights, a byte-level vocabulary) saved with its processor."""
+def save_tiny_owl(folder, family="Owlv2"):
+    """A tiny OWLv2 or OWL-ViT (random weights, a byte-level vocabulary) saved with its
+    processor."""
     transformers = pytest.importorskip("transformers")
     import torch
 
@@ -39,21 +39,27 @@ def owl_folder(tmp_path_factory):
     vocab.update({chr(c) + "</w>": 94 + c - 33 for c in range(33, 127)})
     vocab.update({"<|startoftext|>": 188, "<|endoftext|>": 189})
     small = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
-    config = transformers.Owlv2Config(
+    config = getattr(transformers, f"{family}Config")(
         text_config=dict(small, vocab_size=190, max_position_embeddings=16, bos_token_id=188,
                          eos_token_id=189, pad_token_id=189),
         vision_config=dict(small, image_size=64, patch_size=16), projection_dim=32,
         initializer_factor=0.1)  # scores spread over (0, 1) rather than saturated
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = transformers.Owlv2ForObjectDetection(config)
-    processor = transformers.Owlv2Processor(
-        image_processor=transformers.Owlv2ImageProcessor(size={"height": 64, "width": 64}),
+        model = getattr(transformers, f"{family}ForObjectDetection")(config)
+    square = {"height": 64, "width": 64}
+    processor = getattr(transformers, f"{family}Processor")(
+        image_processor=getattr(transformers, f"{family}ImageProcessor")(size=square,
+                                                                         crop_size=square),
         tokenizer=transformers.CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16))
-    folder = tmp_path_factory.mktemp("owl")
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def owl_folder(tmp_path_factory):
+    return save_tiny_owl(tmp_path_factory.mktemp("owl"))
 
 
 def blackout(path, boxes):
@@ -74,13 +80,14 @@ def by_hand(backbone, path, caption, regions, words):
     return float(v @ backbone.encode_texts([caption])[0] / np.linalg.norm(v))
 
 
-def owl_boxes(folder, path, query, keep, iou=0.3):
+def owl_boxes(folder, path, query, keep, iou=0.3, padded=True):
     """The test's own reading of the detector: sigmoid scores of one query, boxes in pixels
-    of the image (OWLv2 pads to a square), greedy suppression, the best ``keep``."""
+    of the image (OWLv2 pads to a square, OWL-ViT stretches), greedy suppression, the best
+    ``keep``."""
     import torch
-    from transformers import AutoProcessor, Owlv2ForObjectDetection
+    from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
-    model = Owlv2ForObjectDetection.from_pretrained(folder).eval()
+    model = AutoModelForZeroShotObjectDetection.from_pretrained(folder).eval()
     picture = Image.open(path).convert("RGB")
     inputs = AutoProcessor.from_pretrained(folder)(text=[[query]], images=picture,
                                                    return_tensors="pt")
@@ -88,8 +95,9 @@ def owl_boxes(folder, path, query, keep, iou=0.3):
         out = model(**inputs)
     scores = 1 / (1 + np.exp(-out.logits[0, :, 0].numpy().astype(np.float64)))
     cx, cy, w, h = out.pred_boxes[0].numpy().T.astype(np.float64)
-    side, (width, height) = max(picture.size), picture.size
-    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1) * side
+    width, height = picture.size
+    scale = [max(width, height)] * 4 if padded else [width, height, width, height]
+    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1) * scale
     boxes = np.minimum(np.maximum(boxes, 0), [width, height, width, height])
     inside = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     boxes, scores = boxes[inside], scores[inside]
@@ -171,6 +179,16 @@ def test_threshold_and_max_boxes(backbone, images, owl_folder):
                            components=("entities",)).explain([path], ["a dog"],
                                                              boxes=[{"dog": (1, 2, 10, 20)}])
     assert (user.subimages[0].source, user.subimages[0].region) == ("user", [[1, 2, 10, 20]])
+
+
+def test_owl_vit_boxes_are_scaled_by_width_and_height(images, tmp_path):
+    folder = save_tiny_owl(tmp_path / "owlvit", "OwlViT")
+    found, = owl_detector(folder).detect([images[1]], [["dog"]], ["im1"], max_boxes=4)
+    expected = owl_boxes(folder, images[1], "dog", 4, padded=False)
+    assert len(expected) == 4 and max(b[3] for b, _ in expected) > 36  # not in a 36 x 36 square
+    assert [[int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1))]
+            for (x0, y0, x1, y1), _ in found["dog"]] == [box for box, _ in expected]
+    np.testing.assert_allclose([s for _, s in found["dog"]], [s for _, s in expected], atol=1e-5)
 
 
 def test_detections_are_cached_per_image_and_query(backbone, images, owl_folder, tmp_path,
