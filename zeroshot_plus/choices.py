@@ -9,6 +9,7 @@ COMPONENTS = ("entities", "relations")           # ComCLIPMatcher(components=...
 WEIGHTINGS = ("sum", "softmax")                  # ComCLIPMatcher(weighting=...)
 MASK_MODES = ("blackout", "crop")                # ComCLIPMatcher(mask_mode=...)
 EMBEDDING_FORMS = ("normalized", "raw")          # ComCLIPMatcher(embeddings=...)
+GROUNDINGS = ("grid", "detector", "file")        # ComCLIPMatcher(grounding=...)
 AUGMIX_MODES = ("torchvision", "reference")      # TPTClassifier(augmix=...)
 CTX_COUNTS = ("tokens", "words")                 # TPTClassifier(ctx_count=...)
 KERNELS = ("cosine", "gaussian")                 # sce_score(kernel=...)

@@ -106,15 +106,18 @@ def match(args: argparse.Namespace) -> int:
     images, captions = read_pairs(args.pairs)  # a bad pairs file is refused before torch loads
     if args.rerank_top is not None and not args.retrieval:
         raise InputError("--rerank-top needs --retrieval.")
+    grounding = _grounding_options(args)
     boxes = _read_boxes(args.boxes, images) if args.boxes else None
     from ..evaluation.protocols import distinct, rerank_recall, top_candidates
     from ..methods.comclip import ComCLIPMatcher, draw_explanation
 
     parser = _caption_parser(args)
     components = tuple(c.strip() for c in args.components.split(",") if c.strip())
+    if args.label_matcher == "llm":
+        grounding["label_matcher"] = _llm_client(args, "LLMLabelMatcher")
     matcher = ComCLIPMatcher(load_backbone(args), parser=parser, components=components,
                              weighting=args.weighting, mask_mode=args.mask_mode,
-                             embeddings=args.embeddings, cache=args.cache).fit()
+                             embeddings=args.embeddings, cache=args.cache, **grounding).fit()
     explanations = matcher.explain(images, captions, boxes,
                                    pairs=[(i, i) for i in range(len(images))])
     jsonl = args.out is not None and args.out.lower().endswith(".jsonl")
@@ -168,9 +171,45 @@ def _print_recall(name: str, scores: np.ndarray, images: list[str], captions: li
           f"R@1 {t2i[1]:.2%} R@5 {t2i[5]:.2%}", file=sys.stderr)
 
 
+def _grounding_options(args: argparse.Namespace) -> dict:
+    """ComCLIPMatcher's grounding parameters from match's options, checked before torch loads."""
+    if args.grounding != "detector":
+        for option, value in (("--detector", args.detector),
+                              ("--box-threshold", args.box_threshold),
+                              ("--max-boxes", args.max_boxes)):
+            if value is not None:
+                raise InputError(f"{option} is used only with --grounding detector.")
+    if args.label_matcher is not None and args.grounding != "file":
+        raise InputError("--label-matcher is used only with --grounding file.")
+    if args.grounding == "file" and not args.boxes:
+        raise InputError("--grounding file needs --boxes: the detector's output file, or a "
+                         "folder of one JSON {label: [boxes]} per image.")
+    options = {"grounding": args.grounding}
+    if args.grounding == "detector":
+        from importlib.util import find_spec
+
+        if find_spec("transformers") is None:
+            raise InputError("--grounding detector needs Hugging Face transformers; install "
+                             "it with pip install 'zeroshot_plus[detect]'.")
+        options.update({k: v for k, v in (("detector", args.detector),
+                                          ("box_threshold", args.box_threshold),
+                                          ("max_boxes", args.max_boxes)) if v is not None})
+    return options
+
+
 def _read_boxes(path: str, images: list[str]) -> list[dict | None]:
     """--boxes FILE.json -> one {entity: box(es)} (or None) per pair's image; the file's image
-    names are resolved like the pairs file's, relative to the file."""
+    names are resolved like the pairs file's, relative to the file. --boxes DIR -> each
+    image's DIR/<stem>.json (GRiT's layout), None where there is none."""
+    if os.path.isdir(path):
+        files = {image: Path(path) / f"{Path(image).stem}.json" for image in dict.fromkeys(images)}
+        read = {image: read_json(file, "--boxes file") if file.is_file() else None
+                for image, file in files.items()}
+        for image, boxes in read.items():
+            if boxes is not None and not isinstance(boxes, dict):
+                raise InputError(f"--boxes file '{files[image]}' must be a JSON object "
+                                 f"{{label: boxes}}.")
+        return [read[image] for image in images]
     table = read_json(path, "--boxes file")
     if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
         raise InputError(f"--boxes '{path}' must be a JSON object {{image: {{entity: box}}}}.")
@@ -196,17 +235,27 @@ def _caption_parser(args: argparse.Namespace) -> object:
                                           ("--api-key", args.api_key),
                                           ("--llm-model", args.llm_model)) if value is not None]
     if args.parser != "llm":
-        if given:
+        if given and args.label_matcher != "llm":
             raise InputError(f"{given[0]} is used only with --parser llm.")
         return "rules"
+    return _llm_client(args, "LLMParser")
+
+
+def _llm_client(args: argparse.Namespace, kind: str) -> object:
+    """The LLMParser or LLMLabelMatcher of match's LLM options (answers cached in
+    DIR/llm with --cache DIR)."""
+    option = "--parser llm" if kind == "LLMParser" else "--label-matcher llm"
     if not (args.llm_model or os.environ.get("ZEROSHOT_PLUS_LLM_MODEL")):
-        raise InputError("--parser llm needs the LLM's model name: give --llm-model or "
+        raise InputError(f"{option} needs the LLM's model name: give --llm-model or "
                          "ZEROSHOT_PLUS_LLM_MODEL (e.g. gpt-4o-mini, or the name your server "
                          "serves).")
-    from ..text.parsing import LLMParser
+    if kind == "LLMParser":
+        from ..text.parsing import LLMParser as client
+    else:
+        from ..text.labels import LLMLabelMatcher as client
 
-    return LLMParser(base_url=args.base_url, model=args.llm_model, api_key=args.api_key,
-                     cache_dir=None if args.cache is None else Path(args.cache) / "llm")
+    return client(base_url=args.base_url, model=args.llm_model, api_key=args.api_key,
+                  cache_dir=None if args.cache is None else Path(args.cache) / "llm")
 
 
 def _encode(args: argparse.Namespace, backbone: Backbone, images: ImageSet

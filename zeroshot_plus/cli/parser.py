@@ -11,7 +11,7 @@ import math
 import os
 
 from ..choices import (AUGMIX_MODES, COMPONENTS, CTX_COUNTS, EMBEDDING_FORMS, ENTROPIES,
-                       KERNELS, MASK_MODES, PRECISIONS, WEIGHTINGS)
+                       GROUNDINGS, KERNELS, MASK_MODES, PRECISIONS, WEIGHTINGS)
 from ..data.datasets import dataset_spec
 from ..errors import InputError
 from ..evaluation.protocols import METHODS as BENCHMARK_METHODS, PROTOCOLS
@@ -43,6 +43,17 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got '{text}'") from None
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got '{text}'")
+    return value
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got '{text}'") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got '{text}'")
     return value
 
 
@@ -396,11 +407,33 @@ def build_parser() -> argparse.ArgumentParser:
                        help="normalized (default: unit embeddings, the reference's Winoground "
                             "path) or raw (raw encoder outputs in the weights and the sum, its "
                             "ComVG / SVO / Flickr30K path)")
-    match.add_argument("--boxes", metavar="FILE.json",
+    match.add_argument("--boxes", metavar="FILE.json|DIR",
                        help="entity boxes per image: JSON {image: {entity: [x0, y0, x1, y1] or "
                             "a list of such boxes (their union)}}, images named as in PAIRS.csv "
-                            "(relative paths relative to FILE.json); entities without a box "
-                            "are grounded on candidate regions")
+                            "(relative paths relative to FILE.json), or a folder of one JSON "
+                            "{entity: boxes} per image named <image stem>.json (GRiT's output "
+                            "layout); entities without a box are grounded by --grounding. With "
+                            "--grounding file the keys are a detector's labels")
+    match.add_argument("--grounding", choices=GROUNDINGS, default="grid",
+                       help="how entities find their region: grid (default: the most similar "
+                            "of fixed candidate regions), detector (an open-vocabulary detector "
+                            "queried with the entity's words; needs zeroshot_plus[detect]) or "
+                            "file (the --boxes labels of a detector's output, GRiT's "
+                            "{label: [boxes]}, matched to entities)")
+    match.add_argument("--detector", metavar="ID|PATH",
+                       help="with --grounding detector: Hugging Face id of an OWLv2 / OWL-ViT "
+                            "model (default: google/owlv2-base-patch16-ensemble), or its folder "
+                            "(save_pretrained) to work offline")
+    match.add_argument("--box-threshold", type=_fraction, metavar="S",
+                       help="with --grounding detector: lowest score of a kept box (default: 0.1)")
+    match.add_argument("--max-boxes", type=_count, metavar="N",
+                       help="with --grounding detector: boxes per entity, their union its "
+                            "region (default: 3)")
+    match.add_argument("--label-matcher", choices=("rules", "llm"),
+                       help="with --grounding file: how labels are matched to entities: rules "
+                            "(default: equal words, else the same head noun) or llm (the "
+                            "--base-url / --api-key / --llm-model endpoint; answers cached "
+                            "like --parser llm's)")
     match.add_argument("--rerank-top", type=_count, metavar="N",
                        help="with --retrieval: ComCLIP re-ranks CLIP's N best images per "
                             "caption (the paper's Flickr30K protocol: 10) instead of scoring "

@@ -5,9 +5,15 @@ For an image I and a caption s parsed into entities e (with attributes) and rela
 (subject, predicate, object):
 
     1. each entity is grounded in a region R_e: user-supplied boxes (several boxes: their
-       union, as the reference's dense-caption regions of one entity), or the candidate region
-       (full image, centre, halves, a 2x2 and 3x3 grid) whose sub-image is most similar to
-       the entity's words, if it beats the full image by ``margin`` (else the full image)
+       union, as the reference's dense-caption regions of one entity), else by ``grounding``:
+       "grid": the candidate region (full image, centre, halves, a 2x2 and 3x3 grid) whose
+       sub-image is most similar to the entity's words, if it beats the full image by
+       ``margin`` (else the full image); "detector": the union of the boxes an
+       open-vocabulary detector (OWLv2 / OWL-ViT, ``encoders.detector``) finds for the
+       entity's words, up to ``max_boxes`` scoring at least ``box_threshold`` (none: the full
+       image); "file": the union of the boxes of a detector output file's labels (GRiT's
+       ``{label: [boxes]}``, the reference's route) that refer to the entity, by
+       ``label_matcher`` (words, or an LLM; ``text.labels``; none: the full image)
     2. a relation's region is the union of its subject's and object's regions
     3. sub-image i = I with everything outside R_i blacked out (full frame kept), or cropped
        to R_i (``mask_mode="crop"``); v_i = f(sub-image i), t_i = g(its words): the entity's
@@ -20,6 +26,21 @@ For an image I and a caption s parsed into entities e (with attributes) and rela
 f and g are unit embeddings (the reference's Winoground path); with ``embeddings="raw"`` they
 are the encoders' raw outputs, as in its ComVG, SVO-Probes and Flickr30K scripts: s_i is the
 raw dot product, v sums raw image embeddings and only the final cosine normalises.
+
+This covers the reference's three scripts: its ComVG, SVO-Probes and Flickr30K code
+(OpenAI CLIP) computes s_i = g(t_i)ᵀ v_i on raw embeddings, v = v_global + Σ s_i/Σs · v_i raw,
+and the cosine of v with the caption, which is ``embeddings="raw"`` with ``weighting="sum"``;
+the two agree whenever every s_i > 0 (raw CLIP dot products of an image and matching words
+are), and where the reference's s/Σs would turn negative or blow up, s⁺ keeps the weights a
+convex combination.
+
+Integer boxes: a box [x0, y0, x1, y1] covers the pixels x0 <= x < x1, y0 <= y < y1 (end
+exclusive, numpy slices, PIL's ``crop``). A float box (a detector's) becomes
+(floor x0, floor y0, ceil x1, ceil y1), clipped to the image. The reference masks with PIL's
+``ImageDraw.rectangle``, whose rectangle is inclusive and whose float corners are truncated:
+it covers floor(x0) <= x <= floor(x1). For a non-integral x1 that is the same pixels; for an
+integral x1 (and y1) PIL covers one more column (row): give x1 + 1 to reproduce it.
+``draw_explanation`` draws (x0, y0, x1 - 1, y1 - 1), the box's last pixels.
 
 With no sub-image the score is plain CLIP's cos(f(I), g(s)). The image pipeline encodes the
 sub-images in two rounds: each distinct image with, where an entity needs grounding, its
@@ -41,13 +62,14 @@ import numpy as np
 from PIL import Image, ImageDraw
 from sklearn.base import BaseEstimator
 
-from ..choices import COMPONENTS, EMBEDDING_FORMS, MASK_MODES, WEIGHTINGS
+from ..choices import COMPONENTS, EMBEDDING_FORMS, GROUNDINGS, MASK_MODES, WEIGHTINGS
 from ..data.files import atomic_output
 from ..data.images import content_keys, open_image
 from ..data.sources import ImageInput, image_name, read_image_source, takes_images
 from ..encoders.backbone import Backbone
 from ..encoders.pipeline import Picture, View, ViewMaker, encode_views
 from ..errors import InputError
+from ..text.labels import match_labels
 from ..text.parsing import Parse, make_parser
 from .base import is_number
 
@@ -66,9 +88,22 @@ class SubImage:
     kind: str             # "entity" or "relation"
     text: str             # the words it is compared with
     region: list[list[int]]   # its boxes [x0, y0, x1, y1] (pixels, end exclusive)
-    source: str           # "user", "proposal", "full image" or "union"
+    source: str           # "user", "proposal", "detector", "file", "full image" or "union"
     similarity: float     # s_i = cos(v_i, t_i)
     weight: float         # w_i
+    scores: list[float | None] = field(default_factory=list)  # the detector's, per box
+    labels: list[str | None] = field(default_factory=list)    # the file's labels, per box
+
+
+@dataclass(frozen=True)
+class Grounding:
+    """Where a sub-image is: its region, how it was found, and per box the detector's score
+    or the detector file's label (empty when none has one)."""
+
+    region: Region
+    source: str
+    scores: tuple[float | None, ...] = ()
+    labels: tuple[str | None, ...] = ()
 
 
 @dataclass
@@ -102,11 +137,24 @@ class ComCLIPMatcher(BaseEstimator):
     mask_mode : "blackout" (the paper's: full frame, black outside the region) or "crop".
     grid : grid sizes of the candidate regions (besides the full image, its centre and halves).
     margin : how much a candidate's similarity to an entity must exceed the full image's.
+    grounding : how entities without a user box find their region: "grid" (the candidate
+        regions, no extra model), "detector" (an open-vocabulary detector queried with the
+        entity's words; needs the ``[detect]`` extra) or "file" (the ``boxes`` of each image
+        are a detector output file's ``{label: boxes}``, matched to entities).
+    detector : with "detector": a ``zeroshot_plus.encoders.detector.Detector``, or the hub id
+        or local folder of an OWLv2 / OWL-ViT model (default
+        "google/owlv2-base-patch16-ensemble"; offline, a folder written by save_pretrained).
+    box_threshold : with "detector": the lowest detector score a box needs.
+    max_boxes : with "detector": at most this many boxes per entity (after non-maximum
+        suppression), their union its region.
+    label_matcher : with "file": "rules" (``text.labels.match_labels``: equal words, else the
+        same head noun) or a callable (caption, entity words, labels) -> matching labels,
+        e.g. ``zeroshot_plus.text.labels.LLMLabelMatcher(...)``.
     embeddings : "normalized" (unit embeddings, the reference's Winoground path) or "raw" (the
         encoders' raw outputs in s_i and in the sum, its ComVG / SVO / Flickr30K path; the
         candidate search still compares unit vectors). Raw image embeddings are not kept in
         the store, which holds unit vectors.
-    cache : embedding store directory for sub-image and text embeddings.
+    cache : embedding store directory for sub-image and text embeddings, and detections.
 
     Nothing is learnt: ``fit`` checks the parameters and records ``parser_``, the callable
     caption -> Parse in use; the scoring methods work fitted or not. X are images (paths, PIL
@@ -117,7 +165,9 @@ class ComCLIPMatcher(BaseEstimator):
                  components: Sequence[str] = COMPONENTS, weighting: str = "sum",
                  temperature: float = 0.01, mask_mode: str = "blackout",
                  grid: Sequence[int] = (2, 3), margin: float = 0.0,
-                 embeddings: str = "normalized", cache=None):
+                 embeddings: str = "normalized", grounding: str = "grid", detector=None,
+                 box_threshold: float = 0.1, max_boxes: int = 3, label_matcher="rules",
+                 cache=None):
         self.backbone = backbone
         self.parser = parser
         self.components = components
@@ -127,6 +177,11 @@ class ComCLIPMatcher(BaseEstimator):
         self.grid = grid
         self.margin = margin
         self.embeddings = embeddings
+        self.grounding = grounding
+        self.detector = detector
+        self.box_threshold = box_threshold
+        self.max_boxes = max_boxes
+        self.label_matcher = label_matcher
         self.cache = cache
 
     def fit(self, X=None, y=None) -> "ComCLIPMatcher":
@@ -158,6 +213,36 @@ class ComCLIPMatcher(BaseEstimator):
         if not (isinstance(self.margin, numbers.Real) and np.isfinite(self.margin)):
             raise InputError(f"margin must be a finite number, got {self.margin!r}.")
         make_parser(self.parser)
+        if self.grounding not in GROUNDINGS:
+            raise InputError(f"grounding must be one of {GROUNDINGS}, got {self.grounding!r}.")
+        if not is_number(self.box_threshold, 0, 1):
+            raise InputError(f"box_threshold must be a number from 0 to 1, got "
+                             f"{self.box_threshold!r}.")
+        if isinstance(self.max_boxes, bool) or not isinstance(self.max_boxes, numbers.Integral) \
+                or self.max_boxes < 1:
+            raise InputError(f"max_boxes must be an integer >= 1, got {self.max_boxes!r}.")
+        if self.label_matcher != "rules" and not callable(self.label_matcher):
+            raise InputError(f"label_matcher must be 'rules' or a callable (caption, entity, "
+                             f"labels) -> labels, got {self.label_matcher!r}.")
+        if self.grounding == "detector":
+            self._detector()
+
+    def _detector(self):
+        """The Detector of ``detector`` (built once per name; loaded on first detection)."""
+        from ..encoders.detector import DEFAULT_DETECTOR, Detector, require_transformers
+
+        if isinstance(self.detector, Detector):
+            return self.detector
+        if self.detector is not None and not isinstance(self.detector, (str, os.PathLike)):
+            raise InputError(f"detector must be a Detector, a hub id or a folder, got "
+                             f"{self.detector!r}.")
+        require_transformers()
+        name = os.fspath(self.detector) if self.detector is not None else DEFAULT_DETECTOR
+        built = self.__dict__.get("_built_detector")
+        if built is None or built.name != name:
+            built = Detector(name, device=self.backbone.device, progress=self.backbone.progress)
+            self.__dict__["_built_detector"] = built
+        return built
 
     def __sklearn_tags__(self):
         tags = takes_images(super().__sklearn_tags__())
@@ -172,7 +257,9 @@ class ComCLIPMatcher(BaseEstimator):
         images : paths or PIL images (or a folder / manifest); captions : M strings.
         boxes : optional, one per image: None or {entity name or words: (x0, y0, x1, y1)} in
             pixels, or a list of such boxes (the entity's sub-image is their union); entities
-            without a box are grounded on the candidate regions.
+            without a box are grounded by ``grounding``. With ``grounding="file"`` the keys
+            are a detector's labels ({label: [boxes]}, GRiT's output for the image), matched
+            to the entities by ``label_matcher``.
         """
         items, captions = self._inputs(images, captions)
         pairs = np.stack(np.meshgrid(np.arange(len(items)), np.arange(len(captions)),
@@ -249,22 +336,23 @@ class ComCLIPMatcher(BaseEstimator):
         text_index = {t: k for k, t in enumerate(texts)}
         text_vectors = self.backbone.encode_texts(texts, cache=self.cache, progress=False)
 
-        # Entities to ground: on a user box, or searched among the candidate regions.
+        # Entities to ground: on a user box, or by the grid or the detector.
         given = {i: boxes[i] if boxes is not None else None for i in used_images}
-        to_search: dict[int, set[str]] = {}
-        if self.components:
+        file_mode = self.grounding == "file"
+        to_ground: dict[int, set[str]] = {}
+        if self.components and not file_mode:
             for i, j in pairs.tolist():
                 words = _box_words(given[i], names[i])
                 for entity in parses[j][0].entities:
                     if entity.text not in words and entity.name not in words:
-                        to_search.setdefault(i, set()).add(entity.text)
+                        to_ground.setdefault(i, set()).add(entity.text)
 
         # Round 1: each distinct image (by content), with its candidate regions if searched.
         contents = dict(zip(used_images, content_keys([items[i] for i in used_images])))
         first: dict[str | None, int] = {}  # None: unreadable, which round 1 reports
         picture = {i: first.setdefault(contents[i], i) for i in used_images}
         pictures = sorted(set(picture.values()))
-        searched = {picture[i] for i in to_search}
+        searched = {picture[i] for i in to_ground} if self.grounding == "grid" else set()
         raw = self.embeddings == "raw"
         encoder = _SubImageEncoder(self.backbone, self.mask_mode, None if raw else self.cache,
                                    contents, raw)
@@ -273,47 +361,65 @@ class ComCLIPMatcher(BaseEstimator):
         size = {i: sizes[picture[i]] for i in used_images}
         full = {i: ((0, 0, *size[i]),) for i in used_images}
         user = {i: _user_boxes(given[i], size[i], names[i]) for i in used_images}
-        grounded: dict[tuple[int, str], tuple[Region, str]] = {}
-        if self.components:
+        grounded: dict[tuple[int, str], Grounding] = {}
+        if self.components and not file_mode:
             for i, j in pairs.tolist():
                 for entity in parses[j][0].entities:
                     region = user[i].get(entity.text, user[i].get(entity.name))
                     if region is not None:
-                        grounded[(i, entity.text)] = (region, "user")
-        for i, words in to_search.items():
-            proposals = _proposals(*size[i], self.grid)
-            vectors = encoder.vectors(picture[i], [(box,) for box in proposals])  # row 0: full
-            if raw:
-                vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-            words = sorted(words)
-            similarity = vectors @ text_vectors[[text_index[w] for w in words]].T  # (P, E)
-            best = 1 + similarity[1:].argmax(axis=0) if len(proposals) > 1 else np.zeros(len(words), int)
-            for e, w in enumerate(words):
-                wins = similarity[best[e], e] - similarity[0, e] > self.margin
-                grounded[(i, w)] = (((proposals[best[e]],), "proposal") if wins
-                                    else (full[i], "full image"))
+                        grounded[(i, entity.text)] = Grounding(region, "user")
+        if self.grounding == "grid":
+            for i, words in to_ground.items():
+                proposals = _proposals(*size[i], self.grid)
+                vectors = encoder.vectors(picture[i], [(box,) for box in proposals])  # row 0: full
+                if raw:
+                    vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+                words = sorted(words)
+                similarity = vectors @ text_vectors[[text_index[w] for w in words]].T  # (P, E)
+                best = 1 + similarity[1:].argmax(axis=0) if len(proposals) > 1 else np.zeros(len(words), int)
+                for e, w in enumerate(words):
+                    wins = similarity[best[e], e] - similarity[0, e] > self.margin
+                    grounded[(i, w)] = (Grounding((proposals[best[e]],), "proposal") if wins
+                                        else Grounding(full[i], "full image"))
+        elif self.grounding == "detector" and to_ground:
+            queries: dict[int, set[str]] = {}
+            for i, words in to_ground.items():
+                queries.setdefault(picture[i], set()).update(words)
+            shown = sorted(queries)
+            found = self._detector().detect(
+                [items[p] for p in shown], [sorted(queries[p]) for p in shown],
+                [contents[p] for p in shown], max_boxes=self.max_boxes, cache=self.cache)
+            detected = dict(zip(shown, found))
+            for i, words in to_ground.items():
+                for w in words:
+                    grounded[(i, w)] = _detected(detected[picture[i]][w], size[i],
+                                                 self.box_threshold)
 
-        # Sub-images of each pair: (kind, text, region, source).
-        plans: list[list[tuple[str, str, Region, str]]] = []
+        # Sub-images of each pair: (kind, text, grounding).
+        matched: dict[tuple[int, str, str], Grounding] = {}
+        plans: list[list[tuple[str, str, Grounding]]] = []
         for i, j in pairs.tolist():
             parse = parses[j][0]
             plan = []
-            regions = [grounded.get((i, e.text), (full[i], "full image")) for e in parse.entities]
+            if file_mode:
+                regions = [self._from_file(matched, i, captions[j], e.text, user[i], full[i])
+                           for e in parse.entities]
+            else:
+                regions = [grounded.get((i, e.text), Grounding(full[i], "full image"))
+                           for e in parse.entities]
             if "entities" in self.components:
-                plan += [("entity", e.text, *regions[k]) for k, e in enumerate(parse.entities)]
+                plan += [("entity", e.text, regions[k]) for k, e in enumerate(parse.entities)]
             if "relations" in self.components:
-                for r in parse.relations:
-                    a, b = regions[r.subject][0], regions[r.object][0]
-                    union = full[i] if full[i] in (a, b) else tuple(dict.fromkeys(a + b))
-                    plan.append(("relation", r.predicate, union,
-                                 "full image" if union == full[i] else "union"))
+                plan += [("relation", r.predicate,
+                          _union(regions[r.subject], regions[r.object], full[i]))
+                         for r in parse.relations]
             plans.append(plan)
         # Round 2: the regions of the pairs that round 1 did not encode.
         wanted: dict[int, dict[Region, None]] = {}
         for (i, _), plan in zip(pairs.tolist(), plans):
-            for _, _, region, _ in plan:
-                if not encoder.has(picture[i], region):
-                    wanted.setdefault(picture[i], {})[region] = None
+            for _, _, where in plan:
+                if not encoder.has(picture[i], where.region):
+                    wanted.setdefault(picture[i], {})[where.region] = None
         again = sorted(wanted)
         encoder.run(items, again, _Regions(self.backbone, self.mask_mode,
                                            [list(wanted[p]) for p in again]))
@@ -328,15 +434,15 @@ class ComCLIPMatcher(BaseEstimator):
         sub_t = np.zeros((n_pairs, k_max, dim), np.float32)
         mask = np.zeros((n_pairs, k_max), bool)
         for p, ((i, _), plan) in enumerate(zip(pairs.tolist(), plans)):
-            for k, (_, text, region, _) in enumerate(plan):
-                sub_v[p, k] = encoder.vector(picture[i], region)
+            for k, (_, text, where) in enumerate(plan):
+                sub_v[p, k] = encoder.vector(picture[i], where.region)
                 sub_t[p, k] = text_vectors[text_index[text]]
                 mask[p, k] = True
         if raw and mask.any():  # the raw text embeddings of the sub-images' words
-            words = sorted({text for plan in plans for _, text, _, _ in plan})
+            words = sorted({text for plan in plans for _, text, _ in plan})
             raw_text = dict(zip(words, raw_text_embeddings(self.backbone, words)))
             for p, plan in enumerate(plans):
-                for k, (_, text, _, _) in enumerate(plan):
+                for k, (_, text, _) in enumerate(plan):
                     sub_t[p, k] = raw_text[text]
         similarity = np.einsum("pkd,pkd->pk", sub_v, sub_t)
         weights = _weights(similarity, mask, self.weighting, self.temperature)
@@ -356,10 +462,59 @@ class ComCLIPMatcher(BaseEstimator):
                 explanations.append(PairExplanation(
                     names[i], captions[j], float(scores[p]), float(clip_scores[p]),
                     [e.text for e in parse.entities], parse.triplets(),
-                    [SubImage(kind, text, [list(b) for b in region], source,
-                              float(similarity[p, k]), float(weights[p, k]))
-                     for k, (kind, text, region, source) in enumerate(plan)], note))
+                    [SubImage(kind, text, [list(b) for b in where.region], where.source,
+                              float(similarity[p, k]), float(weights[p, k]),
+                              list(where.scores), list(where.labels))
+                     for k, (kind, text, where) in enumerate(plan)], note))
         return scores, clip_scores, explanations
+
+    def _from_file(self, matched: dict, i: int, caption: str, entity: str,
+                   labelled: dict[str, Region], full: Region) -> Grounding:
+        """The union of the boxes of the file's labels that refer to ``entity`` (memoised
+        per image, caption and entity); the full image when none does."""
+        key = (i, caption, entity)
+        if key not in matched:
+            matcher = match_labels if self.label_matcher == "rules" else self.label_matcher
+            chosen = [label for label in matcher(caption, entity, sorted(labelled))
+                      if label in labelled]
+            boxes = {box: label for label in chosen for box in labelled[label]}
+            matched[key] = (Grounding(tuple(boxes), "file", labels=tuple(boxes.values()))
+                            if boxes else Grounding(full, "full image"))
+        return matched[key]
+
+
+def _detected(found: list[tuple[list[float], float]], size: tuple[int, int],
+              threshold: float) -> Grounding:
+    """A detector's boxes (best first) scoring at least ``threshold``, as integer boxes
+    (floor x0, y0; ceil x1, y1; clipped to the image), their union the region; the full
+    image when none is left."""
+    width, height = size
+    boxes: dict[Box, float] = {}
+    for (x0, y0, x1, y1), score in found:
+        box = (max(0, int(np.floor(x0))), max(0, int(np.floor(y0))),
+               min(width, int(np.ceil(x1))), min(height, int(np.ceil(y1))))
+        if score >= threshold and box[2] > box[0] and box[3] > box[1]:
+            boxes.setdefault(box, score)
+    if not boxes:
+        return Grounding(((0, 0, width, height),), "full image")
+    return Grounding(tuple(boxes), "detector", scores=tuple(boxes.values()))
+
+
+def _union(a: Grounding, b: Grounding, full: Region) -> Grounding:
+    """A relation's grounding: the union of its subject's and object's regions (the full
+    image when either is), with each box's score or label."""
+    if full in (a.region, b.region):
+        return Grounding(full, "full image")
+    boxes: dict[Box, tuple] = {}
+    for side in (a, b):
+        for k, box in enumerate(side.region):
+            boxes.setdefault(box, (side.scores[k] if side.scores else None,
+                                   side.labels[k] if side.labels else None))
+    scores = tuple(v[0] for v in boxes.values())
+    labels = tuple(v[1] for v in boxes.values())
+    return Grounding(tuple(boxes), "union",
+                     scores if any(v is not None for v in scores) else (),
+                     labels if any(v is not None for v in labels) else ())
 
 
 def _weights(similarity: np.ndarray, mask: np.ndarray, weighting: str,
@@ -587,15 +742,18 @@ _COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#
 def draw_explanation(image: ImageInput, explanation: PairExplanation,
                      path: str | os.PathLike) -> None:
     """Write the image as PNG with each sub-image's boxes drawn and labelled with its words
-    and weight (relations in thinner lines)."""
+    and weight (relations in thinner lines); an entity's detector boxes also show their
+    scores. A box's last pixels are x1 - 1 and y1 - 1: PIL's rectangle is inclusive."""
     picture = open_image(image).copy()
     draw = ImageDraw.Draw(picture)
     line = max(1, round(min(picture.size) / 150))
     for k, sub in enumerate(explanation.subimages):
         colour = _COLOURS[k % len(_COLOURS)]
-        for x0, y0, x1, y1 in sub.region:
+        for b, (x0, y0, x1, y1) in enumerate(sub.region):
             draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=colour,
                            width=line if sub.kind == "entity" else max(1, line // 2))
+            if sub.kind == "entity" and b < len(sub.scores) and sub.scores[b] is not None:
+                draw.text((x0 + 2, max(y0, y1 - 12)), f"{sub.scores[b]:.2f}", fill=colour)
         x0, y0 = sub.region[0][0], sub.region[0][1]
         draw.text((x0 + 2, y0 + 2 + 10 * (sub.kind == "relation")),
                   f"{sub.text} {sub.weight:.2f}", fill=colour)
