@@ -15,15 +15,11 @@ reference's detector, label regions with phrases ("a man wearing a white shirt")
 from __future__ import annotations
 
 import json
-import logging
-import os
 from typing import Sequence
 
-from .llm import (BadAnswer, ChatClient, LLMCache, LLMError, check_text,
-                  default_cache_dir, json_answer, resolve_endpoint)
+from .llm import BadAnswer, CachedAsker, check_text, json_answer
 from .parsing import lemma, parse_caption
 
-log = logging.getLogger(__name__)
 
 LABELS_PROMPT_VERSION = 1
 _SYSTEM = ("You match the words of an image caption to the labels a detector gave regions of "
@@ -47,24 +43,9 @@ def match_labels(caption: str, entity: str, labels: Sequence[str]) -> list[str]:
     return [label for label in labels if head is not None and head_noun(label) == head]
 
 
-class LLMLabelMatcher:
-    """Match entities to labels with an OpenAI-compatible chat endpoint (temperature 0).
-
-    base_url / model / api_key : as ``zeroshot_plus.text.llm.resolve_endpoint``.
-    cache_dir : answer cache (default ``~/.cache/zeroshot_plus/llm``).
-    max_attempts, timeout : requests per question and seconds per request (``ChatClient``).
-    fallback : on an endpoint that keeps failing, use ``match_labels`` (True; the first
-        fallback is announced as a warning) or raise LLMError (False).
-    """
-
-    def __init__(self, base_url: str | None = None, model: str | None = None,
-                 api_key: str | None = None, cache_dir: str | os.PathLike | None = None,
-                 max_attempts: int = 4, timeout: float = 60.0, fallback: bool = True):
-        self.endpoint = resolve_endpoint(base_url, model, api_key)
-        self.cache = LLMCache(cache_dir if cache_dir is not None else default_cache_dir())
-        self.client = ChatClient(self.endpoint, max_attempts=max_attempts, timeout=timeout)
-        self.fallback = fallback
-        self._fell_back = False
+class LLMLabelMatcher(CachedAsker):
+    """Match entities to labels with an OpenAI-compatible chat endpoint (temperature 0);
+    parameters as ``CachedAsker``, whose fallback here is ``match_labels``."""
 
     def key(self, caption: str, entity: str, labels: Sequence[str]) -> dict:
         return {"model": self.endpoint.model, "kind": "labels", "class": entity,
@@ -74,10 +55,6 @@ class LLMLabelMatcher:
     def __call__(self, caption: str, entity: str, labels: Sequence[str]) -> list[str]:
         if not labels:
             return []
-        key = self.key(caption, entity, labels)
-        cached = self.cache.get(key, lambda items: _cached_labels(items, labels))
-        if cached is not None:
-            return cached
         listed = json.dumps(sorted(labels), ensure_ascii=False)
         messages = [{"role": "system", "content": _SYSTEM},
                     {"role": "user", "content":
@@ -85,19 +62,13 @@ class LLMLabelMatcher:
                         f"Which of these labels could name the {json.dumps(entity)} of the "
                         f'caption? Reply {{"labels": [...]}} with labels copied exactly from '
                         f"the list, or an empty list when none fits."}]
-        try:
-            answer = self.client.ask(messages, lambda content: _labels_answer(content, labels))
-        except LLMError as exc:
-            if not self.fallback:
-                raise LLMError(f"the LLM gave no valid labels for '{entity}' in "
-                               f"'{caption}'.") from None
-            if not self._fell_back:
-                self._fell_back = True
-                log.warning("the LLM label matcher failed (%s); labels are matched by words",
-                            str(exc).rstrip("."))
-            return match_labels(caption, entity, labels)
-        self.cache.put(key, [json.dumps({"labels": answer})])
-        return answer
+        return self.answer(
+            self.key(caption, entity, labels), messages,
+            lambda content: _labels_answer(content, labels),
+            lambda answer: json.dumps({"labels": answer}),
+            lambda: match_labels(caption, entity, labels),
+            failure=f"the LLM gave no valid labels for '{entity}' in '{caption}'.",
+            warning="the LLM label matcher failed (%s); labels are matched by words")
 
 
 def _labels_answer(content: str | None, labels: Sequence[str]) -> list[str]:
@@ -113,9 +84,4 @@ def _labels_answer(content: str | None, labels: Sequence[str]) -> list[str]:
         raise BadAnswer(f"the answer named labels that are not listed: {unknown[:3]}")
     return list(dict.fromkeys(chosen))
 
-
-def _cached_labels(items: object, labels: Sequence[str]) -> list[str]:
-    if not isinstance(items, list) or len(items) != 1 or not isinstance(items[0], str):
-        raise BadAnswer("it does not hold one JSON text")
-    return _labels_answer(items[0], labels)
 

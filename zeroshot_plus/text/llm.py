@@ -232,6 +232,62 @@ class ChatClient:
         return getattr(getattr(choices[0], "message", None), "content", None)
 
 
+class CachedAsker:
+    """Base of a callable that asks an endpoint one validated question at a time: answers
+    are cached on disk (nothing is asked twice), and a failing endpoint falls back.
+
+    base_url / model / api_key : as ``resolve_endpoint``.
+    cache_dir : answer cache (default ``~/.cache/zeroshot_plus/llm``).
+    max_attempts, timeout : requests per question and seconds per request (``ChatClient``).
+    fallback : on an endpoint that keeps failing, answer with the subclass's fallback (True;
+        the first fallback is announced with its cause as a warning) or raise LLMError
+        (False). An endpoint that refuses the key or the request is not asked again: later
+        questions are answered from the cache or by the fallback.
+    """
+
+    def __init__(self, base_url: str | None = None, model: str | None = None,
+                 api_key: str | None = None, cache_dir: str | os.PathLike | None = None,
+                 max_attempts: int = 4, timeout: float = 60.0, fallback: bool = True):
+        self.endpoint = resolve_endpoint(base_url, model, api_key)
+        self.cache = LLMCache(cache_dir if cache_dir is not None else default_cache_dir())
+        self.client = ChatClient(self.endpoint, max_attempts=max_attempts, timeout=timeout)
+        self.fallback = fallback
+        self._fell_back = False
+        self._refused = False  # the endpoint refused the key or the request: ask no more
+
+    def answer(self, key: dict, messages: list[dict], read: Callable[[str | None], T],
+               as_text: Callable[[T], str], fallback: Callable[[], T], *, failure: str,
+               warning: str) -> T:
+        """The answer to ``messages``: from the cache under ``key``, else asked, validated by
+        ``read`` (content -> value, BadAnswer when invalid) and cached as ``as_text(value)``.
+        On failure: ``fallback()``, with ``warning`` (a %s for the cause) logged the first
+        time, or LLMError(``failure``) without fallback."""
+        cached = self.cache.get(key, lambda items: read(_one_text(items)))
+        if cached is not None:
+            return cached
+        if self._refused:
+            return fallback()
+        try:
+            value = self.client.ask(messages, read)
+        except LLMError as exc:
+            self._refused = self.fallback and not isinstance(exc, AttemptsExhausted)
+            if not self.fallback:
+                raise LLMError(failure) from None
+            if not self._fell_back:
+                self._fell_back = True
+                log.warning(warning, str(exc).rstrip("."))
+            return fallback()
+        self.cache.put(key, [as_text(value)])
+        return value
+
+
+def _one_text(items: object) -> str:
+    """A cache entry of a CachedAsker: one JSON text; BadAnswer otherwise."""
+    if not isinstance(items, list) or len(items) != 1 or not isinstance(items[0], str):
+        raise BadAnswer("it does not hold one JSON text")
+    return items[0]
+
+
 def check_limits(*, timeout: float, **counts: int | None) -> None:
     """InputError unless ``timeout`` is a finite number of seconds > 0 and each count (None:
     its default) an integer >= 1."""

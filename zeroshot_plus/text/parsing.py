@@ -14,17 +14,14 @@ which reads and writes the reference's JSON schema::
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 from ..errors import InputError
-from .llm import (AttemptsExhausted, BadAnswer, ChatClient, LLMCache, LLMError, check_text,
-                  default_cache_dir, json_answer, resolve_endpoint)
+from .llm import BadAnswer, CachedAsker, check_text, json_answer
 
-log = logging.getLogger(__name__)
 
 DETERMINERS = frozenset(
     "a an the this that these those some any his her its their my your our one two three four "
@@ -306,56 +303,25 @@ _PARSE_EXAMPLE = ('Caption: "young person sit on a boat"\n'
                   '"connections": [{"subject": "person", "verb": "sit on", "object": "boat"}]}')
 
 
-class LLMParser:
+class LLMParser(CachedAsker):
     """Parse captions with an OpenAI-compatible chat endpoint (the reference's one-shot
-    prompt, temperature 0); every answer is cached on disk, so nothing is asked twice.
-
-    base_url / model / api_key : as ``zeroshot_plus.text.llm.resolve_endpoint``.
-    cache_dir : answer cache (default ``~/.cache/zeroshot_plus/llm``).
-    max_attempts, timeout : requests per caption and seconds per request (``ChatClient``).
-    fallback : on an endpoint that keeps failing, return the rule-based parse (True; the
-        first fallback is announced with its cause as a warning), or raise LLMError (False).
-        An endpoint that refuses the key or the request is not asked again: later captions
-        are read from the cache or parsed by the rules.
-    """
-
-    def __init__(self, base_url: str | None = None, model: str | None = None,
-                 api_key: str | None = None, cache_dir: str | os.PathLike | None = None,
-                 max_attempts: int = 4, timeout: float = 60.0, fallback: bool = True):
-        self.endpoint = resolve_endpoint(base_url, model, api_key)
-        self.cache = LLMCache(cache_dir if cache_dir is not None else default_cache_dir())
-        self.client = ChatClient(self.endpoint, max_attempts=max_attempts, timeout=timeout)
-        self.fallback = fallback
-        self._fell_back = False
-        self._refused = False  # the endpoint refused the key or the request: ask no more
+    prompt, temperature 0); parameters as ``CachedAsker``, whose fallback here is the
+    rule-based parse."""
 
     def key(self, caption: str) -> dict:
         return {"model": self.endpoint.model, "kind": "parses", "class": caption,
                 "prompt_version": PARSE_PROMPT_VERSION}
 
     def __call__(self, caption: str) -> Parse:
-        key = self.key(caption)
-        cached = self.cache.get(key, lambda items: _cached_parse(items, caption))
-        if cached is not None:
-            return Parse.from_dict(caption, cached)
-        if self._refused:
-            return parse_caption(caption)
         messages = [{"role": "system", "content": _PARSE_SYSTEM},
                     {"role": "user", "content": f"{_PARSE_EXAMPLE}\nCaption: \"{caption}\""}]
-        try:
-            data = self.client.ask(messages, lambda content: _parse_answer(content, caption))
-        except LLMError as exc:
-            self._refused = self.fallback and not isinstance(exc, AttemptsExhausted)
-            if not self.fallback:
-                raise LLMError(f"the LLM gave no valid parse of '{caption}'.") from None
-            if not self._fell_back:
-                self._fell_back = True
-                log.warning("the LLM caption parser failed (%s); this caption, and any other "
-                            "it gives no parse of, is parsed by the rule parser",
-                            str(exc).rstrip("."))
-            return parse_caption(caption)
-        self.cache.put(key, [json.dumps(data)])
-        return Parse.from_dict(caption, data)
+        data = self.answer(
+            self.key(caption), messages, lambda content: _parse_answer(content, caption),
+            json.dumps, lambda: None,
+            failure=f"the LLM gave no valid parse of '{caption}'.",
+            warning="the LLM caption parser failed (%s); this caption, and any other it gives "
+                    "no parse of, is parsed by the rule parser")
+        return parse_caption(caption) if data is None else Parse.from_dict(caption, data)
 
 
 def _parse_answer(content: str | None, caption: str) -> dict:
@@ -369,13 +335,6 @@ def _parse_answer(content: str | None, caption: str) -> dict:
     except InputError as exc:
         raise BadAnswer(str(exc).rstrip(".")) from None
     return data
-
-
-def _cached_parse(items: object, caption: str) -> dict:
-    """A cache entry (one JSON text) -> its parse dict; BadAnswer if it is not one."""
-    if not isinstance(items, list) or len(items) != 1 or not isinstance(items[0], str):
-        raise BadAnswer("it does not hold one JSON text")
-    return _parse_answer(items[0], caption)
 
 
 def make_parser(parser: str | Callable[[str], Parse]) -> Callable[[str], Parse]:
