@@ -35,6 +35,17 @@ _NORM_TOLERANCE = 1e-3
 _NO_CACHING = "the run goes on without caching embeddings"
 
 
+def set_aside(shard: Path, reason: str, cache: str = "embedding cache") -> None:
+    """Log and rename (to ``.damaged``) a cache shard that cannot be served; its entries
+    will be recomputed."""
+    log.warning("%s: shard %s is damaged (%s); its entries will be recomputed",
+                cache, shard.name, reason)
+    try:
+        shard.rename(shard.with_suffix(".damaged"))
+    except OSError:
+        pass
+
+
 def open_store(root: str | os.PathLike, fingerprint: str, kind: str, *,
                scan: bool = True) -> EmbeddingStore | None:
     """The store under ``root``, or None (after one warning) when it cannot be created."""
@@ -121,17 +132,9 @@ class EmbeddingStore:
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
-            self._set_aside(shard, str(exc))
+            set_aside(shard, str(exc))
             return None
 
-    def _set_aside(self, shard: Path, reason: str) -> None:
-        """Log and rename a shard that cannot be served; its entries will be recomputed."""
-        log.warning("embedding cache: shard %s is damaged (%s); its entries will be "
-                    "recomputed", shard.name, reason)
-        try:
-            shard.rename(shard.with_suffix(".damaged"))
-        except OSError:
-            pass
 
     def __contains__(self, key: str) -> bool:
         return key in self._index
@@ -173,7 +176,7 @@ class EmbeddingStore:
                 if arrays is not None:
                     self._add(shard, *arrays)
         for shard in [s for s, d in self._dims.items() if d != dim]:
-            self._set_aside(shard, f"{self._dims.pop(shard)} dimensions, the model's are {dim}")
+            set_aside(shard, f"{self._dims.pop(shard)} dimensions, the model's are {dim}")
         return changed
 
     def put(self, keys: list[str], embeddings: np.ndarray) -> None:

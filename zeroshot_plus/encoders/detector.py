@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from ..data.files import atomic_output
 from ..data.images import open_image
 from ..data.sources import ImageInput
+from ..data.store import set_aside
 from ..errors import InputError, ModelLoadError
 from .models import _HF_HOST, _reachable
 
@@ -253,12 +254,7 @@ class _DetectionStore:
                 if not isinstance(data, dict) or not all(map(_valid, data.values())):
                     raise ValueError("not a map of detections")
             except (OSError, ValueError) as exc:
-                log.warning("detection cache: shard %s is damaged (%s); its detections will "
-                            "run again", shard.name, exc)
-                try:
-                    shard.rename(shard.with_suffix(".damaged"))
-                except OSError:
-                    pass
+                set_aside(shard, str(exc), "detection cache")
                 continue
             for key, rows in data.items():
                 self.entries[key] = [(row[:4], float(row[4])) for row in rows]
