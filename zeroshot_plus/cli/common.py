@@ -16,6 +16,7 @@ from typing import IO, TYPE_CHECKING, Iterator
 
 import numpy as np
 
+from ..choices import saved_runtime
 from ..data.files import atomic_output
 from ..data.names import path_text
 from ..data.sources import ImageSet, read_image_source
@@ -108,7 +109,9 @@ def load_backbone(args: argparse.Namespace) -> Backbone:
                     checkpoint=args.checkpoint or saved["checkpoint"], device=args.device,
                     precision=args.precision or saved["precision"], batch_size=args.batch_size,
                     num_workers=args.workers, progress=not args.no_progress,
-                    jpeg_draft=args.jpeg_draft or saved.get("jpeg_draft", False))
+                    jpeg_draft=args.jpeg_draft or saved.get("jpeg_draft", False),
+                    runtime=args.runtime or saved_runtime(saved),
+                    compiled_dir=Path(args.cache) / "compiled" if args.cache else None)
 
 
 def stream(args: argparse.Namespace, backbone: Backbone, images: ImageSet,

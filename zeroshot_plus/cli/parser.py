@@ -11,7 +11,8 @@ import math
 import os
 
 from ..choices import (AUGMIX_MODES, COMPONENTS, CTX_COUNTS, EMBEDDING_FORMS, ENTROPIES,
-                       GROUNDINGS, KERNELS, MASK_MODES, PRECISIONS, WEIGHTINGS)
+                       GROUNDINGS, KERNELS, MASK_MODES, PRECISIONS, RUNTIMES,
+                       WEIGHTINGS)
 from ..data.datasets import dataset_spec
 from ..errors import InputError
 from ..evaluation.protocols import METHODS as BENCHMARK_METHODS, PROTOCOLS
@@ -72,6 +73,13 @@ def _model_options() -> argparse.ArgumentParser:
     group.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
     group.add_argument("--precision", choices=PRECISIONS,
                        help="fp32, or fp16/bf16 autocast (default: fp32 on CPU, fp16 on CUDA)")
+    group.add_argument("--runtime", choices=RUNTIMES,
+                       help="what runs the image tower: torch (default, or as recorded in "
+                            "--classifier); on the CPU in fp32, openvino or onnxruntime (compiled "
+                            "once into DIR/compiled with --cache DIR, else "
+                            "~/.cache/zeroshot_plus/compiled; checked against torch, same "
+                            "embeddings within float rounding), or onnxruntime-int8 (faster, not "
+                            "exact, stored apart)")
     group.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
     group.add_argument("--workers", type=int,
                        help="image-decoding processes that run ahead of the encoder; 0 decodes "

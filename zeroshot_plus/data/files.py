@@ -5,12 +5,14 @@ and the one way it reads a user's text or JSON file (``read_text``, ``read_json`
 writing the same path never share one) in the target's folder, flushes it to disk and renames
 it over the target; on any failure, Ctrl-C included, the temporary file is removed and the
 previous file is left as it was. Every file the library and the command line write goes
-through it.
+through it; ``atomic_directory`` does the same for a folder of files written together (a
+compiled model and its weights).
 
 A process killed with SIGKILL cannot remove its temporary file. Temporary names carry the
 writer's host and process id (``.NAME.HOST.PID.XXXXXXXX.partial``), so the next successful write
 of the same target, in any process, removes the ones left by processes of this host that are
 gone (``remove_stale_partials``); a live writer's file, or one of another host, is left alone.
+Temporary folders are named and removed the same way.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import socket
 import tempfile
 from contextlib import contextmanager
@@ -89,13 +92,43 @@ def atomic_output(path: str | os.PathLike, binary: bool = False) -> Iterator[IO]
         Path(temporary).unlink(missing_ok=True)
 
 
+@contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary folder beside ``path`` to fill; once the block ends, its files are flushed
+    to disk and the folder is renamed to ``path``, so ``path`` holds all of them or does not
+    exist. On any failure the temporary folder is removed. When another process made ``path``
+    meanwhile, theirs is kept and ours dropped.
+
+    Raises OSError when the folder cannot be made or renamed (the caller decides whether that
+    fails its job).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(dir=target.parent, suffix=".partial",
+                                      prefix=f"{_partial_prefix(target.name)}{os.getpid()}."))
+    try:
+        yield temporary
+        for entry in temporary.iterdir():
+            with open(entry, "rb") as handle:
+                os.fsync(handle.fileno())
+        os.chmod(temporary, 0o777 & ~_UMASK)  # mkdtemp's 0700 is for the temporary name only
+        try:
+            os.rename(temporary, target)
+        except OSError as exc:
+            if not target.is_dir() or exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        remove_stale_partials(target.parent, target.name)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
 def _partial_prefix(name: str) -> str:
     return f".{name[:_NAME_PART]}.{_HOST}."
 
 
 def remove_stale_partials(folder: str | os.PathLike, name: str | None = None) -> int:
-    """Remove the temporary files in ``folder`` (of target ``name``, or of any target) that
-    processes of this host which no longer run left behind; the number removed.
+    """Remove the temporary files and folders in ``folder`` (of target ``name``, or of any
+    target) that processes of this host which no longer run left behind; the number removed.
 
     Files whose writer still runs, this process's own, and those of other hosts are kept.
     """
@@ -110,8 +143,12 @@ def remove_stale_partials(folder: str | os.PathLike, name: str | None = None) ->
         found = pattern.search(entry) if entry.startswith(head) else None
         if found is None or int(found[1]) == os.getpid() or _running(int(found[1])):
             continue
+        stale = os.path.join(folder, entry)
         try:
-            os.unlink(os.path.join(folder, entry))
+            if os.path.isdir(stale):
+                shutil.rmtree(stale)
+            else:
+                os.unlink(stale)
             removed += 1
         except OSError:
             pass  # removed by another process meanwhile, or not ours to remove

@@ -2,7 +2,8 @@
 
 The facade over the encoder side: ``models`` builds the model (on first use, so that a run
 whose embeddings are all in the store never imports open_clip or loads weights),
-``text_tower`` encodes texts and ``pipeline`` encodes images.
+``text_tower`` encodes texts, ``pipeline`` encodes images and ``runtimes`` runs the image tower
+in torch or a compiled runtime.
 """
 
 from __future__ import annotations
@@ -10,20 +11,21 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..choices import PRECISIONS
+from ..choices import INEXACT_RUNTIMES, PRECISIONS
 from ..data.sources import ImageSource
 from ..errors import InputError, ModelLoadError
-from . import models, text_tower
+from . import models, runtimes, text_tower
 from .pipeline import EncodeReport, image_embeddings
 
 
-_LOADED = ("_model", "_preprocess", "_tokenizer", "_open_clip_name")  # built on first use
+# built on first use
+_LOADED = ("_model", "_preprocess", "_tokenizer", "_open_clip_name", "_image_tower")
 
 
 class Backbone:
@@ -48,13 +50,21 @@ class Backbone:
         reduced size in PIL's draft mode before the preprocessing: faster decoding, slightly
         different embeddings (README, ``benchmarks/jpeg_draft.py``). Off by default, so that
         images are preprocessed exactly as open_clip's transform does.
+    runtime : what runs the image tower (``encoders.runtimes``): "torch" (default), or on the
+        CPU in fp32 "openvino" or "onnxruntime" (compiled once, checked against torch, same
+        embeddings within float rounding; extras ``[openvino]``, ``[onnxruntime]``), or the
+        opt-in "onnxruntime-int8" (faster, not exact; its embeddings are stored apart).
+        Texts are always encoded by torch.
+    compiled_dir : where compiled image towers are kept; default
+        ``~/.cache/zeroshot_plus/compiled`` ($XDG_CACHE_HOME honoured).
     """
 
     def __init__(self, model: str = "ViT-B-32", pretrained: str = "openai", *,
                  checkpoint: str | os.PathLike | None = None, device: str | None = None,
                  precision: str | None = None, batch_size: int = 64,
                  num_workers: int | None = None, progress: bool = True,
-                 download_dir: str | None = None, jpeg_draft: bool = False):
+                 download_dir: str | None = None, jpeg_draft: bool = False,
+                 runtime: str = "torch", compiled_dir: str | os.PathLike | None = None):
         self.model_name = str(model)
         # A path to an open_clip model-config JSON registers that architecture under its stem.
         self._config_file = Path(model) if self.model_name.endswith(".json") else None
@@ -86,15 +96,22 @@ class Backbone:
         self.progress = progress
         self.download_dir = download_dir
         self.jpeg_draft = bool(jpeg_draft)
+        runtimes.check_runtime(runtime, self.device, self.precision)
+        self.runtime = runtime
+        self.compiled_dir = (Path(compiled_dir) if compiled_dir is not None
+                             else runtimes.default_directory())
         self._model = None
         self._preprocess = None
         self._tokenizer = None
         self._open_clip_name: str | None = None
         self._fingerprint: str | None = None
+        self._image_tower: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __repr__(self) -> str:
         weights = f"checkpoint='{self.checkpoint}'" if self.checkpoint else f"pretrained='{self.pretrained}'"
-        return f"Backbone('{self.model_name}', {weights}, device='{self.device}', precision='{self.precision}')"
+        runtime = f", runtime='{self.runtime}'" if self.runtime != "torch" else ""
+        return (f"Backbone('{self.model_name}', {weights}, device='{self.device}', "
+                f"precision='{self.precision}'{runtime})")
 
     def __deepcopy__(self, memo):
         # A frozen model is shared, never copied: scikit-learn's clone() deep-copies parameters.
@@ -130,7 +147,8 @@ class Backbone:
             self._fingerprint = models.fingerprint(
                 self.model_name, self.precision, config_file=self._config_file,
                 checkpoint=self.checkpoint, pretrained=self.pretrained,
-                jpeg_draft=self.jpeg_draft)
+                jpeg_draft=self.jpeg_draft,
+                runtime=self.runtime if self.runtime in INEXACT_RUNTIMES else None)
         return self._fingerprint
 
     def describe(self) -> dict:
@@ -140,7 +158,7 @@ class Backbone:
                 "pretrained": self.pretrained if self.checkpoint is None else None,
                 "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
                 "precision": self.precision, "jpeg_draft": self.jpeg_draft,
-                "fingerprint": self.fingerprint}
+                "runtime": self.runtime, "fingerprint": self.fingerprint}
 
     # ------------------------------------------------------------------ loading
 
@@ -149,6 +167,18 @@ class Backbone:
         if self._model is None:
             self._load()
         return self._model
+
+    @property
+    def image_tower(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The image tower under ``runtime``: pixels (B, 3, S, S) -> features (B, D), not
+        normalised; a compiled one is built (or read from ``compiled_dir``) and checked
+        against torch on first use."""
+        if self._image_tower is None:
+            self._image_tower = (self.model.encode_image if self.runtime == "torch" else
+                                 runtimes.compile_image_tower(
+                                     self.model, self.runtime, fingerprint=self.fingerprint,
+                                     image_size=self.image_size, directory=self.compiled_dir))
+        return self._image_tower
 
     @property
     def preprocess(self):
@@ -200,11 +230,16 @@ class Backbone:
     # ------------------------------------------------------------------ encoding
 
     @torch.inference_mode()
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Preprocessed images (B, 3, H, W) -> the image tower's float32 features (B, D), not
+        normalised, on the backbone's device."""
+        tower = self.image_tower
+        with self.autocast():
+            return tower(pixels.to(self.device, non_blocking=True)).float()
+
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
         """Preprocessed images (B, 3, H, W) -> L2-normalised float32 embeddings (B, D)."""
-        with self.autocast():
-            features = self.model.encode_image(pixels.to(self.device, non_blocking=True))
-        return F.normalize(features.float(), dim=-1).cpu().numpy()
+        return F.normalize(self.image_features(pixels), dim=-1).cpu().numpy()
 
     def encode_texts(self, texts: Sequence[str], *, cache: str | os.PathLike | None = None,
                      progress: bool | None = None) -> np.ndarray:

@@ -27,14 +27,17 @@ _HF_HOST = "huggingface.co"
 
 def fingerprint(model: str, precision: str, *, config_file: Path | None = None,
                 checkpoint: Path | None = None, pretrained: str = "none",
-                jpeg_draft: bool = False) -> str:
+                jpeg_draft: bool = False, runtime: str | None = None) -> str:
     """Stable hex id of (model, weights, preprocessing, precision), computed without loading.
 
     ``jpeg_draft`` (reduced-size JPEG decoding) is part of the preprocessing: embeddings made
-    with and without it are never mixed in one store.
+    with and without it are never mixed in one store. ``runtime`` names an image-tower runtime
+    whose embeddings are not torch's (``choices.INEXACT_RUNTIMES``); exact runtimes pass None.
     """
     identity = {"model": model, "precision": precision, "open_clip": version("open_clip_torch"),
                 "jpeg_draft": jpeg_draft}
+    if runtime is not None:
+        identity["runtime"] = runtime
     if config_file is not None:
         identity["config"] = _file_digest(config_file)
     if checkpoint is not None:

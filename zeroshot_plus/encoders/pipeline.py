@@ -190,7 +190,7 @@ def plan_reads(backbone: Backbone, store: EmbeddingStore | None,
     # A run whose views are all stored needs no model (and imports no open_clip).
     needs_model = len(skip) < len(planned)
     if needs_model:
-        backbone.model  # load (or fail) before a progress bar is drawn
+        backbone.image_tower  # load, compile or fail before a progress bar is drawn
         if store is not None and store.dim is not None and store.expect(backbone.embed_dim):
             known = store.keys()
             skip = _not_read(planned, known)

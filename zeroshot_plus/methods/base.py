@@ -45,6 +45,7 @@ from sklearn.utils import Tags, check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ..choices import saved_runtime
 from ..encoders.backbone import Backbone
 from ..errors import InputError
 from ..data.files import atomic_output
@@ -198,7 +199,8 @@ class Predictor(ClassifierMixin, BaseEstimator):
             if backbone is None:
                 backbone = Backbone(saved["model"], saved["pretrained"],
                                     checkpoint=saved["checkpoint"], precision=saved["precision"],
-                                    jpeg_draft=saved.get("jpeg_draft", False))
+                                    jpeg_draft=saved.get("jpeg_draft", False),
+                                    runtime=saved_runtime(saved))
             if backbone.fingerprint != saved["fingerprint"]:
                 raise InputError(f"'{path}' was fitted with {saved['model']} "
                                  f"({saved['checkpoint'] or saved['pretrained']}), which is not "

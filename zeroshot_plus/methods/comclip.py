@@ -688,12 +688,7 @@ class _RawImages:
         return getattr(self._backbone, name)
 
     def encode_pixels(self, pixels) -> np.ndarray:
-        import torch
-
-        backbone = self._backbone
-        with torch.inference_mode(), backbone.autocast():
-            features = backbone.model.encode_image(pixels.to(backbone.device))
-        return features.float().cpu().numpy()
+        return self._backbone.image_features(pixels).cpu().numpy()
 
 
 def raw_text_embeddings(backbone: Backbone, texts: Sequence[str]) -> np.ndarray:

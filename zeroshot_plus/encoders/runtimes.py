@@ -1,0 +1,307 @@
+"""Runtimes for the frozen image tower: torch itself, or a compiled copy on the CPU.
+
+Every image the library encodes, whatever the method, reaches the image tower through
+``Backbone.image_features``, which runs it under the backbone's ``runtime`` (``RUNTIMES``):
+
+- "torch" (the default): the open_clip model, on any device and precision.
+- "openvino", "onnxruntime": the tower exported once to ONNX by torch's exporter (batch
+  dimension dynamic, input fixed at the model's S x S), then run on the CPU in fp32 by
+  OpenVINO (a model compiled per recurring batch size, one with a dynamic batch for the rest)
+  or by ONNX Runtime, with as many threads as torch uses. Exact (below).
+- "onnxruntime-int8": that export with ONNX Runtime's dynamic int8 quantisation (int8 weights,
+  activations quantised per batch). Faster and not exact: an explicit opt-in whose agreement
+  with fp32 is measured in the README.
+
+Cache. A compiled model lives in ``directory / <fingerprint>-<form>-<digest>``, where the
+form is "onnx" (read by both exact runtimes) or "onnx-int8"; the digest
+covers what the files depend on besides the weights (the exporter's and, for int8, the
+quantiser's versions, and the input shape), so a new version builds a new copy, never reads a
+stale one. A copy is built by ``files.atomic_directory`` (all its files or none, whatever kills
+the build) and reused by every later run. A copy that cannot be loaded or fails the guard is
+removed and built again once. A cache folder that cannot be written costs the cache, not the
+run: the model is then built in a temporary folder.
+
+Guard. Before first use a compiled tower encodes a few fixed inputs and is compared with torch
+row by row: a cosine below ``EXACT_COSINE`` (int8: ``INT8_COSINE``) refuses it with one
+sentence. Store: exact runtimes keep torch's fingerprint, so their embeddings share the
+store's keys with torch's: having passed the guard they differ from torch's by no more than
+float rounding, the same kind of difference torch shows between batch sizes and thread counts.
+int8 embeddings differ by more, so the int8 runtime is part of the fingerprint and its
+embeddings are stored apart (``models.fingerprint``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections import Counter
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..choices import INEXACT_RUNTIMES as INEXACT, RUNTIMES
+from ..data.files import atomic_directory, os_error_cause
+from ..errors import InputError, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+EXACT_COSINE = 0.9999   # the least cosine to torch, per check row, of an exact runtime
+INT8_COSINE = 0.99      # the same for the int8 runtime
+_PACKAGE = {"onnxruntime": "onnxruntime", "openvino": "openvino",
+            "onnxruntime-int8": "onnxruntime"}
+_CHECK_ROWS = 3           # fixed inputs the guard encodes (not the export's example batch of 2)
+_STATIC_SHAPES = 4        # OpenVINO: batch sizes that get a model compiled for their shape
+
+
+def default_directory() -> Path:
+    """Where compiled towers are kept: $XDG_CACHE_HOME/zeroshot_plus/compiled, else
+    ~/.cache/zeroshot_plus/compiled."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "zeroshot_plus" / "compiled"
+
+
+def check_runtime(runtime: str, device: torch.device, precision: str) -> None:
+    """InputError, one sentence, for a runtime that does not exist or cannot run here."""
+    if runtime not in RUNTIMES:
+        raise InputError(f"unknown runtime '{runtime}'; use one of {', '.join(RUNTIMES)}.")
+    if runtime == "torch":
+        return
+    if device.type != "cpu" or precision != "fp32":
+        raise InputError(f"runtime '{runtime}' runs on the CPU in fp32, not on '{device}' in "
+                         f"{precision}; use runtime 'torch' there.")
+    package = _PACKAGE[runtime]
+    try:
+        version(package)
+    except PackageNotFoundError:
+        raise InputError(f"runtime '{runtime}' needs the {package} package: "
+                         f"pip install 'zeroshot_plus[{package}]'.") from None
+
+
+class CompiledTower:
+    """A compiled image tower: pixels (B, 3, S, S) float32 -> features (B, D) float32, as
+    ``model.encode_image`` returns them (not normalised)."""
+
+    def __init__(self, runtime: str, run: Callable[[np.ndarray], np.ndarray], folder: Path):
+        self.runtime = runtime
+        self.folder = folder  # where its files are (gone if it was built in a temporary folder)
+        self._run = run
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(pixels.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(np.asarray(self._run(array), dtype=np.float32))
+
+    def __repr__(self) -> str:
+        return f"CompiledTower('{self.runtime}', '{self.folder}')"
+
+
+def compile_image_tower(model: torch.nn.Module, runtime: str, *, fingerprint: str,
+                        image_size: int, directory: Path) -> CompiledTower:
+    """The image tower of ``model`` compiled for ``runtime``, built or read from ``directory``
+    and checked against torch (the module's docstring); ModelLoadError, one sentence, when it
+    cannot be built or disagrees with torch."""
+    form = "onnx-int8" if runtime in INEXACT else "onnx"  # the exact runtimes share a copy
+    folder = directory / f"{fingerprint}-{form}-{_digest(runtime, image_size)}"
+    for attempt in ("cached", "fresh"):
+        with _built(model, runtime, image_size, folder) as built:
+            try:
+                tower = _load(runtime, built, image_size)
+            except Exception as exc:  # noqa: BLE001 - any runtime's failure to read the files
+                if attempt == "cached" and built == folder:
+                    _discard(folder, f"cannot be loaded: {_first_line(exc)}")
+                    continue
+                raise ModelLoadError(f"{runtime} cannot load the image tower it compiled "
+                                     f"({_first_line(exc)}); use runtime 'torch'.") from None
+            worst = agreement(model, tower, image_size)
+        threshold = INT8_COSINE if runtime in INEXACT else EXACT_COSINE
+        if worst >= threshold:
+            log.info("image tower compiled for %s (%s): cosine to torch >= %.7f",
+                     runtime, built, worst)
+            return tower
+        if attempt == "cached" and built == folder:
+            _discard(folder, f"it disagrees with torch (cosine {worst:.6f})")
+            continue
+        raise ModelLoadError(f"runtime '{runtime}' encodes images differently from torch "
+                             f"(cosine {worst:.6f} < {threshold} on a check image); use "
+                             f"runtime 'torch'.")
+    raise AssertionError("unreachable")
+
+
+def agreement(model: torch.nn.Module, tower: Callable[[torch.Tensor], torch.Tensor],
+              image_size: int) -> float:
+    """The least cosine, over a few fixed inputs, between ``tower``'s features and torch's."""
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randn(_CHECK_ROWS, 3, image_size, image_size, generator=generator)
+    with torch.inference_mode():
+        reference = model.encode_image(pixels).float()
+        features = tower(pixels).float()
+    return float(torch.nn.functional.cosine_similarity(features, reference, dim=1).min())
+
+
+# ---------------------------------------------------------------------- building
+
+
+def _digest(runtime: str, image_size: int) -> str:
+    """What a compiled copy depends on besides the weights (they are in the fingerprint)."""
+    packages = ["torch", "onnx", "onnxscript"] + (["onnxruntime"] if runtime in INEXACT else [])
+    identity = {"input": [3, image_size, image_size], "batch": "dynamic",
+                "versions": {p: _version(p) for p in packages}}
+    return hashlib.blake2b(json.dumps(identity, sort_keys=True).encode(),
+                           digest_size=6).hexdigest()
+
+
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+@contextlib.contextmanager
+def _built(model: torch.nn.Module, runtime: str, image_size: int, folder: Path):
+    """The folder holding the compiled files: ``folder`` (built there first if missing), or a
+    temporary folder, removed afterwards, when ``folder`` cannot be written."""
+    if (folder / "tower.onnx").is_file():
+        yield folder
+        return
+    log.info("compiling the image tower for %s into %s (once)", runtime, folder)
+    try:
+        with atomic_directory(folder) as building:
+            _build(model, runtime, image_size, building)
+    except OSError as exc:
+        log.warning("compiled model cache '%s' cannot be written (%s); the image tower is "
+                    "compiled for this run only", folder.parent, os_error_cause(exc))
+        with tempfile.TemporaryDirectory(prefix="zeroshot_plus-compiled-") as temporary:
+            _build(model, runtime, image_size, Path(temporary))
+            yield Path(temporary)
+        return
+    yield folder
+
+
+class _ImageTower(torch.nn.Module):
+    """``model.encode_image`` as a module of its own, for the exporter."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
+
+
+def _build(model: torch.nn.Module, runtime: str, image_size: int, folder: Path) -> None:
+    """Write ``folder/tower.onnx`` (and its weights beside it) for ``runtime``."""
+    for package in ("onnx", "onnxscript"):
+        if _version(package) is None:
+            raise InputError(f"runtime '{runtime}' needs the {package} package to export the "
+                             f"image tower: pip install 'zeroshot_plus[{_PACKAGE[runtime]}]'.")
+    target = folder / "tower.onnx"
+    exported = folder / "fp32" / "tower.onnx" if runtime in INEXACT else target
+    exported.parent.mkdir(exist_ok=True)
+    example = torch.zeros(2, 3, image_size, image_size)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    try:
+        with torch.inference_mode(False), torch.no_grad(), _quiet():
+            torch.onnx.export(_ImageTower(model).eval(), (example,), exported, dynamo=True,
+                              input_names=["pixels"], output_names=["features"],
+                              dynamic_shapes=({0: batch},), verbose=False)
+    except OSError:
+        raise  # a folder that cannot be written: the caller builds elsewhere
+    except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds
+        raise ModelLoadError(f"cannot export this model's image tower to ONNX for runtime "
+                             f"'{runtime}' ({_first_line(exc)}); use runtime 'torch'.") from None
+    if runtime in INEXACT:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        with _quiet():
+            quantize_dynamic(exported, target, weight_type=QuantType.QInt8,
+                             use_external_data_format=True)
+        for name in os.listdir(exported.parent):
+            os.unlink(exported.parent / name)
+        exported.parent.rmdir()
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter and the quantiser print progress on stdout, which holds a command's
+    results: send it to the log instead."""
+    import io
+
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        yield
+    for line in captured.getvalue().splitlines():
+        log.debug("%s", line)
+
+
+# ---------------------------------------------------------------------- loading
+
+
+def _load(runtime: str, folder: Path, image_size: int) -> CompiledTower:
+    path = folder / "tower.onnx"
+    threads = torch.get_num_threads()
+    if runtime == "openvino":
+        return CompiledTower(runtime, _OpenVINO(path, threads, image_size), folder)
+    ort = import_module("onnxruntime")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # errors only
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(pixels: np.ndarray) -> np.ndarray:
+        return session.run(None, {"pixels": pixels})[0]
+
+    return CompiledTower(runtime, run, folder)
+
+
+class _OpenVINO:
+    """The ONNX tower compiled by OpenVINO for the CPU in fp32: for each batch size that
+    recurs (up to ``_STATIC_SHAPES`` of them), a model compiled for that shape, which runs
+    faster than one with a dynamic batch; the dynamic one serves the rest."""
+
+    def __init__(self, path: Path, threads: int, image_size: int):
+        ov = import_module("openvino")
+        self.core = ov.Core()
+        self.config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
+                       "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1}
+        self.source = self.core.read_model(str(path))
+        self.image_size = image_size
+        self.requests = {None: self._compile(None)}
+        self.seen: Counter[int] = Counter()
+
+    def _compile(self, batch: int | None):
+        model = self.source
+        if batch is not None:
+            model = self.source.clone()
+            model.reshape([batch, 3, self.image_size, self.image_size])
+        return self.core.compile_model(model, "CPU", self.config).create_infer_request()
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        batch = len(pixels)
+        self.seen[batch] += 1
+        if batch not in self.requests and self.seen[batch] > 1 \
+                and len(self.requests) <= _STATIC_SHAPES:
+            self.requests[batch] = self._compile(batch)
+        request = self.requests.get(batch, self.requests[None])
+        return request.infer({0: pixels})[0].copy()
+
+
+def _discard(folder: Path, reason: str) -> None:
+    """Remove a cached compiled copy that cannot serve (it is built again)."""
+    log.warning("compiled model %s is damaged (%s); it is built again", folder.name, reason)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
