@@ -4,7 +4,9 @@ files (the tests run as root, so file permissions cannot make a write fail)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -15,7 +17,7 @@ import numpy as np
 import pytest
 
 from zeroshot_plus import GDAClassifier, InputError
-from zeroshot_plus.data.files import atomic_output
+from zeroshot_plus.data.files import atomic_directory, atomic_output
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 
@@ -42,7 +44,7 @@ def test_a_full_disk_keeps_the_previous_file_byte_identical(tmp_path):
     target = tmp_path / "out.csv"
     target.write_bytes(b"the earlier output\n")
     result = _python(f"""
-        from zeroshot_plus.data.files import atomic_output
+        from zeroshot_plus.data.files import atomic_directory, atomic_output
         from zeroshot_plus import InputError
         try:
             with atomic_output({str(target)!r}) as handle:
@@ -108,7 +110,7 @@ def test_an_interrupted_writer_process_leaves_no_stray_file(tmp_path):
     started = tmp_path / "started"
     process = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import pathlib, time
-        from zeroshot_plus.data.files import atomic_output
+        from zeroshot_plus.data.files import atomic_directory, atomic_output
         with atomic_output({str(target)!r}) as handle:
             handle.write("half")
             pathlib.Path({str(started)!r}).touch()
@@ -129,7 +131,7 @@ def test_two_processes_writing_one_output_each_leave_a_whole_file(tmp_path):
     target = tmp_path / "out.csv"
     writer = """
         import pathlib, sys, time
-        from zeroshot_plus.data.files import atomic_output
+        from zeroshot_plus.data.files import atomic_directory, atomic_output
         me, other = sys.argv[1], sys.argv[2]
         with atomic_output({target!r}) as handle:
             for row in range(2000):
@@ -165,7 +167,7 @@ def _hold_partial(target: Path, marker: Path) -> subprocess.Popen:
     """A process that writes part of ``target`` and then waits (to be killed) inside the block."""
     process = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import pathlib, time
-        from zeroshot_plus.data.files import atomic_output
+        from zeroshot_plus.data.files import atomic_directory, atomic_output
         with atomic_output({str(target)!r}) as handle:
             handle.write("half")
             handle.flush()
@@ -211,3 +213,36 @@ def test_the_next_write_removes_what_a_killed_writer_left_not_a_live_writers_fil
     with atomic_output(target) as handle:
         handle.write("again")
     assert _partials(tmp_path) == []
+
+
+def test_a_folder_appears_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "model"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_directory(target) as building:
+            (building / "a.bin").write_bytes(b"half")
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+    # a folder a killed builder left (its process id is no longer running) goes with the next build
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(timeout=30)
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32]
+    left = tmp_path / f".model.{host}.{dead.pid}.abc.partial"
+    left.mkdir()
+    (left / "a.bin").write_bytes(b"half")
+    with atomic_directory(target) as building:
+        (building / "a.bin").write_bytes(b"whole")
+        (building / "b.bin").write_bytes(b"too")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert (target / "a.bin").read_bytes() == b"whole" and (target / "b.bin").exists()
+    assert oct(target.stat().st_mode & 0o777) == oct(0o777 & ~_umask())
+    # a folder another process completed meanwhile is kept, ours dropped
+    with atomic_directory(target) as building:
+        (building / "a.bin").write_bytes(b"ours")
+    assert (target / "a.bin").read_bytes() == b"whole"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
