@@ -177,7 +177,8 @@ class Backbone:
             self._image_tower = (self.model.encode_image if self.runtime == "torch" else
                                  runtimes.compile_image_tower(
                                      self.model, self.runtime, fingerprint=self.fingerprint,
-                                     image_size=self.image_size, directory=self.compiled_dir))
+                                     image_size=self.image_size, directory=self.compiled_dir,
+                                     progress=self.progress))
         return self._image_tower
 
     @property

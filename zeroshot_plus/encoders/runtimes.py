@@ -43,10 +43,11 @@ from collections import Counter
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..choices import INEXACT_RUNTIMES as INEXACT, RUNTIMES
 from ..data.files import atomic_directory, os_error_cause
@@ -104,35 +105,35 @@ class CompiledTower:
 
 
 def compile_image_tower(model: torch.nn.Module, runtime: str, *, fingerprint: str,
-                        image_size: int, directory: Path) -> CompiledTower:
+                        image_size: int, directory: Path, progress: bool = False
+                        ) -> CompiledTower:
     """The image tower of ``model`` compiled for ``runtime``, built or read from ``directory``
     and checked against torch (the module's docstring); ModelLoadError, one sentence, when it
-    cannot be built or disagrees with torch."""
+    cannot be built or disagrees with torch. ``progress``: say so on stderr while building."""
     form = "onnx-int8" if runtime in INEXACT else "onnx"  # the exact runtimes share a copy
     folder = directory / f"{fingerprint}-{form}-{_digest(runtime, image_size)}"
-    for attempt in ("cached", "fresh"):
-        with _built(model, runtime, image_size, folder) as built:
+    threshold = INT8_COSINE if runtime in INEXACT else EXACT_COSINE
+    while True:  # at most twice: a cached copy that cannot serve is built again
+        with _built(model, runtime, image_size, folder, progress) as (built, fresh):
             try:
                 tower = _load(runtime, built, image_size)
             except Exception as exc:  # noqa: BLE001 - any runtime's failure to read the files
-                if attempt == "cached" and built == folder:
+                if not fresh:
                     _discard(folder, f"cannot be loaded: {_first_line(exc)}")
                     continue
                 raise ModelLoadError(f"{runtime} cannot load the image tower it compiled "
                                      f"({_first_line(exc)}); use runtime 'torch'.") from None
             worst = agreement(model, tower, image_size)
-        threshold = INT8_COSINE if runtime in INEXACT else EXACT_COSINE
         if worst >= threshold:
             log.info("image tower compiled for %s (%s): cosine to torch >= %.7f",
                      runtime, built, worst)
             return tower
-        if attempt == "cached" and built == folder:
+        if not fresh:
             _discard(folder, f"it disagrees with torch (cosine {worst:.6f})")
             continue
         raise ModelLoadError(f"runtime '{runtime}' encodes images differently from torch "
                              f"(cosine {worst:.6f} < {threshold} on a check image); use "
                              f"runtime 'torch'.")
-    raise AssertionError("unreachable")
 
 
 def agreement(model: torch.nn.Module, tower: Callable[[torch.Tensor], torch.Tensor],
@@ -166,24 +167,33 @@ def _version(package: str) -> str | None:
 
 
 @contextlib.contextmanager
-def _built(model: torch.nn.Module, runtime: str, image_size: int, folder: Path):
-    """The folder holding the compiled files: ``folder`` (built there first if missing), or a
-    temporary folder, removed afterwards, when ``folder`` cannot be written."""
+def _built(model: torch.nn.Module, runtime: str, image_size: int, folder: Path,
+           progress: bool) -> Iterator[tuple[Path, bool]]:
+    """(the folder holding the compiled files, whether they were built now): ``folder``,
+    built there first if missing, or a temporary folder, removed afterwards, when ``folder``
+    cannot be written."""
     if (folder / "tower.onnx").is_file():
-        yield folder
+        yield folder, False
         return
     log.info("compiling the image tower for %s into %s (once)", runtime, folder)
-    try:
-        with atomic_directory(folder) as building:
-            _build(model, runtime, image_size, building)
-    except OSError as exc:
-        log.warning("compiled model cache '%s' cannot be written (%s); the image tower is "
-                    "compiled for this run only", folder.parent, os_error_cause(exc))
-        with tempfile.TemporaryDirectory(prefix="zeroshot_plus-compiled-") as temporary:
-            _build(model, runtime, image_size, Path(temporary))
-            yield Path(temporary)
+    with tqdm(total=1, desc=f"compiling the image tower for {runtime} (once)",
+              disable=not progress, bar_format="{desc}: {elapsed}") as bar:
+        try:
+            with atomic_directory(folder) as building:
+                _build(model, runtime, image_size, building)
+        except OSError as exc:
+            log.warning("compiled model cache '%s' cannot be written (%s); the image tower "
+                        "is compiled for this run only", folder.parent, os_error_cause(exc))
+            temporary = tempfile.TemporaryDirectory(prefix="zeroshot_plus-compiled-")
+            _build(model, runtime, image_size, Path(temporary.name))
+        else:
+            temporary = None
+        bar.update()
+    if temporary is None:
+        yield folder, True
         return
-    yield folder
+    with temporary:
+        yield Path(temporary.name), True
 
 
 class _ImageTower(torch.nn.Module):
