@@ -187,6 +187,18 @@ def test_damaged_copy_is_rebuilt(tiny_config, tmp_path, pictures, backbone, capl
     assert [p.name for p in tmp_path.iterdir()] == [built.name]
 
 
+def test_tampered_reference_fails_the_guard_and_is_rebuilt(tiny_config, tmp_path, caplog):
+    _needs("onnxruntime")
+    _backbone(tiny_config, "onnxruntime", tmp_path).image_tower
+    built, = tmp_path.iterdir()
+    reference = np.load(built / "reference.npy")
+    np.save(built / "reference.npy", reference[::-1].copy())
+    with caplog.at_level(logging.WARNING):
+        _backbone(tiny_config, "onnxruntime", tmp_path).image_tower
+    assert "disagrees with torch" in caplog.text
+    np.testing.assert_array_equal(np.load(built / "reference.npy"), reference)
+
+
 def test_copy_of_other_weights_fails_the_guard_and_is_rebuilt(tiny_config, tmp_path, pictures,
                                                               backbone, caplog):
     """A cached copy that loads but computes something else (tampered weights) is caught by
@@ -201,7 +213,9 @@ def test_copy_of_other_weights_fails_the_guard_and_is_rebuilt(tiny_config, tmp_p
     with caplog.at_level(logging.WARNING):
         tower = _backbone(tiny_config, "onnxruntime", tmp_path).image_tower
     assert "disagrees with torch" in caplog.text
-    assert runtimes.agreement(backbone.model, tower, backbone.image_size) >= 0.9999
+    pixels = runtimes.check_pixels(backbone.image_size)
+    with torch.inference_mode():
+        assert runtimes.agreement(tower, backbone.model.encode_image(pixels), pixels) >= 0.9999
 
 
 def test_guard_refuses_a_tower_that_disagrees(tiny_config, tmp_path, monkeypatch):
@@ -211,10 +225,9 @@ def test_guard_refuses_a_tower_that_disagrees(tiny_config, tmp_path, monkeypatch
     with torch.no_grad():
         for parameter in other.model.visual.parameters():
             parameter.mul_(-1.5)
-    export = runtimes._build
-    monkeypatch.setattr(runtimes, "_build",
-                        lambda model, runtime, size, folder: export(other.model, runtime, size,
-                                                                    folder))
+    export = torch.onnx.export
+    monkeypatch.setattr(torch.onnx, "export", lambda module, *args, **kwargs: export(
+        type(module)(other.model).eval(), *args, **kwargs))
     compiled = _backbone(tiny_config, "onnxruntime", tmp_path)
     with pytest.raises(ModelLoadError, match=r"runtime 'onnxruntime' encodes images "
                                              r"differently from torch \(cosine .* < 0\.9999"):
@@ -227,10 +240,12 @@ def test_agreement_is_the_least_row_cosine(backbone):
         features[0] = -features[0]
         return features
 
-    assert runtimes.agreement(backbone.model, backbone.model.encode_image,
-                              backbone.image_size) == pytest.approx(1, abs=1e-6)
-    assert runtimes.agreement(backbone.model, flipped_first_row,
-                              backbone.image_size) == pytest.approx(-1, abs=1e-6)
+    pixels = runtimes.check_pixels(backbone.image_size)
+    with torch.inference_mode():
+        reference = backbone.model.encode_image(pixels)
+    assert runtimes.agreement(backbone.model.encode_image, reference,
+                              pixels) == pytest.approx(1, abs=1e-6)
+    assert runtimes.agreement(flipped_first_row, reference, pixels) == pytest.approx(-1, abs=1e-6)
 
 
 def test_unwritable_cache_costs_the_cache_not_the_run(tiny_config, tmp_path, pictures, backbone,

@@ -21,9 +21,10 @@ the build) and reused by every later run. A copy that cannot be loaded or fails 
 removed and built again once. A cache folder that cannot be written costs the cache, not the
 run: the model is then built in a temporary folder.
 
-Guard. Before first use a compiled tower encodes a few fixed inputs and is compared with torch
-row by row: a cosine below ``EXACT_COSINE`` (int8: ``INT8_COSINE``) refuses it with one
-sentence. Store: exact runtimes keep torch's fingerprint, so their embeddings share the
+Guard. Before first use a compiled tower encodes a few fixed inputs (``check_pixels``) and is
+compared row by row with torch's features of them, which torch computes when the copy is built
+and which are kept beside it (so that a run does not pay a cold torch forward pass): a cosine
+below ``EXACT_COSINE`` (int8: ``INT8_COSINE``) refuses it with one sentence. Store: exact runtimes keep torch's fingerprint, so their embeddings share the
 store's keys with torch's: having passed the guard they differ from torch's by no more than
 float rounding, the same kind of difference torch shows between batch sizes and thread counts.
 int8 embeddings differ by more, so the int8 runtime is part of the fingerprint and its
@@ -117,13 +118,14 @@ def compile_image_tower(model: torch.nn.Module, runtime: str, *, fingerprint: st
         with _built(model, runtime, image_size, folder, progress) as (built, fresh):
             try:
                 tower = _load(runtime, built, image_size)
+                reference = torch.from_numpy(np.load(built / "reference.npy"))
             except Exception as exc:  # noqa: BLE001 - any runtime's failure to read the files
                 if not fresh:
                     _discard(folder, f"cannot be loaded: {_first_line(exc)}")
                     continue
                 raise ModelLoadError(f"{runtime} cannot load the image tower it compiled "
                                      f"({_first_line(exc)}); use runtime 'torch'.") from None
-            worst = agreement(model, tower, image_size)
+            worst = agreement(tower, reference, check_pixels(image_size))
         if worst >= threshold:
             log.info("image tower compiled for %s (%s): cosine to torch >= %.7f",
                      runtime, built, worst)
@@ -136,15 +138,19 @@ def compile_image_tower(model: torch.nn.Module, runtime: str, *, fingerprint: st
                              f"runtime 'torch'.")
 
 
-def agreement(model: torch.nn.Module, tower: Callable[[torch.Tensor], torch.Tensor],
-              image_size: int) -> float:
-    """The least cosine, over a few fixed inputs, between ``tower``'s features and torch's."""
+def check_pixels(image_size: int) -> torch.Tensor:
+    """The guard's fixed inputs (R, 3, S, S): seeded standard normal pixels."""
     generator = torch.Generator().manual_seed(0)
-    pixels = torch.randn(_CHECK_ROWS, 3, image_size, image_size, generator=generator)
+    return torch.randn(_CHECK_ROWS, 3, image_size, image_size, generator=generator)
+
+
+def agreement(tower: Callable[[torch.Tensor], torch.Tensor], reference: torch.Tensor,
+              pixels: torch.Tensor) -> float:
+    """The least cosine, over the rows of ``pixels`` (R, 3, S, S), between ``tower``'s
+    features and ``reference`` (R, D), torch's features of them."""
     with torch.inference_mode():
-        reference = model.encode_image(pixels).float()
         features = tower(pixels).float()
-    return float(torch.nn.functional.cosine_similarity(features, reference, dim=1).min())
+    return float(torch.nn.functional.cosine_similarity(features, reference.float(), dim=1).min())
 
 
 # ---------------------------------------------------------------------- building
@@ -208,7 +214,11 @@ class _ImageTower(torch.nn.Module):
 
 
 def _build(model: torch.nn.Module, runtime: str, image_size: int, folder: Path) -> None:
-    """Write ``folder/tower.onnx`` (and its weights beside it) for ``runtime``."""
+    """Write ``folder/tower.onnx`` (and its weights beside it) for ``runtime``, and torch's
+    features of the guard's inputs, ``folder/reference.npy``."""
+    with torch.inference_mode():
+        reference = model.encode_image(check_pixels(image_size)).float().numpy()
+    np.save(folder / "reference.npy", reference)
     for package in ("onnx", "onnxscript"):
         if _version(package) is None:
             raise InputError(f"runtime '{runtime}' needs the {package} package to export the "
