@@ -527,7 +527,8 @@ def test_match_caches_llm_parses_under_its_cache(pairs_file, tiny_config, tmp_pa
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--parser", "rules", "--api-key", "k"], "--api-key is used only with --parser llm."),
+    (["--parser", "rules", "--api-key", "k"],
+     "--api-key is used only with --parser llm or --label-matcher llm."),
     (["--parser", "llm", "--base-url", "http://127.0.0.1:9/v1"],
      "--parser llm needs the LLM's model name: give --llm-model or ZEROSHOT_PLUS_LLM_MODEL"),
 ])

@@ -236,7 +236,7 @@ def _caption_parser(args: argparse.Namespace) -> object:
                                           ("--llm-model", args.llm_model)) if value is not None]
     if args.parser != "llm":
         if given and args.label_matcher != "llm":
-            raise InputError(f"{given[0]} is used only with --parser llm.")
+            raise InputError(f"{given[0]} is used only with --parser llm or --label-matcher llm.")
         return "rules"
     return _llm_client(args, "LLMParser")
 

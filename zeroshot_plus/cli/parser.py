@@ -396,13 +396,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "compatible endpoint; answers cached in DIR/llm with --cache DIR, "
                             "else in ~/.cache/zeroshot_plus/llm)")
     match.add_argument("--base-url", metavar="URL",
-                       help="with --parser llm: OpenAI-compatible endpoint (default: "
+                       help="with --parser llm or --label-matcher llm: OpenAI-compatible endpoint "
+                            "(default: "
                             "$OPENAI_BASE_URL, else OpenAI)")
     match.add_argument("--api-key", metavar="KEY",
-                       help="with --parser llm: API key (default: $OPENAI_API_KEY; a "
+                       help="with --parser llm or --label-matcher llm: API key (default: "
+                            "$OPENAI_API_KEY; a "
                             "--base-url server may need none)")
     match.add_argument("--llm-model", metavar="NAME",
-                       help="with --parser llm: LLM model name (default: "
+                       help="with --parser llm or --label-matcher llm: LLM model name (default: "
                             "$ZEROSHOT_PLUS_LLM_MODEL)")
     match.add_argument("--components", default=",".join(COMPONENTS), metavar="LIST",
                        help="sub-images to add: entities,relations (default); '' = plain CLIP")
