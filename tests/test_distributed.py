@@ -273,3 +273,26 @@ def test_real_linear_pool_from_shards_on_ray_equals_the_pairs_file(ray_runtime, 
     assert captions_ray == captions_local == [f"caption {i} of {p.parent.name}"
                                               for i, p in enumerate(readable)]
     assert np.array_equal(X_ray, X_local)
+
+
+def test_benchmark_embeds_on_ray_with_the_same_records(ray_runtime, small_batches, cifar10_test,
+                                                       tmp_path):
+    from zeroshot_plus.data.datasets import Dataset, dataset_classnames
+    from zeroshot_plus.data.sources import ImageSet
+    from zeroshot_plus.evaluation.benchmark import Benchmark
+
+    classes = ["cat", "ship", "truck"]  # as EuroSAT's first three classes, on CIFAR-10 photos
+    photos = [p for c in classes for p in sorted((cifar10_test / c).glob("*.jpg"))[:3]]
+    names = dataset_classnames("eurosat")[:3]
+    dataset = Dataset("eurosat", names, test=ImageSet(photos, [n for n in names
+                                                                for _ in range(3)]))
+    records = []
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        report = Benchmark(small_batches, datasets=[dataset], methods=["zeroshot"], out=out,
+                           cache=tmp_path / f"store-{engine}", engine=engine, plots=False,
+                           progress=False).run()
+        assert report.images_encoded == len(photos)
+        records.append([json.loads(line) for line in (out / "records.jsonl").read_text()
+                        .splitlines()])
+    assert [r["metrics"] for r in records[0]] == [r["metrics"] for r in records[1]]

@@ -18,6 +18,7 @@ def benchmark(args: argparse.Namespace) -> int:
                        templates=args.templates, descriptors=args.descriptors,
                        real_metrics=args.real_metrics, n_views=args.views,
                        tpt_views=args.tpt_views, on_error="raise" if args.strict else "skip",
+                       engine=args.engine, ray_address=args.ray_address,
                        progress=not args.no_progress)
     with warnings_to_stderr():
         report = runner.run()

@@ -490,6 +490,8 @@ def _benchmark_parser(commands, model: argparse.ArgumentParser) -> None:
                            help="augmented views per support image (default: 10)")
     benchmark.add_argument("--tpt-views", type=_count, default=63, metavar="N",
                            help="TPT's augmented views per test image (default: 63)")
+    _engine_options(benchmark, "ray embeds the test and validation sets on the cluster; "
+                               "support views and TPT's views are encoded here")
 
 
 def _engine_options(parser: argparse.ArgumentParser, note: str) -> None:

@@ -58,6 +58,7 @@ from ..data.fewshot import base_new, few_shot
 from ..data.files import atomic_output
 from ..data.sources import ImageSet
 from ..data.support import augmented_support
+from ..distributed import ENGINES, image_embeddings
 from ..encoders.backbone import Backbone
 from ..encoders.pipeline import EncodeReport
 from ..errors import InputError
@@ -139,6 +140,9 @@ class Benchmark:
     n_views : augmented views per support image (GDA's augment_epoch).
     tpt_views : TPT's augmented views per test image.
     on_error : "skip" (default) leaves unreadable images out and logs them; "raise" stops.
+    engine : what embeds the test and validation sets: "local" (default) or "ray" (a Ray
+        cluster, ``distributed.image_embeddings``); support views and TPT are local.
+    ray_address : with ``engine="ray"``, the cluster to join (default: a local Ray runtime).
     plots : draw the plots (when matplotlib is installed).
     progress : a progress bar over the runs.
     """
@@ -151,6 +155,7 @@ class Benchmark:
                  descriptors: Mapping[str, str | os.PathLike] | None = None,
                  real_metrics: Mapping[str, str | os.PathLike] | None = None,
                  n_views: int = 10, tpt_views: int = 63, on_error: str = "skip",
+                 engine: str = "local", ray_address: str | None = None,
                  plots: bool = True, progress: bool = True):
         self.backbone = backbone
         self.root = root
@@ -167,6 +172,8 @@ class Benchmark:
         self.n_views = n_views
         self.tpt_views = tpt_views
         self.on_error = on_error
+        self.engine = engine
+        self.ray_address = ray_address
         self.plots = plots
         self.progress = progress
 
@@ -252,6 +259,8 @@ class Benchmark:
             raise InputError("no data set to benchmark.")
         if self.on_error not in ("skip", "raise"):
             raise InputError(f"on_error must be 'skip' or 'raise', got '{self.on_error}'.")
+        if self.engine not in ENGINES:
+            raise InputError(f"unknown engine '{self.engine}'; use 'local' or 'ray'.")
         self._loaded: dict[str, Dataset | None] = {  # None: loaded from ``root`` when needed
             d.name if isinstance(d, Dataset) else dataset_spec(d).name:
                 d if isinstance(d, Dataset) else None for d in self.datasets}
@@ -333,9 +342,10 @@ class Benchmark:
             started = time.perf_counter()
             report = EncodeReport()
             found = dict.fromkeys(todo)
-            for positions, vectors in self.backbone.iter_image_embeddings(
-                    ImageSet(todo, source=images.source), cache=self._store,
-                    on_error=self.on_error, report=report):
+            for positions, vectors in image_embeddings(
+                    self.backbone, ImageSet(todo, source=images.source), engine=self.engine,
+                    address=self.ray_address, cache=self._store, on_error=self.on_error,
+                    report=report):
                 found.update(zip((todo[p] for p in positions), vectors))
             self._vectors.update(found)
             self._report.images_encoded += report.n_encoded
