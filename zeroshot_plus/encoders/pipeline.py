@@ -315,12 +315,24 @@ class _ReadAhead:
             self._ahead = submit(0)
             for start in range(0, n_images, size):
                 batch, self._ahead = self._ahead, submit(start + size)
-                # the caller decodes what the thread has not begun (the first batch: all cores)
-                yield [self.dataset[p] if future.cancel() else future.result()
-                       for p, future in batch]
+                yield [future.result() for future in self._help(batch)]
         finally:
             self._ahead = []
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def _help(self, batch: list[tuple[int, Future]]) -> list[Future]:
+        """The batch's futures, after the caller has decoded, from the end of the batch, the
+        images that the thread (working from the start) has not begun."""
+        futures = [future for _, future in batch]
+        for i in reversed(range(len(batch))):
+            if not futures[i].cancel():
+                break
+            futures[i] = Future()
+            try:
+                futures[i].set_result(self.dataset[batch[i][0]])
+            except Exception as exc:  # noqa: BLE001 - raised in input order, by result()
+                futures[i].set_exception(exc)
+        return futures
 
     def settle(self) -> None:
         """Wait until the batch ahead is decoded, so that nothing decodes while the caller's
