@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -148,3 +151,82 @@ def test_decoding_workers_give_the_same_views(tiny_config, paths):
     for a, b in zip(expected, found):
         assert a.keys == b.keys
         torch.testing.assert_close(torch.from_numpy(a.embeddings), torch.from_numpy(b.embeddings))
+
+
+# ---------------------------------------------------------------------- decoding ahead
+
+
+@pytest.fixture(scope="module")
+def pairs(tiny_config):
+    """The tiny backbone encoding two views per forward pass, so that runs yield many passes."""
+    return Backbone(tiny_config, "none", progress=False, batch_size=2)
+
+
+def _decoding_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("zeroshot-plus-decode")]
+
+
+class Uneven(Corners):
+    """Corners whose even images take longer to draw, so that the decoding thread and the
+    caller finish images out of order."""
+
+    def __call__(self, picture, known):
+        if picture.position % 2 == 0:
+            time.sleep(0.02)
+        return super().__call__(picture, known)
+
+
+def test_decoding_ahead_keeps_input_order(pairs, paths):
+    encoded = _encode(pairs, paths, Uneven(pairs, 1), batch_size=3)
+    assert [e.position for e in encoded] == list(range(len(paths)))
+    alone = pairs.encode_images(paths)
+    np.testing.assert_allclose(np.concatenate([e.embeddings for e in encoded]), alone, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch_size", [2, 16])
+def test_unreadable_images_across_batches(pairs, paths, tmp_path, batch_size):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    items = [paths[0], paths[1], paths[2], broken, paths[3], paths[4], broken]
+    report = EncodeReport()
+    encoded = _encode(pairs, items, Corners(pairs, 2), on_error="skip", report=report,
+                      batch_size=batch_size)
+    assert [e.position for e in encoded] == [0, 1, 2, 4, 5]
+    assert [f.name for f in report.failures] == [str(broken)] * 2
+    with pytest.raises(InputError, match="broken.jpg"):
+        _encode(pairs, items, Corners(pairs, 2), batch_size=batch_size)
+    assert _decoding_threads() == []
+
+
+def test_a_consumer_that_stops_early_leaves_no_decoding_thread(pairs, paths):
+    for batch in encode_views(pairs, paths, Corners(pairs, 1), batch_size=2):
+        assert [e.position for e in batch] == [0, 1]
+        assert _decoding_threads() != []  # batch [2, 3] was decoded ahead
+        break
+    assert _decoding_threads() == []
+
+
+def test_an_error_in_decoding_reaches_the_caller(pairs, paths, tmp_path):
+    missing = tmp_path / "generated" / "gone.png"
+
+    class LateCompanion(Corners):
+        def companions(self, image, position):
+            return [missing] if position == 5 else []
+
+    positions = []
+    with pytest.raises(InputError, match="gone.png"):
+        for batch in encode_views(pairs, paths, LateCompanion(pairs, 1), batch_size=2,
+                                  on_error="skip"):
+            positions += [e.position for e in batch]
+    assert positions == [0, 1, 2, 3]  # the batches before the one that failed
+    assert _decoding_threads() == []
+
+
+def test_an_interrupt_while_encoding_stops_the_decoding_thread(pairs, paths, monkeypatch):
+    def interrupt(pixels):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pairs, "encode_pixels", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        _encode(pairs, paths, Corners(pairs, 1), batch_size=2)
+    assert _decoding_threads() == []

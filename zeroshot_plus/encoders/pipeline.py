@@ -5,10 +5,12 @@ draws from each image: the preprocessed image itself (``Preprocessed``, what
 ``Backbone.encode_images`` returns), a support set's augmented views, TPT's views, ComCLIP's
 regions. Decoding, batching, the store and the error policy live here once:
 
-- Decoding: each batch of images is decoded, and its views drawn, when it is asked for, by one
-  thread per core between forward passes (the choice on a CPU, where the encoder already keeps
-  every core busy), or ahead of the encoder by ``backbone.num_workers`` worker processes at a
-  lower priority (the choice for an accelerator). With ``backbone.jpeg_draft`` (off by
+- Decoding: the next batch of images is decoded, and its views drawn, while the current one
+  is encoded: by one background thread (the choice on a CPU, where the encoder already keeps
+  every core busy and one thread keeps well ahead of it), or by ``backbone.num_workers``
+  worker processes at a lower priority (the choice for an accelerator). The look-ahead is one
+  batch, so memory stays flat, and the thread is idle whenever the caller's own code runs
+  between yields. With ``backbone.jpeg_draft`` (off by
   default), the preprocessed image may be decoded from a JPEG's reduced DCT (``draft``); other
   views always need the full picture.
 - Batching: consecutive images form one forward pass until it holds ``backbone.batch_size``
@@ -28,8 +30,8 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Container, Iterator, NamedTuple, Sequence
 
@@ -160,15 +162,18 @@ def encode_views(backbone: Backbone, items: ImageSource, views: ViewMaker, *,
     draft_size = (backbone.image_size if views.draft and backbone.jpeg_draft and needs_model
                   else None)
     dataset = _Decoder(image_set.items, views, contents, frozenset(skip), known, draft_size)
+    reader = _ReadAhead(dataset, batch_size or backbone.batch_size, backbone.num_workers)
     passes = _Passes(backbone, image_set, store, copied, on_error, report)
     show = backbone.progress if progress is None else progress
     # a bar only for real work: a run answered from the store is over at once
-    with tqdm(total=n_images, desc=desc, unit="img", disable=not show or not needs_model) as bar:
-        for batch in _decoded_batches(dataset, batch_size or backbone.batch_size,
-                                      backbone.num_workers):
+    batches = iter(reader)
+    with tqdm(total=n_images, desc=desc, unit="img", disable=not show or not needs_model) as bar, \
+            closing(batches):
+        for batch in batches:
             for item in batch:
                 done = passes.add(item, skip.get(item.position))
                 if done is not None:
+                    reader.settle()  # the caller's code runs with no decoding beside it
                     yield done
             bar.update(len(batch))
         done = passes.flush()
@@ -275,28 +280,72 @@ def _keep_list(batch: list[_Decoded]) -> list[_Decoded]:
     return batch
 
 
-def _decoded_batches(dataset: _Decoder, batch_size: int, num_workers: int
-                     ) -> Iterator[list[_Decoded]]:
-    """Lists of ``_Decoded`` in input order, ``batch_size`` images at a time.
+class _ReadAhead:
+    """Lists of ``_Decoded`` in input order, ``batch_size`` images at a time, decoded ahead of
+    the caller.
 
-    With ``num_workers`` > 0, that many processes decode ahead while the caller encodes. With
-    0, each batch is decoded when it is asked for, by one thread per core (PIL and torch release
-    the GIL): on a CPU a process decoding alongside the encoder slows it by more than the
-    decoding costs.
+    With ``num_workers`` > 0, that many processes decode ahead (DataLoader). With 0, one thread
+    decodes batch k + 1 while the caller encodes batch k (PIL and torch release the GIL); one
+    batch ahead, no more. On a CPU a batch decodes in about 5% of its forward pass, so one
+    thread finishes well ahead of the encoder, whose threads already keep every core busy;
+    more would only compete with them. Images the thread has not begun when their batch is
+    taken (the first batch) are decoded by the caller. A failure in decoding is raised when
+    its batch is taken; closing the iteration cancels the batch ahead and waits for the image
+    in hand.
     """
-    n_images = len(dataset)
-    if num_workers == 0:
-        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-            for start in range(0, n_images, batch_size):
-                yield list(pool.map(dataset.__getitem__,
-                                    range(start, min(start + batch_size, n_images))))
-        return
-    workers = num_workers if n_images - len(dataset.skip) > batch_size else 0
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-        collate_fn=_keep_list, prefetch_factor=4 if workers else None,
-        worker_init_fn=_lower_priority)
-    yield from loader
+
+    threads = 1
+
+    def __init__(self, dataset: _Decoder, batch_size: int, num_workers: int):
+        self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
+        self._ahead: list[tuple[int, Future]] = []
+
+    def __iter__(self) -> Iterator[list[_Decoded]]:
+        if self.num_workers > 0:
+            yield from self._loader()
+            return
+        n_images, size = len(self.dataset), self.batch_size
+        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="zeroshot-plus-decode")
+
+        def submit(start: int) -> list[tuple[int, Future]]:
+            stop = min(start + size, n_images)
+            return [(p, pool.submit(self.dataset.__getitem__, p)) for p in range(start, stop)]
+
+        try:
+            self._ahead = submit(0)
+            for start in range(0, n_images, size):
+                batch, self._ahead = self._ahead, submit(start + size)
+                yield [future.result() for future in self._help(batch)]
+        finally:
+            self._ahead = []
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _help(self, batch: list[tuple[int, Future]]) -> list[Future]:
+        """The batch's futures, after the caller has decoded, from the end of the batch, the
+        images that the thread (working from the start) has not begun."""
+        futures = [future for _, future in batch]
+        for i in reversed(range(len(batch))):
+            if not futures[i].cancel():
+                break
+            futures[i] = Future()
+            try:
+                futures[i].set_result(self.dataset[batch[i][0]])
+            except Exception as exc:  # noqa: BLE001 - raised in input order, by result()
+                futures[i].set_exception(exc)
+        return futures
+
+    def settle(self) -> None:
+        """Wait until the batch ahead is decoded, so that nothing decodes while the caller's
+        own code runs (view makers borrow torch's global generator: ``seeded_torch_rng``)."""
+        wait([future for _, future in self._ahead])
+
+    def _loader(self) -> Iterator[list[_Decoded]]:
+        dataset = self.dataset
+        workers = self.num_workers if len(dataset) - len(dataset.skip) > self.batch_size else 0
+        yield from torch.utils.data.DataLoader(
+            dataset, batch_size=self.batch_size, shuffle=False, num_workers=workers,
+            collate_fn=_keep_list, prefetch_factor=4 if workers else None,
+            worker_init_fn=_lower_priority)
 
 
 # ---------------------------------------------------------------------- encoding
