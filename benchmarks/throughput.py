@@ -15,7 +15,14 @@ ViT-B-32 (random weights, `--pretrained none`) and the 1,000 ImageNet class name
 3. end to end, warm store: the same command again, every embedding read back from the store;
 4. peak memory (max RSS of the command) over 250 and 1,000 images, to show that it stays flat.
 
+With ``--runtime openvino`` (or another ``Backbone(runtime=...)``), both sides run the image
+tower on that runtime: the bare encoder is that runtime's, and the command gets ``--runtime``.
+The tower is compiled once, before the measured runs, into the store the cold runs start from
+(``--cache DIR`` keeps compiled towers in DIR/compiled), so they load it as a user's second run
+does.
+
 Usage: python benchmarks/throughput.py [--images DIR] [--batch-size 64] [--workers N] [--rounds 2]
+                                       [--runtime torch|openvino|onnxruntime|onnxruntime-int8]
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import torch
 
 from measure import run_measured
 from zeroshot_plus import Backbone
+from zeroshot_plus.choices import RUNTIMES
 from zeroshot_plus.data.images import open_image
 from zeroshot_plus.data.sources import read_image_source
 
@@ -64,6 +72,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--runtime", choices=RUNTIMES, default="torch")
     args = parser.parse_args()
     if not args.images.is_dir():
         sys.exit(f"no images at {args.images}; pass --images DIR")
@@ -81,11 +90,14 @@ def main() -> None:
         quarter.write_text("path\n" + "\n".join(str(p) for p in paths[: len(paths) // 4]))
         command = [sys.executable, "-m", "zeroshot_plus.cli", "predict", "--model", args.model,
                    "--pretrained", "none", "--classes", str(classes), "--templates", "photo",
-                   "--batch-size", str(args.batch_size), "--no-progress", "-v"]
+                   "--batch-size", str(args.batch_size), "--runtime", args.runtime,
+                   "--no-progress", "-v"]
         if args.workers is not None:
             command += ["--workers", str(args.workers)]
 
-        backbone = Backbone(args.model, "none", batch_size=args.batch_size, progress=False)
+        backbone = Backbone(args.model, "none", batch_size=args.batch_size, progress=False,
+                            runtime=args.runtime, compiled_dir=tmp / "store" / "compiled")
+        backbone.image_tower  # compiled here, once, into the store the cold runs copy
         pixels = torch.stack([backbone.preprocess(open_image(p)) for p in paths])
 
         # one-off: the 1,000 class prompts, encoded into the store of the measured runs
@@ -118,7 +130,8 @@ def main() -> None:
         rows = np.loadtxt(tmp / "cold.csv", delimiter=",", skiprows=1, dtype=str, usecols=0)
 
     n = len(paths)
-    print(f"zeroshot-plus predict throughput — {args.model}, random weights, {n} photos from "
+    print(f"zeroshot-plus predict throughput — {args.model} (runtime {args.runtime}), random "
+          f"weights, {n} photos from "
           f"{args.images.name}, batch {args.batch_size}, {torch.get_num_threads()} torch threads, "
           f"{os.cpu_count()} cores")
     print(f"(one-off: encoding the 1,000 class prompts took {text_wall:.1f} s including start-up)")
@@ -139,7 +152,7 @@ def main() -> None:
               f"{shares[-1]:.2f} | {warm_wall:.2f} | {speedups[-1]:.1f}x |")
     print()
     print(f"mean over {len(rounds)} rounds: cold store {np.mean(ratios):.2f}x the bare encoder "
-          f"(target 0.85x; spread {min(ratios):.2f}-{max(ratios):.2f}); within each cold run, "
+          f"(goal 0.95x; spread {min(ratios):.2f}-{max(ratios):.2f}); within each cold run, "
           f"the forward passes fill {np.mean(shares):.2f} of the wall time (spread "
           f"{min(shares):.2f}-{max(shares):.2f}), and run at {np.mean(inside):.2f}x the bare "
           f"encoder's rate; warm store {np.mean(speedups):.1f}x faster than cold (target 20x).")
