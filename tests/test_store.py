@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 from PIL import Image
 
 from zeroshot_plus import Backbone, EncodeReport
-from zeroshot_plus.data.store import EmbeddingStore
+from zeroshot_plus.data.store import EmbeddingStore, StoreRoot, open_store
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 
@@ -78,6 +79,26 @@ def test_two_stores_on_one_directory_see_each_others_shards(tmp_path):
     assert first.keys() == second.keys() == {"from-first", "from-second"}
     np.testing.assert_array_equal(second.get(["from-first"]), _unit_rows(1, seed=1))
     np.testing.assert_array_equal(first.get(["from-second"]), _unit_rows(1, seed=2))
+
+
+def test_a_store_root_opens_each_store_once_and_reads_only_new_shards(tmp_path, monkeypatch):
+    root = StoreRoot(tmp_path)
+    first = open_store(root, "fp", "images")
+    first.put(["a"], _unit_rows(1, seed=1))
+    EmbeddingStore(tmp_path, "fp", "images").put(["b"], _unit_rows(1, seed=2))  # another writer
+    loaded = []
+    original = EmbeddingStore._load
+    monkeypatch.setattr(EmbeddingStore, "_load",
+                        lambda self, shard: loaded.append(shard.name) or original(self, shard))
+    again = open_store(root, "fp", "images")
+    assert again is first and again.keys() == {"a", "b"}
+    assert len(loaded) == 1  # only the other writer's shard was read
+    np.testing.assert_array_equal(again.get(["b"]), _unit_rows(1, seed=2))
+    assert open_store(root, "fp", "texts") is not first  # each kind its own store
+    assert os.fspath(root) == str(tmp_path) and Path(root) / "x" == tmp_path / "x"
+    copy = pickle.loads(pickle.dumps(root))
+    assert open_store(copy, "fp", "images") is not first
+    assert open_store(copy, "fp", "images").keys() == {"a", "b"}
 
 
 def test_corrupted_shard_is_set_aside(tmp_path):

@@ -12,7 +12,9 @@ The store is a cache and never fails a run: when a shard cannot be written (no s
 read-only, permission denied, ...) one warning is logged and that store writes nothing more;
 when the store cannot be created, ``open_store`` warns and the caller runs without one.
 Opening a store removes the temporary files of shard writes killed half-way
-(``files.remove_stale_partials``).
+(``files.remove_stale_partials``). A long run that encodes many times into one store (the
+benchmark harness) passes a ``StoreRoot`` wherever a store folder is asked for: each store
+under it is then opened and indexed once, and only new shards are read afterwards.
 """
 
 from __future__ import annotations
@@ -46,9 +48,40 @@ def set_aside(shard: Path, reason: str, cache: str = "embedding cache") -> None:
         pass
 
 
+class StoreRoot(os.PathLike):
+    """A store folder that a run holds open: ``open_store`` on it returns the store it opened
+    the first time, after indexing only the shards written since (``EmbeddingStore.refresh``),
+    instead of opening and indexing the store again. It is a path (``os.fspath``) everywhere
+    else; a copy (``clone``, pickling) starts with no store open."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self._stores: dict[tuple[str, str, bool], EmbeddingStore | None] = {}
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.root)
+
+    def __repr__(self) -> str:
+        return f"StoreRoot('{self.root}')"
+
+    def __getstate__(self) -> dict:
+        return {"root": self.root, "_stores": {}}
+
+    def open(self, fingerprint: str, kind: str, scan: bool) -> EmbeddingStore | None:
+        key = (fingerprint, kind, scan)
+        if key not in self._stores:
+            self._stores[key] = open_store(self.root, fingerprint, kind, scan=scan)
+        elif self._stores[key] is not None and scan:
+            self._stores[key].refresh()
+        return self._stores[key]
+
+
 def open_store(root: str | os.PathLike, fingerprint: str, kind: str, *,
                scan: bool = True) -> EmbeddingStore | None:
-    """The store under ``root``, or None (after one warning) when it cannot be created."""
+    """The store under ``root``, or None (after one warning) when it cannot be created; for a
+    ``StoreRoot``, the one it holds open."""
+    if isinstance(root, StoreRoot):
+        return root.open(fingerprint, kind, scan)
     try:
         return EmbeddingStore(root, fingerprint, kind, scan=scan)
     except InputError as exc:

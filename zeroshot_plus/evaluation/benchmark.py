@@ -57,6 +57,7 @@ from ..data.datasets import Dataset, dataset_spec
 from ..data.fewshot import base_new, few_shot
 from ..data.files import atomic_output
 from ..data.sources import ImageSet
+from ..data.store import StoreRoot
 from ..data.support import augmented_support
 from ..distributed import ENGINES, image_embeddings
 from ..encoders.backbone import Backbone
@@ -188,7 +189,8 @@ class Benchmark:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise InputError(f"cannot create the output folder '{out}': {exc.strerror}.") from None
-        self._store = Path(self.cache) if self.cache is not None else out / "store"
+        # one store object for the run: each encoding call does not index the store again
+        self._store = StoreRoot(self.cache if self.cache is not None else out / "store")
         for name in self._loaded:  # every data set is read before any work: one that is
             self._dataset(name)    # missing stops the run at once
         self._vectors: dict[str, np.ndarray | None] = {}
