@@ -2,8 +2,8 @@
 
 ViT-B-32 with random weights (`--pretrained none`) over real photos from
 ../shared/data/images/imagenet-samples, decoded and preprocessed once into tensors, so that only
-the forward pass is timed. Rows, timed in interleaved rounds (every runtime once per round, so
-that a shared machine's drift hits them all alike), each the median over rounds:
+the forward pass is timed. Rows, timed in interleaved rounds (every runtime once per round, in a shuffled order, so that
+a shared machine's drift hits them all alike), each the median over rounds:
 
 - torch eager (the default runtime) and, measured but not offered, ``torch.compile``;
 - each runtime of ``Backbone(runtime=...)``: openvino, onnxruntime (exact) and
@@ -84,8 +84,10 @@ def main() -> None:
 
     embeddings = {name: encode(tower) for name, tower in towers.items()}  # also warms up
     seconds = {name: [] for name in towers}
-    for _ in range(args.rounds):
-        for name, tower in towers.items():
+    order = np.random.default_rng(0)
+    for _ in range(args.rounds):  # each round in a new order: no row is always first or last
+        for name in order.permutation(list(towers)):
+            tower = towers[name]
             start = time.perf_counter()
             encode(tower)
             seconds[name].append(time.perf_counter() - start)
