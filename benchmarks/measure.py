@@ -1,4 +1,5 @@
-"""Run a command in its own process and measure its wall time and its own peak RSS.
+"""Run a command in its own process and measure its wall time and its own peak RSS; and the
+sample of ImageNet photos the TPT benchmarks share (``imagenet_photos``).
 
 Linux carries a process's peak RSS over fork + exec, so a command started straight from a large
 benchmark process would report that process's peak. A small launcher process forks the command
@@ -9,6 +10,22 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+
+import numpy as np
+
+def imagenet_photos(folder: str | Path, n: int) -> tuple[list, list[str]]:
+    """(n decoded photos drawn with seed 0, every class name) from the ImageNet sample photos in
+    ``folder``, whose file names end with their class name (``n01440764_tench.JPEG``)."""
+    from zeroshot_plus.data.images import open_image
+
+    paths = sorted(Path(folder).glob("*.JPEG"))
+    if not paths:
+        raise SystemExit(f"no .JPEG photos in {folder}")
+    names = [p.stem.split("_", 1)[1].replace("_", " ") for p in paths]
+    chosen = np.random.default_rng(0).choice(paths, n, replace=False)
+    return [open_image(p) for p in chosen], names
+
 
 _LAUNCHER = """
 import os, sys, time

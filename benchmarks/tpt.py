@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 
 from zeroshot_plus import Backbone, TPTClassifier, ZeroShotClassifier
+from measure import imagenet_photos
 from zeroshot_plus.choices import RUNTIMES
-from zeroshot_plus.data.images import open_image
 from zeroshot_plus.data.sources import read_image_source
 from zeroshot_plus.methods.tpt import AugmentedViews, confident_views, marginal_entropy
 
@@ -95,12 +95,7 @@ def reference_loop(backbone: Backbone, clf: TPTClassifier, images: list) -> np.n
 
 def speed(args) -> None:
     torch.manual_seed(0)
-    paths = sorted(Path(args.images).glob("*.JPEG"))
-    if not paths:
-        raise SystemExit(f"no .JPEG photos in {args.images}")
-    all_names = [p.stem.split("_", 1)[1].replace("_", " ") for p in paths]
-    rng = np.random.default_rng(0)
-    images = [open_image(p) for p in rng.choice(paths, args.n_images, replace=False)]
+    images, all_names = imagenet_photos(args.images, args.n_images)
     torch_backbone = Backbone("ViT-B-32", "none", progress=False, num_workers=0)
     torch_backbone.model
     backbone = (torch_backbone if args.runtime == "torch" else

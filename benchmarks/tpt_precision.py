@@ -34,12 +34,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from measure import imagenet_photos
 from zeroshot_plus import Backbone, TPTClassifier
-from zeroshot_plus.data.images import open_image
 from zeroshot_plus.methods.tpt import AugmentedViews, confident_views
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,12 +89,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, nargs="+", default=[10, 100])
     args = parser.parse_args()
     torch.manual_seed(0)
-    paths = sorted(Path(args.images).glob("*.JPEG"))
-    if not paths:
-        raise SystemExit(f"no .JPEG photos in {args.images}")
-    all_names = [p.stem.split("_", 1)[1].replace("_", " ") for p in paths]
-    rng = np.random.default_rng(0)
-    images = [open_image(p) for p in rng.choice(paths, args.n_images, replace=False)]
+    images, all_names = imagenet_photos(args.images, args.n_images)
     precisions = [p for p in PRECISIONS if cpu_autocast_dtype(p) is not None]
     for p in PRECISIONS:
         print(f"CPU autocast to {p}: linear layers give {cpu_autocast_dtype(p) or 'an error'}")

@@ -74,8 +74,9 @@ def _model_options() -> argparse.ArgumentParser:
     group.add_argument("--precision", choices=PRECISIONS,
                        help="fp32, or fp16/bf16 autocast (default: fp32 on CPU, fp16 on CUDA)")
     group.add_argument("--runtime", choices=RUNTIMES,
-                       help="what runs the image tower: torch (default, or as recorded in "
-                            "--classifier); on the CPU in fp32, openvino or onnxruntime (compiled "
+                       help="what runs the image tower: torch (default; a --classifier fitted "
+                            "with onnxruntime-int8 keeps it); on the CPU in fp32, openvino or "
+                            "onnxruntime (compiled "
                             "once into DIR/compiled with --cache DIR, else "
                             "~/.cache/zeroshot_plus/compiled; checked against torch, same "
                             "embeddings within float rounding), or onnxruntime-int8 (faster, not "
@@ -396,13 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "compatible endpoint; answers cached in DIR/llm with --cache DIR, "
                             "else in ~/.cache/zeroshot_plus/llm)")
     match.add_argument("--base-url", metavar="URL",
-                       help="with --parser llm or --label-matcher llm: OpenAI-compatible endpoint "
-                            "(default: "
-                            "$OPENAI_BASE_URL, else OpenAI)")
+                       help="with --parser llm or --label-matcher llm: OpenAI-compatible "
+                            "endpoint (default: $OPENAI_BASE_URL, else OpenAI)")
     match.add_argument("--api-key", metavar="KEY",
                        help="with --parser llm or --label-matcher llm: API key (default: "
-                            "$OPENAI_API_KEY; a "
-                            "--base-url server may need none)")
+                            "$OPENAI_API_KEY; a --base-url server may need none)")
     match.add_argument("--llm-model", metavar="NAME",
                        help="with --parser llm or --label-matcher llm: LLM model name (default: "
                             "$ZEROSHOT_PLUS_LLM_MODEL)")

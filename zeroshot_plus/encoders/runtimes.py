@@ -24,9 +24,11 @@ run: the model is then built in a temporary folder.
 Guard. Before first use a compiled tower encodes a few fixed inputs (``check_pixels``) and is
 compared row by row with torch's features of them, which torch computes when the copy is built
 and which are kept beside it (so that a run does not pay a cold torch forward pass): a cosine
-below ``EXACT_COSINE`` (int8: ``INT8_COSINE``) refuses it with one sentence. Store: exact runtimes keep torch's fingerprint, so their embeddings share the
-store's keys with torch's: having passed the guard they differ from torch's by no more than
-float rounding, the same kind of difference torch shows between batch sizes and thread counts.
+below ``EXACT_COSINE`` (int8: ``INT8_COSINE``) refuses it with one sentence.
+
+Store. Exact runtimes keep torch's fingerprint, so their embeddings share the store's keys with
+torch's: having passed the guard they differ from torch's by no more than float rounding, the
+same kind of difference torch shows between batch sizes and thread counts.
 int8 embeddings differ by more, so the int8 runtime is part of the fingerprint and its
 embeddings are stored apart (``models.fingerprint``).
 """
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -114,7 +117,7 @@ def compile_image_tower(model: torch.nn.Module, runtime: str, *, fingerprint: st
     form = "onnx-int8" if runtime in INEXACT else "onnx"  # the exact runtimes share a copy
     folder = directory / f"{fingerprint}-{form}-{_digest(runtime, image_size)}"
     threshold = INT8_COSINE if runtime in INEXACT else EXACT_COSINE
-    while True:  # at most twice: a cached copy that cannot serve is built again
+    for _ in range(2):  # a cached copy that cannot serve is removed and built again, once
         with _built(model, runtime, image_size, folder, progress) as (built, fresh):
             try:
                 tower = _load(runtime, built, image_size)
@@ -136,6 +139,8 @@ def compile_image_tower(model: torch.nn.Module, runtime: str, *, fingerprint: st
         raise ModelLoadError(f"runtime '{runtime}' encodes images differently from torch "
                              f"(cosine {worst:.6f} < {threshold} on a check image); use "
                              f"runtime 'torch'.")
+    raise ModelLoadError(f"the compiled image tower in '{folder}' cannot serve and cannot be "
+                         f"removed; delete that folder, or use runtime 'torch'.")
 
 
 def check_pixels(image_size: int) -> torch.Tensor:
@@ -223,14 +228,26 @@ def _build(model: torch.nn.Module, runtime: str, image_size: int, folder: Path) 
         if _version(package) is None:
             raise InputError(f"runtime '{runtime}' needs the {package} package to export the "
                              f"image tower: pip install 'zeroshot_plus[{_PACKAGE[runtime]}]'.")
-    target = folder / "tower.onnx"
-    exported = folder / "fp32" / "tower.onnx" if runtime in INEXACT else target
-    exported.parent.mkdir(exist_ok=True)
+    if runtime not in INEXACT:
+        _export(model, runtime, image_size, folder / "tower.onnx")
+        return
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory(dir=folder) as fp32:  # the fp32 export, quantised
+        exported = Path(fp32) / "tower.onnx"
+        _export(model, runtime, image_size, exported)
+        with _quiet():
+            quantize_dynamic(exported, folder / "tower.onnx", weight_type=QuantType.QInt8,
+                             use_external_data_format=True)
+
+
+def _export(model: torch.nn.Module, runtime: str, image_size: int, target: Path) -> None:
+    """The fp32 tower as ONNX at ``target`` (its weights beside it), batch dimension dynamic."""
     example = torch.zeros(2, 3, image_size, image_size)
     batch = torch.export.Dim("batch", min=1, max=65536)
     try:
         with torch.inference_mode(False), torch.no_grad(), _quiet():
-            torch.onnx.export(_ImageTower(model).eval(), (example,), exported, dynamo=True,
+            torch.onnx.export(_ImageTower(model).eval(), (example,), target, dynamo=True,
                               input_names=["pixels"], output_names=["features"],
                               dynamic_shapes=({0: batch},), verbose=False)
     except OSError:
@@ -238,23 +255,12 @@ def _build(model: torch.nn.Module, runtime: str, image_size: int, folder: Path) 
     except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds
         raise ModelLoadError(f"cannot export this model's image tower to ONNX for runtime "
                              f"'{runtime}' ({_first_line(exc)}); use runtime 'torch'.") from None
-    if runtime in INEXACT:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        with _quiet():
-            quantize_dynamic(exported, target, weight_type=QuantType.QInt8,
-                             use_external_data_format=True)
-        for name in os.listdir(exported.parent):
-            os.unlink(exported.parent / name)
-        exported.parent.rmdir()
 
 
 @contextlib.contextmanager
 def _quiet():
     """The exporter and the quantiser print progress on stdout, which holds a command's
     results: send it to the log instead."""
-    import io
-
     captured = io.StringIO()
     with contextlib.redirect_stdout(captured):
         yield
