@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -204,6 +205,15 @@ def test_a_consumer_that_stops_early_leaves_no_decoding_thread(pairs, paths):
         assert _decoding_threads() != []  # batch [2, 3] was decoded ahead
         break
     assert _decoding_threads() == []
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_the_decoding_thread_runs_at_idle_priority(pairs, paths):
+    for _ in encode_views(pairs, paths, Corners(pairs, 1), batch_size=2):
+        (thread,) = _decoding_threads()
+        assert os.sched_getscheduler(thread.native_id) == os.SCHED_IDLE
+        break
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the caller's own thread is untouched
 
 
 def test_an_error_in_decoding_reaches_the_caller(pairs, paths, tmp_path):

@@ -6,8 +6,8 @@ draws from each image: the preprocessed image itself (``Preprocessed``, what
 regions. Decoding, batching, the store and the error policy live here once:
 
 - Decoding: the next batch of images is decoded, and its views drawn, while the current one
-  is encoded: by one background thread (the choice on a CPU, where the encoder already keeps
-  every core busy and one thread keeps well ahead of it), or by ``backbone.num_workers``
+  is encoded: by one background thread at idle priority (the choice on a CPU, where the
+  encoder already keeps every core busy and one thread keeps well ahead of it), or by ``backbone.num_workers``
   worker processes at a lower priority (the choice for an accelerator). The look-ahead is one
   batch, so memory stays flat, and the thread is idle whenever the caller's own code runs
   between yields. With ``backbone.jpeg_draft`` (off by
@@ -276,6 +276,16 @@ def _lower_priority(_worker_id: int) -> None:
         os.nice(10)
 
 
+def _idle_priority() -> None:
+    """The decoding thread runs only on cores that nothing else wants (Linux's SCHED_IDLE
+    class), so that it fills the gaps the encoder's threads leave and never preempts them."""
+    if hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # this thread only
+        except OSError:
+            pass
+
+
 def _keep_list(batch: list[_Decoded]) -> list[_Decoded]:
     return batch
 
@@ -286,12 +296,14 @@ class _ReadAhead:
 
     With ``num_workers`` > 0, that many processes decode ahead (DataLoader). With 0, one thread
     decodes batch k + 1 while the caller encodes batch k (PIL and torch release the GIL); one
-    batch ahead, no more. On a CPU a batch decodes in about 5% of its forward pass, so one
-    thread finishes well ahead of the encoder, whose threads already keep every core busy;
-    more would only compete with them. Images the thread has not begun when their batch is
-    taken (the first batch) are decoded by the caller. A failure in decoding is raised when
-    its batch is taken; closing the iteration cancels the batch ahead and waits for the image
-    in hand.
+    batch ahead, no more. On a CPU a batch decodes in about 5% of its forward pass, and the
+    encoder's threads already keep every core busy, so the thread runs at idle priority: it
+    decodes in the moments the encoder leaves a core free instead of preempting one of its
+    threads, which would stall the others at their next synchronisation (README,
+    "Throughput"). Images the thread has not begun when their batch is taken (the first batch,
+    or all of them on a machine busy with other work) are decoded by the caller. A failure in
+    decoding is raised when its batch is taken; closing the iteration cancels the batch ahead
+    and waits for the image in hand.
     """
 
     threads = 1
@@ -305,7 +317,8 @@ class _ReadAhead:
             yield from self._loader()
             return
         n_images, size = len(self.dataset), self.batch_size
-        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="zeroshot-plus-decode")
+        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="zeroshot-plus-decode",
+                                  initializer=_idle_priority)
 
         def submit(start: int) -> list[tuple[int, Future]]:
             stop = min(start + size, n_images)
