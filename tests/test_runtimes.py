@@ -174,6 +174,36 @@ def test_compiled_once_and_reused(tiny_config, tmp_path, pictures):
     assert third.image_tower.folder == built and len(list(tmp_path.iterdir())) == 1
 
 
+@pytest.mark.parametrize("runtime", EXACT)
+def test_a_cached_copy_serves_images_without_the_torch_model(runtime, tiny_config, tmp_path,
+                                                             pictures, backbone):
+    """A copy read from the cache carries the preprocessing settings and the guard's reference
+    features: images are preprocessed, encoded and checked without building the torch model,
+    with the same preprocessing as open_clip's own transform for the model."""
+    _needs(runtime)
+    _backbone(tiny_config, runtime, tmp_path).image_tower  # built (with the torch model)
+    cached = _backbone(tiny_config, runtime, tmp_path)
+    embeddings = cached.encode_images(pictures)
+    assert cached._model is None
+    assert cached.image_size == backbone.image_size and cached.embed_dim == backbone.embed_dim
+    for picture in pictures[:3]:
+        assert torch.equal(cached.preprocess(picture), backbone.preprocess(picture))
+    np.testing.assert_allclose(embeddings, backbone.encode_images(pictures), atol=1e-4)
+    assert cached._model is None
+    # texts still need the torch model: it is built then, and encodes as torch does
+    np.testing.assert_array_equal(cached.encode_texts(["a cat"]), backbone.encode_texts(["a cat"]))
+
+
+def test_a_copy_without_its_preprocessing_settings_is_rebuilt(tiny_config, tmp_path, caplog):
+    _needs("onnxruntime")
+    _backbone(tiny_config, "onnxruntime", tmp_path).image_tower
+    built, = tmp_path.iterdir()
+    (built / "preprocess.json").unlink()
+    with caplog.at_level(logging.WARNING):
+        _backbone(tiny_config, "onnxruntime", tmp_path).image_tower
+    assert "is damaged" in caplog.text and (built / "preprocess.json").is_file()
+
+
 def test_damaged_copy_is_rebuilt(tiny_config, tmp_path, pictures, backbone, caplog):
     _needs("onnxruntime")
     _backbone(tiny_config, "onnxruntime", tmp_path).image_tower

@@ -425,7 +425,7 @@ class _Encoder:
         if threads:
             torch.set_num_threads(threads)
         backbone.device = torch.device("cuda" if gpu else "cpu")
-        backbone.model  # loaded before the first pass, out of its timing
+        backbone.image_tower  # loaded before the first pass, out of its timing
         self.backbone = backbone
         self.store = (open_store(cache, backbone.fingerprint, "images", scan=False)
                       if cache is not None else None)

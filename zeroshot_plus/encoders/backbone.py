@@ -172,12 +172,14 @@ class Backbone:
     def image_tower(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """The image tower under ``runtime``: pixels (B, 3, S, S) -> features (B, D), not
         normalised; a compiled one is built (or read from ``compiled_dir``) and checked
-        against torch on first use."""
+        against torch on first use. A compiled copy read from ``compiled_dir`` carries the
+        preprocessing settings and torch's features of the guard's inputs, so the torch
+        model is then not built unless texts need encoding."""
         if self._image_tower is None:
             self._image_tower = (self.model.encode_image if self.runtime == "torch" else
                                  runtimes.compile_image_tower(
-                                     self.model, self.runtime, fingerprint=self.fingerprint,
-                                     image_size=self.image_size, directory=self.compiled_dir,
+                                     lambda: self.model, self.runtime,
+                                     fingerprint=self.fingerprint, directory=self.compiled_dir,
                                      progress=self.progress))
         return self._image_tower
 
@@ -185,7 +187,10 @@ class Backbone:
     def preprocess(self):
         """open_clip's evaluation transform: PIL image -> (3, H, W) tensor."""
         if self._preprocess is None:
-            self._load()
+            if self.runtime == "torch":
+                self._load()
+            else:
+                self._preprocess = models.image_transform(self.image_tower.preprocess_config)
         return self._preprocess
 
     @property
@@ -210,10 +215,14 @@ class Backbone:
     @property
     def image_size(self) -> int:
         """Side of the square the preprocessing crops to."""
-        return models.image_size(self.model)
+        return models.image_size(models.preprocess_config(self.model) if self.runtime == "torch"
+                                 else self.image_tower.preprocess_config)
 
     @property
     def embed_dim(self) -> int:
+        """Dimension of the joint embedding space (the image and text features)."""
+        if self._model is None and isinstance(self._image_tower, runtimes.CompiledTower):
+            return self._image_tower.dim  # without building the torch model
         return int(self.encode_texts(["a"], progress=False).shape[1])
 
     def _load(self) -> None:

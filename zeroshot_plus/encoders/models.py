@@ -105,11 +105,26 @@ def is_clip_tokenizer(tokenizer: Callable) -> bool:
     return isinstance(tokenizer, SimpleTokenizer)
 
 
-def image_size(model: torch.nn.Module) -> int:
-    """Side of the square the model's preprocessing crops to."""
+def preprocess_config(model: torch.nn.Module) -> dict:
+    """open_clip's preprocessing settings of a built model (size, mean, std, interpolation,
+    resize mode, fill colour), in JSON's types."""
     import open_clip
 
-    size = open_clip.get_model_preprocess_cfg(model)["size"]
+    return json.loads(json.dumps(dict(open_clip.get_model_preprocess_cfg(model))))
+
+
+def image_transform(config: dict) -> Callable:
+    """open_clip's evaluation transform for ``preprocess_config``'s settings: the one
+    ``create_model_and_transforms`` returns for the model, built without the model."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    settings = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+    return image_transform_v2(PreprocessCfg(**settings), is_train=False)
+
+
+def image_size(config: dict) -> int:
+    """Side of the square that ``preprocess_config``'s settings crop to."""
+    size = config["size"]
     return int(size if isinstance(size, int) else min(size))
 
 

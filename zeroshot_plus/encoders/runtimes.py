@@ -14,9 +14,11 @@ Every image the library encodes, whatever the method, reaches the image tower th
 
 Cache. A compiled model lives in ``directory / <fingerprint>-<form>-<digest>``, where the
 form is "onnx" (read by both exact runtimes) or "onnx-int8"; the digest
-covers what the files depend on besides the weights (the exporter's and, for int8, the
-quantiser's versions, and the input shape), so a new version builds a new copy, never reads a
-stale one. A copy is built by ``files.atomic_directory`` (all its files or none, whatever kills
+covers what the files depend on besides the model and weights (the exporter's and, for int8,
+the quantiser's versions), so a new version builds a new copy, never reads a stale one. Beside
+the tower, a copy keeps open_clip's preprocessing settings for the model
+(``preprocess.json``), so that a run that reads it, and finds its texts in the store, never
+builds the torch model. A copy is built by ``files.atomic_directory`` (all its files or none, whatever kills
 the build) and reused by every later run. A copy that cannot be loaded or fails the guard is
 removed and built again once. A cache folder that cannot be written costs the cache, not the
 run: the model is then built in a temporary folder.
@@ -56,6 +58,7 @@ from tqdm.auto import tqdm
 from ..choices import INEXACT_RUNTIMES as INEXACT, RUNTIMES
 from ..data.files import atomic_directory, os_error_cause
 from ..errors import InputError, ModelLoadError
+from . import models
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +98,12 @@ class CompiledTower:
     """A compiled image tower: pixels (B, 3, S, S) float32 -> features (B, D) float32, as
     ``model.encode_image`` returns them (not normalised)."""
 
-    def __init__(self, runtime: str, run: Callable[[np.ndarray], np.ndarray], folder: Path):
+    def __init__(self, runtime: str, run: Callable[[np.ndarray], np.ndarray], folder: Path,
+                 preprocess_config: dict, dim: int):
         self.runtime = runtime
         self.folder = folder  # where its files are (gone if it was built in a temporary folder)
+        self.preprocess_config = preprocess_config  # open_clip's, for ``models.image_transform``
+        self.dim = dim  # D
         self._run = run
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -108,20 +114,23 @@ class CompiledTower:
         return f"CompiledTower('{self.runtime}', '{self.folder}')"
 
 
-def compile_image_tower(model: torch.nn.Module, runtime: str, *, fingerprint: str,
-                        image_size: int, directory: Path, progress: bool = False
+def compile_image_tower(build_model: Callable[[], torch.nn.Module], runtime: str, *,
+                        fingerprint: str, directory: Path, progress: bool = False
                         ) -> CompiledTower:
-    """The image tower of ``model`` compiled for ``runtime``, built or read from ``directory``
-    and checked against torch (the module's docstring); ModelLoadError, one sentence, when it
-    cannot be built or disagrees with torch. ``progress``: say so on stderr while building."""
+    """The image tower of the model ``fingerprint`` names, compiled for ``runtime``: read from
+    ``directory``, or built there from ``build_model()`` (called only then), and checked
+    against torch (the module's docstring); ModelLoadError, one sentence, when it cannot be
+    built or disagrees with torch. ``progress``: say so on stderr while building."""
     form = "onnx-int8" if runtime in INEXACT else "onnx"  # the exact runtimes share a copy
-    folder = directory / f"{fingerprint}-{form}-{_digest(runtime, image_size)}"
+    folder = directory / f"{fingerprint}-{form}-{_digest(runtime)}"
     threshold = INT8_COSINE if runtime in INEXACT else EXACT_COSINE
     for _ in range(2):  # a cached copy that cannot serve is removed and built again, once
-        with _built(model, runtime, image_size, folder, progress) as (built, fresh):
+        with _built(build_model, runtime, folder, progress) as (built, fresh):
             try:
-                tower = _load(runtime, built, image_size)
+                config = json.loads((built / "preprocess.json").read_text())
+                image_size = models.image_size(config)
                 reference = torch.from_numpy(np.load(built / "reference.npy"))
+                tower = _load(runtime, built, config, reference.shape[1])
             except Exception as exc:  # noqa: BLE001 - any runtime's failure to read the files
                 if not fresh:
                     _discard(folder, f"cannot be loaded: {_first_line(exc)}")
@@ -161,10 +170,11 @@ def agreement(tower: Callable[[torch.Tensor], torch.Tensor], reference: torch.Te
 # ---------------------------------------------------------------------- building
 
 
-def _digest(runtime: str, image_size: int) -> str:
-    """What a compiled copy depends on besides the weights (they are in the fingerprint)."""
+def _digest(runtime: str) -> str:
+    """What a compiled copy depends on besides the model and its weights (the fingerprint
+    names them, and with them the input shape): its layout and the versions that wrote it."""
     packages = ["torch", "onnx", "onnxscript"] + (["onnxruntime"] if runtime in INEXACT else [])
-    identity = {"input": [3, image_size, image_size], "batch": "dynamic",
+    identity = {"batch": "dynamic", "files": ["tower.onnx", "reference.npy", "preprocess.json"],
                 "versions": {p: _version(p) for p in packages}}
     return hashlib.blake2b(json.dumps(identity, sort_keys=True).encode(),
                            digest_size=6).hexdigest()
@@ -178,25 +188,26 @@ def _version(package: str) -> str | None:
 
 
 @contextlib.contextmanager
-def _built(model: torch.nn.Module, runtime: str, image_size: int, folder: Path,
+def _built(build_model: Callable[[], torch.nn.Module], runtime: str, folder: Path,
            progress: bool) -> Iterator[tuple[Path, bool]]:
     """(the folder holding the compiled files, whether they were built now): ``folder``,
-    built there first if missing, or a temporary folder, removed afterwards, when ``folder``
-    cannot be written."""
+    built there first from ``build_model()`` if missing, or a temporary folder, removed
+    afterwards, when ``folder`` cannot be written."""
     if (folder / "tower.onnx").is_file():
         yield folder, False
         return
+    model = build_model()
     log.info("compiling the image tower for %s into %s (once)", runtime, folder)
     with tqdm(total=1, desc=f"compiling the image tower for {runtime} (once)",
               disable=not progress, bar_format="{desc}: {elapsed}") as bar:
         try:
             with atomic_directory(folder) as building:
-                _build(model, runtime, image_size, building)
+                _build(model, runtime, building)
         except OSError as exc:
             log.warning("compiled model cache '%s' cannot be written (%s); the image tower "
                         "is compiled for this run only", folder.parent, os_error_cause(exc))
             temporary = tempfile.TemporaryDirectory(prefix="zeroshot_plus-compiled-")
-            _build(model, runtime, image_size, Path(temporary.name))
+            _build(model, runtime, Path(temporary.name))
         else:
             temporary = None
         bar.update()
@@ -218,9 +229,13 @@ class _ImageTower(torch.nn.Module):
         return self.model.encode_image(pixels)
 
 
-def _build(model: torch.nn.Module, runtime: str, image_size: int, folder: Path) -> None:
-    """Write ``folder/tower.onnx`` (and its weights beside it) for ``runtime``, and torch's
-    features of the guard's inputs, ``folder/reference.npy``."""
+def _build(model: torch.nn.Module, runtime: str, folder: Path) -> None:
+    """Write ``folder/tower.onnx`` (and its weights beside it) for ``runtime``, torch's
+    features of the guard's inputs, ``folder/reference.npy``, and open_clip's preprocessing
+    settings for the model, ``folder/preprocess.json``."""
+    config = models.preprocess_config(model)
+    (folder / "preprocess.json").write_text(json.dumps(config))
+    image_size = models.image_size(config)
     with torch.inference_mode():
         reference = model.encode_image(check_pixels(image_size)).float().numpy()
     np.save(folder / "reference.npy", reference)
@@ -271,11 +286,12 @@ def _quiet():
 # ---------------------------------------------------------------------- loading
 
 
-def _load(runtime: str, folder: Path, image_size: int) -> CompiledTower:
+def _load(runtime: str, folder: Path, config: dict, dim: int) -> CompiledTower:
     path = folder / "tower.onnx"
     threads = torch.get_num_threads()
     if runtime == "openvino":
-        return CompiledTower(runtime, _OpenVINO(path, threads, image_size), folder)
+        run = _OpenVINO(path, threads, models.image_size(config))
+        return CompiledTower(runtime, run, folder, config, dim)
     ort = import_module("onnxruntime")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -287,7 +303,7 @@ def _load(runtime: str, folder: Path, image_size: int) -> CompiledTower:
     def run(pixels: np.ndarray) -> np.ndarray:
         return session.run(None, {"pixels": pixels})[0]
 
-    return CompiledTower(runtime, run, folder)
+    return CompiledTower(runtime, run, folder, config, dim)
 
 
 class _OpenVINO:
