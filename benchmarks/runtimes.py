@@ -9,8 +9,7 @@ a shared machine's drift hits them all alike), each the median over rounds:
 - each runtime of ``Backbone(runtime=...)``: openvino, onnxruntime (exact) and
   onnxruntime-int8 (opt-in);
 - with ``--tuning``, the thread settings the library does not use, to show why: ONNX Runtime
-  with 2 inter-op threads in parallel mode, OpenVINO with the THROUGHPUT hint, OpenVINO's
-  dynamic-batch model alone.
+  with 2 inter-op threads in parallel mode, OpenVINO with the THROUGHPUT hint.
 
 For each row: images per second, ratio to eager torch, least cosine of its embeddings to
 eager torch's over all photos, and (int8) top-1 agreement with eager torch when the photos
@@ -128,8 +127,6 @@ def _untaken_settings(onnx_file: Path, image_size: int) -> dict:
     session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
     core = ov.Core()
     model = core.read_model(str(onnx_file))
-    latency = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY",
-                                                "INFERENCE_PRECISION_HINT": "f32"})
     throughput = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT",
                                                    "INFERENCE_PRECISION_HINT": "f32"})
 
@@ -147,8 +144,7 @@ def _untaken_settings(onnx_file: Path, image_size: int) -> dict:
 
     return {"onnxruntime, 2 inter-op threads, parallel": wrap(
                 lambda x: session.run(None, {"pixels": x})[0]),
-            "openvino, THROUGHPUT hint": wrap(queued),
-            "openvino, dynamic batch only": wrap(lambda x: latency({0: x})[0].copy())}
+            "openvino, THROUGHPUT hint": wrap(queued)}
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def test_runtime_embeddings_agree_with_torch(runtime, tiny_config, compiled_dir,
     else:  # int8: close, not exact
         assert cosines.min() >= 0.99 and np.abs(ours - reference).max() > 1e-6
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1, atol=1e-5)
-    # batch sizes that differ from one pass to the next (OpenVINO compiles recurring ones)
+    # batch sizes that differ from one pass to the next
     again = np.concatenate([compiled.encode_pixels(torch.stack(
         [compiled.preprocess(p) for p in pictures[i:j]])) for i, j in ((0, 3), (3, 6), (6, 10))])
     if runtime in EXACT:
