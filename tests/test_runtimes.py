@@ -3,6 +3,7 @@ the on-disk cache (built once, reused, rebuilt when damaged, atomic), the guard,
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -202,6 +203,25 @@ def test_a_copy_without_its_preprocessing_settings_is_rebuilt(tiny_config, tmp_p
     with caplog.at_level(logging.WARNING):
         _backbone(tiny_config, "onnxruntime", tmp_path).image_tower
     assert "is damaged" in caplog.text and (built / "preprocess.json").is_file()
+
+
+def test_tampered_preprocessing_settings_fail_the_guard_and_are_rebuilt(tiny_config, tmp_path,
+                                                                        pictures, backbone,
+                                                                        caplog):
+    """The guard also encodes a fixed picture through the copy's preprocessing settings, so
+    settings that are not the model's are caught, not used for every image."""
+    _needs("onnxruntime")
+    _backbone(tiny_config, "onnxruntime", tmp_path).image_tower
+    built, = tmp_path.iterdir()
+    settings = json.loads((built / "preprocess.json").read_text())
+    (built / "preprocess.json").write_text(json.dumps({**settings, "mean": [0.5, 0.5, 0.5],
+                                                       "std": [0.5, 0.5, 0.5]}))
+    with caplog.at_level(logging.WARNING):
+        cached = _backbone(tiny_config, "onnxruntime", tmp_path)
+        embeddings = cached.encode_images(pictures[:3])
+    assert "disagrees with torch" in caplog.text
+    assert json.loads((built / "preprocess.json").read_text()) == settings
+    np.testing.assert_allclose(embeddings, backbone.encode_images(pictures[:3]), atol=1e-4)
 
 
 def test_damaged_copy_is_rebuilt(tiny_config, tmp_path, pictures, backbone, caplog):

@@ -22,7 +22,8 @@ the build) and reused by every later run. A copy that cannot be loaded or fails 
 removed and built again once. A cache folder that cannot be written costs the cache, not the
 run: the model is then built in a temporary folder.
 
-Guard. Before first use a compiled tower encodes a few fixed inputs (``check_pixels``) and is
+Guard. Before first use a compiled tower encodes a few fixed inputs (``check_inputs``: random
+pixels, and a fixed picture through the copy's preprocessing settings) and is
 compared row by row with torch's features of them, which torch computes when the copy is built
 and which are kept beside it (so that a run does not pay a cold torch forward pass): a cosine
 below ``EXACT_COSINE`` (int8: ``INT8_COSINE``) refuses it with one sentence.
@@ -51,6 +52,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from ..choices import INEXACT_RUNTIMES as INEXACT, RUNTIMES
@@ -125,16 +127,15 @@ def compile_image_tower(build_model: Callable[[], torch.nn.Module], runtime: str
         with _built(build_model, runtime, folder, progress) as (built, fresh):
             try:
                 config = json.loads((built / "preprocess.json").read_text())
-                image_size = models.image_size(config)
                 reference = torch.from_numpy(np.load(built / "reference.npy"))
                 tower = _load(runtime, built, config, reference.shape[1])
+                worst = agreement(tower, reference, check_inputs(config))
             except Exception as exc:  # noqa: BLE001 - any runtime's failure to read the files
                 if not fresh:
                     _discard(folder, f"cannot be loaded: {_first_line(exc)}")
                     continue
                 raise ModelLoadError(f"{runtime} cannot load the image tower it compiled "
                                      f"({_first_line(exc)}); use runtime 'torch'.") from None
-            worst = agreement(tower, reference, check_pixels(image_size))
         if worst >= threshold:
             log.info("image tower compiled for %s (%s): cosine to torch >= %.7f",
                      runtime, built, worst)
@@ -150,9 +151,18 @@ def compile_image_tower(build_model: Callable[[], torch.nn.Module], runtime: str
 
 
 def check_pixels(image_size: int) -> torch.Tensor:
-    """The guard's fixed inputs (R, 3, S, S): seeded standard normal pixels."""
+    """The guard's fixed tower inputs (R, 3, S, S): seeded standard normal pixels."""
     generator = torch.Generator().manual_seed(0)
     return torch.randn(_CHECK_ROWS, 3, image_size, image_size, generator=generator)
+
+
+def check_inputs(config: dict) -> torch.Tensor:
+    """What the guard encodes (R + 1, 3, S, S): ``check_pixels``, and a fixed picture
+    preprocessed with ``config`` (open_clip's settings), so that preprocessing settings that
+    are not the model's fail the guard as a wrong tower does."""
+    picture = np.random.default_rng(0).integers(0, 256, (56, 40, 3), dtype=np.uint8)
+    preprocessed = models.image_transform(config)(Image.fromarray(picture))
+    return torch.cat([check_pixels(models.image_size(config)), preprocessed[None]])
 
 
 def agreement(tower: Callable[[torch.Tensor], torch.Tensor], reference: torch.Tensor,
@@ -172,6 +182,7 @@ def _digest(runtime: str) -> str:
     names them, and with them the input shape): its layout and the versions that wrote it."""
     packages = ["torch", "onnx", "onnxscript"] + (["onnxruntime"] if runtime in INEXACT else [])
     identity = {"batch": "dynamic", "files": ["tower.onnx", "reference.npy", "preprocess.json"],
+                "reference": "check_inputs",
                 "versions": {p: _version(p) for p in packages}}
     return hashlib.blake2b(json.dumps(identity, sort_keys=True).encode(),
                            digest_size=6).hexdigest()
@@ -234,7 +245,7 @@ def _build(model: torch.nn.Module, runtime: str, folder: Path) -> None:
     (folder / "preprocess.json").write_text(json.dumps(config))
     image_size = models.image_size(config)
     with torch.inference_mode():
-        reference = model.encode_image(check_pixels(image_size)).float().numpy()
+        reference = model.encode_image(check_inputs(config)).float().numpy()
     np.save(folder / "reference.npy", reference)
     for package in ("onnx", "onnxscript"):
         if _version(package) is None:
