@@ -249,6 +249,18 @@ def test_tampered_reference_fails_the_guard_and_is_rebuilt(tiny_config, tmp_path
     np.testing.assert_array_equal(np.load(built / "reference.npy"), reference)
 
 
+def test_a_reference_of_the_wrong_shape_counts_as_damaged(tiny_config, tmp_path, caplog):
+    _needs("onnxruntime")
+    _backbone(tiny_config, "onnxruntime", tmp_path).image_tower
+    built, = tmp_path.iterdir()
+    reference = np.load(built / "reference.npy")
+    np.save(built / "reference.npy", reference[:2])
+    with caplog.at_level(logging.WARNING):
+        _backbone(tiny_config, "onnxruntime", tmp_path).image_tower
+    assert "is damaged" in caplog.text and "cannot be loaded" in caplog.text
+    np.testing.assert_array_equal(np.load(built / "reference.npy"), reference)
+
+
 def test_copy_of_other_weights_fails_the_guard_and_is_rebuilt(tiny_config, tmp_path, pictures,
                                                               backbone, caplog):
     """A cached copy that loads but computes something else (tampered weights) is caught by
