@@ -41,9 +41,9 @@ class Backbone:
     device : "cpu", "cuda", "cuda:1", ...; default: CUDA when available, else CPU.
     precision : "fp32", "fp16" or "bf16" (autocast); default: fp32 on CPU, fp16 on CUDA.
     batch_size : images or texts per forward pass.
-    num_workers : image-decoding processes that run ahead of the encoder; 0 decodes each batch
-        in this process with one thread per core. Default: 0 on CPU, where the encoder already
-        uses every core, 4 on CUDA.
+    num_workers : image-decoding processes that run ahead of the encoder; 0 decodes in this
+        process, one thread at idle priority a batch ahead. Default: 0 on CPU, where the
+        encoder already uses every core, 4 on CUDA.
     progress : show progress bars on stderr.
     download_dir : where open_clip keeps downloaded weights (its default when None).
     jpeg_draft : decode large JPEGs (short side at least twice the encoder's input) at a
