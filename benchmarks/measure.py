@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+
 def imagenet_photos(folder: str | Path, n: int) -> tuple[list, list[str]]:
     """(n decoded photos drawn with seed 0, every class name) from the ImageNet sample photos in
     ``folder``, whose file names end with their class name (``n01440764_tench.JPEG``)."""

@@ -43,8 +43,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zeroshot_plus import Backbone, TPTClassifier, ZeroShotClassifier
 from measure import imagenet_photos
+from zeroshot_plus import Backbone, TPTClassifier, ZeroShotClassifier
 from zeroshot_plus.choices import RUNTIMES
 from zeroshot_plus.data.sources import read_image_source
 from zeroshot_plus.methods.tpt import AugmentedViews, confident_views, marginal_entropy

@@ -84,8 +84,8 @@ def _model_options() -> argparse.ArgumentParser:
     group.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
     group.add_argument("--workers", type=int,
                        help="image-decoding processes that run ahead of the encoder; 0 decodes "
-                            "in this process, one idle-priority thread a batch ahead (default: 0 on CPU, "
-                            "4 on CUDA)")
+                            "in this process, one idle-priority thread a batch ahead (default: 0 "
+                            "on CPU, 4 on CUDA)")
     group.add_argument("--jpeg-draft", action="store_true",
                        help="decode large JPEGs at a reduced size (PIL draft mode): faster, but "
                             "embeddings differ slightly from open_clip's preprocessing "

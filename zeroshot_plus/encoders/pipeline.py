@@ -7,8 +7,8 @@ regions. Decoding, batching, the store and the error policy live here once:
 
 - Decoding: the next batch of images is decoded, and its views drawn, while the current one
   is encoded: by one background thread at idle priority (the choice on a CPU, where the
-  encoder already keeps every core busy and one thread keeps well ahead of it), or by ``backbone.num_workers``
-  worker processes at a lower priority (the choice for an accelerator). The look-ahead is one
+  encoder already keeps every core busy and one thread keeps well ahead of it), or by
+  ``backbone.num_workers`` worker processes at a lower priority (the choice for an accelerator). The look-ahead is one
   batch, so memory stays flat, and the thread is idle whenever the caller's own code runs
   between yields. With ``backbone.jpeg_draft`` (off by
   default), the preprocessed image may be decoded from a JPEG's reduced DCT (``draft``); other
@@ -31,7 +31,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Container, Iterator, NamedTuple, Sequence
 
@@ -280,10 +280,8 @@ def _idle_priority() -> None:
     """The decoding thread runs only on cores that nothing else wants (Linux's SCHED_IDLE
     class), so that it fills the gaps the encoder's threads leave and never preempts them."""
     if hasattr(os, "SCHED_IDLE"):
-        try:
+        with suppress(OSError):
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # this thread only
-        except OSError:
-            pass
 
 
 def _keep_list(batch: list[_Decoded]) -> list[_Decoded]:
@@ -306,8 +304,6 @@ class _ReadAhead:
     and waits for the image in hand.
     """
 
-    threads = 1
-
     def __init__(self, dataset: _Decoder, batch_size: int, num_workers: int):
         self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
         self._ahead: list[tuple[int, Future]] = []
@@ -317,7 +313,7 @@ class _ReadAhead:
             yield from self._loader()
             return
         n_images, size = len(self.dataset), self.batch_size
-        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="zeroshot-plus-decode",
+        pool = ThreadPoolExecutor(1, thread_name_prefix="zeroshot-plus-decode",
                                   initializer=_idle_priority)
 
         def submit(start: int) -> list[tuple[int, Future]]:

@@ -17,8 +17,8 @@ covers what the files depend on besides the model and weights (the exporter's an
 the quantiser's versions), so a new version builds a new copy, never reads a stale one. Beside
 the tower, a copy keeps open_clip's preprocessing settings for the model
 (``preprocess.json``), so that a run that reads it, and finds its texts in the store, never
-builds the torch model. A copy is built by ``files.atomic_directory`` (all its files or none, whatever kills
-the build) and reused by every later run. A copy that cannot be loaded or fails the guard is
+builds the torch model. A copy is built by ``files.atomic_directory`` (all its files or none,
+whatever kills the build) and reused by every later run. A copy that cannot be loaded or fails the guard is
 removed and built again once. A cache folder that cannot be written costs the cache, not the
 run: the model is then built in a temporary folder.
 
@@ -314,9 +314,9 @@ def _load(runtime: str, folder: Path, config: dict, dim: int) -> CompiledTower:
 
 
 def _openvino(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
-    """The ONNX tower compiled by OpenVINO for the CPU in fp32, batch dynamic. (Models
-    compiled for a fixed batch ran no faster here: 18.5 against 18.4-18.6 images/s at batch
-    64 for ViT-B-32; each cost 0.6 s to compile and a copy of the weights.)"""
+    """The ONNX tower compiled by OpenVINO for the CPU in fp32, batch dynamic. (A model
+    compiled for a fixed batch of 64 ran no faster for ViT-B-32 here, and cost 0.6 s to compile
+    and a copy of the weights; README, "Thread settings".)"""
     ov = import_module("openvino")
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
               "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1}
