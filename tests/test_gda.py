@@ -213,6 +213,35 @@ def test_classes_without_support_are_predicted_from_synthesised_statistics():
     assert np.mean(predicted[seen] == y[seen]) > 0.9
 
 
+def test_base_to_new_alpha_is_chosen_among_the_classes_with_support_or_validation_rows():
+    # METHODS.md 1.3: the reference picks alpha on the base validation set with the base head
+    X, y, text = clusters(n_classes=6, shots=20, dim=24, spread=1.0, seed=4, text_noise=0.8)
+    text[4] = unit(text[0:1] + 0.3 * text[4:5])[0]  # an unseen class whose text resembles 0's
+    base, train = y < 4, np.arange(len(y)) % 2 == 0
+    clf = GDAClassifier(text_weights=text).fit(X[base & train], y[base & train],
+                                               X_val=X[base & ~train], y_val=y[base & ~train])
+    X_val, y_val = unit(X[base & ~train]).astype(np.float64), y[base & ~train]
+
+    def accuracies(columns):
+        zero_shot = 100 * X_val @ text.T.astype(np.float64)
+        gda = X_val @ clf.weights_.T + clf.bias_
+        return np.array([np.mean(columns[np.argmax((zero_shot + a * gda)[:, columns], axis=1)]
+                                 == y_val) for a in clf.alpha_grid_])
+
+    base_only, every_class = accuracies(np.arange(4)), accuracies(np.arange(6))
+    np.testing.assert_allclose(clf.alpha_scores_, base_only)
+    assert clf.alpha_ == clf.alpha_grid_[np.argmax(base_only)]
+    assert clf.alpha_ != clf.alpha_grid_[np.argmax(every_class)]  # the choice this changes
+    # a validation row of an unseen class brings its class into the scored columns
+    with_new = GDAClassifier(text_weights=text).fit(X[base & train], y[base & train],
+                                                    X_val=X[~train], y_val=y[~train])
+    X_all, y_all = unit(X[~train]).astype(np.float64), y[~train]
+    logits = 100 * X_all @ text.T.astype(np.float64) + with_new.alpha_grid_[:, None, None] * (
+        X_all @ with_new.weights_.T + with_new.bias_)
+    np.testing.assert_allclose(with_new.alpha_scores_, np.mean(logits.argmax(axis=2) == y_all,
+                                                               axis=1))
+
+
 def test_a_class_with_one_image_becomes_unseen_in_the_fold_that_holds_it_out():
     X, y, text = clusters(shots=6, text_noise=0.5)
     keep = np.ones(len(y), bool)

@@ -8,7 +8,8 @@ Support embeddings x_n (N, D) with labels y_n, a text head t_c (C, D):
     3. P = D · (S + tr(Σ̂) · I)⁻¹                                   Kubokawa–Srivastava precision
     4. w_c = P μ_c,   b_c = log(1/C) − ½ μ_cᵀ P μ_c                 linear discriminant
     5. logits(x) = s · xᵀt_c + α · (xᵀw_c + b_c)                   ensemble, s = logit_scale
-    6. α = the grid value with the best validation accuracy (ties to the smaller α)
+    6. α = the grid value with the best validation accuracy (ties to the smaller α), each
+       row scored among the classes that have support samples or validation rows
 
 Scatter, precision, weights and logits are float64 (S from ZᵀZ over float64 blocks, P by
 a Cholesky solve); the alpha search evaluates its logits in float32. Without a text side the
@@ -55,7 +56,9 @@ class GDAClassifier(Predictor):
         scikit-learn's label encoding (cross_val_predict) passes when y holds every class.
     alpha : weight of the GDA term, a number >= 0, or "auto" to choose it from ``alpha_grid``
         on the validation set passed to ``fit``, else by cross-validation on the support set
-        (ignored without a text side). alpha = 0 gives the zero-shot classifier.
+        (ignored without a text side). alpha = 0 gives the zero-shot classifier. The search
+        scores each validation row among the classes that have support samples or validation
+        rows: in base-to-new, base images compete with base classes only, as in the reference.
     alpha_grid : candidate values of alpha (the paper's grid by default).
     cv : number of cross-validation folds when alpha is "auto" and no validation set is given.
     n_neighbors, text_copies : statistics of classes without support samples (see below).
@@ -164,6 +167,10 @@ class GDAClassifier(Predictor):
             self.alpha_grid_ = self.alpha_scores_ = None
             self.alpha_ = 1.0 if text is None else float(self.alpha)
             return self
+        scored = self.class_counts_ > 0
+        if not cross_validate:
+            scored[codes_val] = True
+        columns = np.flatnonzero(scored)
         if cross_validate:
             correct = np.zeros(len(grid))
             for fold in range(moments.n_parts):
@@ -171,11 +178,11 @@ class GDAClassifier(Predictor):
                 means, precision = self._gaussians(moments, moments.parts_except(fold), X,
                                                    ~held_out, text)
                 correct += _correct_per_alpha(X[held_out], codes[held_out], text, means,
-                                              precision, grid, self.logit_scale)
+                                              precision, grid, self.logit_scale, columns)
             scores = correct / len(X)
         else:
             scores = _correct_per_alpha(X_val, codes_val, text, self.means_, self.precision_,
-                                        grid, self.logit_scale) / len(X_val)
+                                        grid, self.logit_scale, columns) / len(X_val)
         self.alpha_grid_, self.alpha_scores_ = grid, scores
         self.alpha_ = float(grid[np.argmax(scores)])  # first maximum = the smallest alpha
         return self
@@ -378,8 +385,10 @@ def _synthesise(X: np.ndarray, train_rows: np.ndarray | None, text: np.ndarray, 
 
 
 def _correct_per_alpha(X: np.ndarray, codes: np.ndarray, text: np.ndarray, means: np.ndarray,
-                       precision: np.ndarray, grid: np.ndarray, scale: float) -> np.ndarray:
-    """Correct predictions of s·xᵀT + α(xᵀW + b) for every α of the grid.
+                       precision: np.ndarray, grid: np.ndarray, scale: float,
+                       columns: np.ndarray) -> np.ndarray:
+    """Correct predictions of s·xᵀT + α(xᵀW + b) for every α of the grid, the argmax taken
+    over the classes ``columns`` (sorted; they include every class of ``codes``).
 
     Both logit terms come from one GEMM per block (α only scales one), in float32. The GDA
     term is shifted by the class-independent xᵀPμ̄ − ½μ̄ᵀPμ̄ (μ̄: mean of the class means),
@@ -391,6 +400,9 @@ def _correct_per_alpha(X: np.ndarray, codes: np.ndarray, text: np.ndarray, means
     weights = offsets @ precision
     bias = (np.log(1.0 / len(means)) - weights @ centre
             - 0.5 * np.einsum("cd,cd->c", weights, offsets)).astype(np.float32)
+    if len(columns) < len(means):
+        text, weights, bias = text[columns], weights[columns], bias[columns]
+        codes = np.searchsorted(columns, codes)
     heads = np.vstack([scale * text, weights.astype(np.float32)]).T   # (D, 2C)
     correct = np.zeros(len(grid))
     for rows in _blocks(len(X)):
