@@ -177,6 +177,19 @@ def test_alpha_ties_go_to_the_smaller_alpha_and_the_search_is_deterministic():
     np.testing.assert_array_equal(first.decision_function(X), again.decision_function(X))
 
 
+def test_random_state_takes_a_numpy_generator_and_refuses_other_values_in_one_sentence():
+    X, y, text = clusters(shots=8, text_noise=1.5, seed=2)
+    groups = np.arange(len(y)) // 2
+    folds = [GDAClassifier(random_state=np.random.default_rng(5))._folds(y, groups, len(y))
+             for _ in range(2)]
+    np.testing.assert_array_equal(*folds)  # equal Generators draw equal folds
+    assert len(np.unique(folds[0])) == 4
+    for bad in ("abc", True, 1.5):
+        with pytest.raises(InputError, match=r"^GDAClassifier: random_state must be None, an "
+                                             r"int, a numpy Generator or RandomState, got "):
+            GDAClassifier(text_weights=text, random_state=bad).fit(X, y)
+
+
 def test_a_useless_text_head_makes_the_search_pick_a_large_alpha():
     X, y, _ = clusters(shots=12, spread=0.4)
     wrong = unit(np.random.default_rng(9).standard_normal((4, 16)))

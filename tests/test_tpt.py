@@ -237,6 +237,15 @@ def test_batched_tuning_equals_one_by_one(backbone):
         _classifier(backbone, steps=3).decision_function(images), atol=1e-4)
 
 
+def test_random_state_takes_a_numpy_generator(backbone):
+    images = _images(2)
+    a, b = (_classifier(backbone, random_state=np.random.default_rng(4)).decision_function(images)
+            for _ in range(2))
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(InputError, match="^TPTClassifier: random_state must be None, an int"):
+        _classifier(backbone, random_state="four")
+
+
 def test_augmix_views_are_seeded(backbone):
     images = _images(2)
     a = _classifier(backbone, augmix=True, random_state=1).decision_function(images)

@@ -10,8 +10,8 @@ RealLinearClassifier and TPTClassifier follow one convention:
   tunes the backbone's text tower, so it takes the first form only. The fitted head is
   ``text_head_`` (C, D), its rows in ``classes_`` order.
 - scale: ``logit_scale`` multiplies cosine similarities; 100 is CLIP's (TPT uses the model's).
-- randomness: ``random_state`` None / int / RandomState through ``check_random_state``, 0 by
-  default where results depend on it.
+- randomness: ``random_state`` None / int / RandomState / Generator through
+  ``check_random_state`` (``random_state_of``), 0 by default where results depend on it.
 - inputs: X (N, D) embeddings through ``Predictor._validate_embeddings`` (scikit-learn's
   ``validate_data``: lists, integers and float16 become float32); rows are scaled to unit
   norm, and an all-zero row stays zero (cosine 0 with every class: equal logits). ``y`` is
@@ -29,6 +29,7 @@ RealLinearClassifier and TPTClassifier follow one convention:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import numbers
 import os
@@ -277,12 +278,24 @@ def is_number(value, low: float, high: float = np.inf) -> bool:
             and bool(np.isfinite(value)) and low <= value <= high)
 
 
-def seed_of(random_state) -> int:
+def random_state_of(estimator, random_state) -> np.random.RandomState:
+    """scikit-learn's ``check_random_state`` that also takes a numpy Generator (one draw of it
+    seeds the RandomState); anything else is one sentence naming ``estimator``'s parameter."""
+    if isinstance(random_state, np.random.Generator):
+        random_state = int(random_state.integers(np.iinfo(np.int32).max))
+    if not isinstance(random_state, bool):
+        with contextlib.suppress(ValueError):
+            return check_random_state(random_state)
+    raise InputError(f"{type(estimator).__name__}: random_state must be None, an int, a numpy "
+                     f"Generator or RandomState, got {random_state!r}.")
+
+
+def seed_of(estimator, random_state) -> int:
     """An integer seed for torch and per-image generators: an int ``random_state`` as given,
-    else one drawn through ``check_random_state`` (None: fresh)."""
+    else one drawn through ``random_state_of`` (None: fresh)."""
     if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
         return int(random_state)
-    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+    return int(random_state_of(estimator, random_state).randint(np.iinfo(np.int32).max))
 
 
 def saved_backbone(path: str | os.PathLike) -> dict | None:

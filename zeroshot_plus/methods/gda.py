@@ -27,7 +27,6 @@ import numpy as np
 from scipy import sparse
 from scipy.linalg import cho_factor, cho_solve
 from sklearn.model_selection import KFold, StratifiedKFold
-from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from ..data.sources import ImageSource, read_image_source
@@ -35,7 +34,7 @@ from ..data.support import augmented_support, sample_shots
 from ..encoders.backbone import Backbone
 from ..errors import InputError
 from .base import (Predictor, check_param, class_columns, is_integer, is_number,
-                   label_codes, resolve_text_weights)
+                   label_codes, random_state_of, resolve_text_weights)
 from .linalg import add_gram
 
 ALPHA_GRID = (1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)
@@ -227,7 +226,7 @@ class GDAClassifier(Predictor):
         image_class = codes[first]
         per_class = np.bincount(image_class)
         n_splits = min(self.cv, int(per_class.max()))
-        rng = check_random_state(self.random_state)
+        rng = random_state_of(self, self.random_state)
         if n_splits >= 2:
             splitter = StratifiedKFold(n_splits, shuffle=True, random_state=rng)
         elif len(image_class) >= 2:  # one image per class: held-out classes are "unseen"

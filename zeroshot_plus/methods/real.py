@@ -37,13 +37,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from ..errors import InputError
 from ..text.frequency import CaptionIndex
 from .base import (Predictor, check_param, class_columns, given_text_weights, is_integer,
-                   is_number, label_codes)
+                   is_number, label_codes, random_state_of)
 from ..text.classnames import display_name
 from ..text.descriptors import descriptor_prompts, match_descriptors
 from ..text.templates import class_prompts, load_templates
@@ -356,7 +355,7 @@ class RealLinearClassifier(Predictor):
     def _train(self, W_zs: np.ndarray, images: np.ndarray, image_labels: np.ndarray,
                texts: np.ndarray, text_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Step 4: AdamW on the cross-entropy of scaled cosine logits; returns (W, losses)."""
-        seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+        seed = random_state_of(self, self.random_state).randint(np.iinfo(np.int32).max)
         generator = torch.Generator().manual_seed(int(seed))
         weight = torch.nn.Parameter(torch.from_numpy(W_zs.copy()))
         optimiser = torch.optim.AdamW([weight], lr=self.lr, betas=(0.9, 0.999),

@@ -97,7 +97,7 @@ class TPTClassifier(Predictor):
     steps : AdamW steps per image; the first is applied in closed form when it is the only one.
     batch_images : images tuned together in one batched pass (separate contexts).
     text_batch : prompts (image, class pairs) per text-tower pass; more go in chunks.
-    random_state : None, int or RandomState; with the image content it fixes the views of
+    random_state : None, int, RandomState or Generator; with the image content it fixes the views of
         each image.
     diffusion_views : DiffTPT's generated variations per image: a folder of files
         ``{stem}_{i}.{ext}`` for an image file ``.../{class}/{stem}.*``, either flat in the
@@ -170,7 +170,7 @@ class TPTClassifier(Predictor):
         if len(prompt_names) != len(names):
             raise InputError(f"{owner}: {len(prompt_names)} prompt names for {len(names)} classes.")
         self.classes_, self.classnames_, order = class_columns(names)
-        self._seed = seed_of(self.random_state)
+        self._seed = seed_of(self, self.random_state)
         self._learner = PromptLearner(self.backbone, [prompt_names[i] for i in order],
                                       self.ctx_init, self.n_ctx, self._seed, self.ctx_count)
         with torch.no_grad():
