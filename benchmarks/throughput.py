@@ -18,7 +18,11 @@ ViT-B-32 (random weights, `--pretrained none`) and the 1,000 ImageNet class name
    images per second, start-up excluded), and the quarter's wall less its photos at that rate
    gives its fixed start-up seconds (imports, model build or compiled-tower load); from them,
    the number of photos from which a cold run reaches 0.95x the bare encoder;
-5. peak memory (max RSS of the command) over 250 and 1,000 images, to show that it stays flat.
+5. peak memory (max RSS of the command) over 250 and 1,000 images, to show that it stays flat;
+6. predict in Python: ``make_pipeline(ImageEmbedder(backbone, cache=STORE), ZeroShotClassifier)``
+   ``.predict(paths)`` in this process, the backbone already built and the classifier fitted (as
+   in a notebook or a service), from the same file paths into a fresh store, against the bare
+   encoder measured just before and after it; its labels are compared with the command's.
 
 With ``--runtime openvino`` (or another ``Backbone(runtime=...)``), both sides run the image
 tower on that runtime: the bare encoder is that runtime's, and the command gets ``--runtime``.
@@ -45,7 +49,9 @@ import numpy as np
 import torch
 
 from measure import run_measured
-from zeroshot_plus import Backbone
+from sklearn.pipeline import make_pipeline
+
+from zeroshot_plus import Backbone, ImageEmbedder, ZeroShotClassifier
 from zeroshot_plus.choices import RUNTIMES
 from zeroshot_plus.data.images import open_image
 from zeroshot_plus.data.sources import read_image_source
@@ -117,11 +123,21 @@ def main() -> None:
                 shard.unlink()
             return store
 
-        # rounds of bare encoder -> cold command -> warm command, and a last bare encoder, so
-        # that each cold run is compared with the encoder measured just before and after it
+        # the same classifier in Python, its 1,000 prompts encoded here, before the measured runs
+        classifier = ZeroShotClassifier(backbone, classnames=names, templates="photo",
+                                        cache=tmp / "library-texts").fit()
+
+        # rounds of bare encoder -> predict in Python -> bare encoder -> quarter, cold and warm
+        # commands -> bare encoder, so that each measured run is compared with the encoder
+        # measured just before and after it
         bare = [bare_encoder_rate(backbone, pixels, args.batch_size)]
-        rounds, quarters = [], []
+        rounds, quarters, library = [], [], []
         for r in range(args.rounds):
+            pipeline = make_pipeline(ImageEmbedder(backbone, cache=tmp / f"library{r}"), classifier)
+            start = time.perf_counter()
+            labels = pipeline.predict([str(p) for p in paths])
+            library.append(time.perf_counter() - start)
+            bare.append(bare_encoder_rate(backbone, pixels, args.batch_size))
             quarters.append(run_command(command + [str(quarter), "--cache",
                                                    str(cold_store(f"quarter{r}")),
                                                    "--out", str(tmp / "quarter.csv")])[:2])
@@ -133,7 +149,9 @@ def main() -> None:
             bare.append(bare_encoder_rate(backbone, pixels, args.batch_size))
             rounds.append((cold_wall, cold_rss, forward, warm_wall, warm_rss))
         quarter_rss = max(rss for _, rss in quarters)
-        rows = np.loadtxt(tmp / "cold.csv", delimiter=",", skiprows=1, dtype=str, usecols=0)
+        rows = np.loadtxt(tmp / "cold.csv", delimiter=",", skiprows=1, dtype=str, usecols=(0, 1))
+        command_labels = dict(rows.tolist())
+        same = sum(command_labels[str(p)] == label for p, label in zip(paths, labels))
 
     n = len(paths)
     print(f"zeroshot-plus predict throughput — {args.model} (runtime {args.runtime}), random "
@@ -148,12 +166,13 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     ratios, shares, inside, speedups = [], [], [], []
     for r, (cold_wall, _, forward, warm_wall, _) in enumerate(rounds):
-        reference = (bare[r] + bare[r + 1]) / 2
+        before, after = bare[2 * r + 1], bare[2 * r + 2]
+        reference = (before + after) / 2
         ratios.append(n / cold_wall / reference)
         shares.append(forward / cold_wall)
         inside.append(n / forward / reference)
         speedups.append(cold_wall / warm_wall)
-        print(f"| {r + 1} | {bare[r]:.1f} / {bare[r + 1]:.1f} | {cold_wall:.1f} | "
+        print(f"| {r + 1} | {before:.1f} / {after:.1f} | {cold_wall:.1f} | "
               f"{n / cold_wall:.1f} | {ratios[-1]:.2f}x | {forward:.1f} ({n / forward:.1f}) | "
               f"{shares[-1]:.2f} | {warm_wall:.2f} | {speedups[-1]:.1f}x |")
     print()
@@ -167,13 +186,28 @@ def main() -> None:
           f"start-up (s) | photos for 0.95x |")
     print("|---|---|---|---|---|")
     for r, ((quarter_wall, _), (cold_wall, *_)) in enumerate(zip(quarters, rounds)):
-        reference = (bare[r] + bare[r + 1]) / 2
+        reference = (bare[2 * r + 1] + bare[2 * r + 2]) / 2
         steady = (n - n // 4) / (cold_wall - quarter_wall)
         fixed = quarter_wall - (n // 4) / steady
         goal = 0.95 * reference
         needed = f"{0.95 * reference * fixed / (1 - goal / steady):,.0f}" if steady > goal else "never"
         print(f"| {r + 1} | {quarter_wall:.1f} | {steady:.1f} ({steady / reference:.2f}x) | "
               f"{fixed:.1f} | {needed} |")
+    print()
+    print("predict in Python (backbone built, classifier fitted; fresh store):")
+    print()
+    print("| round | bare encoder (img/s, before / after) | predict: wall (s) | img/s | "
+          "vs bare encoder |")
+    print("|---|---|---|---|---|")
+    in_python = []
+    for r, wall in enumerate(library):
+        before, after = bare[2 * r], bare[2 * r + 1]
+        in_python.append(n / wall / ((before + after) / 2))
+        print(f"| {r + 1} | {before:.1f} / {after:.1f} | {wall:.1f} | {n / wall:.1f} | "
+              f"{in_python[-1]:.2f}x |")
+    print()
+    print(f"mean {np.mean(in_python):.2f}x the bare encoder (goal 0.95x); its labels equal the "
+          f"command's for {same} of {n} photos.")
     print()
     print(f"{len(rows)} prediction rows written. Peak RSS: {quarter_rss:.0f} MiB for {n // 4} "
           f"images, {rounds[0][1]:.0f} MiB for {n} (cold), {rounds[0][4]:.0f} MiB (warm).")
