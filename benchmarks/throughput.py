@@ -47,10 +47,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from measure import run_measured
 from sklearn.pipeline import make_pipeline
 
+from measure import run_measured
 from zeroshot_plus import Backbone, ImageEmbedder, ZeroShotClassifier
 from zeroshot_plus.choices import RUNTIMES
 from zeroshot_plus.data.images import open_image
