@@ -115,7 +115,9 @@ def test_an_interrupted_writer_process_leaves_no_stray_file(tmp_path):
             handle.write("half")
             pathlib.Path({str(started)!r}).touch()
             time.sleep(60)
-        """)], cwd=REPO_DIR, stderr=subprocess.DEVNULL)
+        """)], cwd=REPO_DIR, stderr=subprocess.DEVNULL,
+        # a shell starts background jobs with Ctrl-C ignored, which children inherit
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not started.exists() and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -418,7 +418,10 @@ def test_ctrl_c_while_the_server_hangs_stops_at_once(llm, tmp_path):
                "--model", "fake-model", "--cache", str(cache), "--concurrency", "1",
                "--timeout", "60", "--no-progress"]
     process = subprocess.Popen(command, cwd=REPO_DIR, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONPATH": str(REPO_DIR)})
+                               env={**os.environ, "PYTHONPATH": str(REPO_DIR)},
+                               # a shell starts background jobs with Ctrl-C ignored, which
+                               # children inherit
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 30
     while llm.requests["goldfish"] == 0 and time.time() < deadline:
         time.sleep(0.05)
