@@ -8,9 +8,9 @@ regions. Decoding, batching, the store and the error policy live here once:
 - Decoding: the next batch of images is decoded, and its views drawn, while the current one
   is encoded: by one background thread at idle priority (the choice on a CPU, where the
   encoder already keeps every core busy and one thread keeps well ahead of it), or by
-  ``backbone.num_workers`` worker processes at a lower priority (the choice for an accelerator). The look-ahead is one
-  batch, so memory stays flat, and the thread is idle whenever the caller's own code runs
-  between yields. With ``backbone.jpeg_draft`` (off by
+  ``backbone.num_workers`` worker processes at a lower priority (the choice for an
+  accelerator). The look-ahead is one batch, so memory stays flat, and the thread is idle
+  whenever the caller's own code runs between yields. With ``backbone.jpeg_draft`` (off by
   default), the preprocessed image may be decoded from a JPEG's reduced DCT (``draft``); other
   views always need the full picture.
 - Batching: consecutive images form one forward pass until it holds ``backbone.batch_size``

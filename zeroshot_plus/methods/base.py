@@ -278,24 +278,25 @@ def is_number(value, low: float, high: float = np.inf) -> bool:
             and bool(np.isfinite(value)) and low <= value <= high)
 
 
-def random_state_of(estimator, random_state) -> np.random.RandomState:
+def random_state_of(random_state, owner: str | None = None) -> np.random.RandomState:
     """scikit-learn's ``check_random_state`` that also takes a numpy Generator (one draw of it
-    seeds the RandomState); anything else is one sentence naming ``estimator``'s parameter."""
+    seeds the RandomState); anything else is one sentence, prefixed with ``owner``'s name."""
     if isinstance(random_state, np.random.Generator):
         random_state = int(random_state.integers(np.iinfo(np.int32).max))
     if not isinstance(random_state, bool):
         with contextlib.suppress(ValueError):
             return check_random_state(random_state)
-    raise InputError(f"{type(estimator).__name__}: random_state must be None, an int, a numpy "
-                     f"Generator or RandomState, got {random_state!r}.")
+    prefix = f"{owner}: " if owner else ""
+    raise InputError(f"{prefix}random_state must be None, an int, a numpy Generator or "
+                     f"RandomState, got {random_state!r}.")
 
 
-def seed_of(estimator, random_state) -> int:
+def seed_of(random_state, owner: str | None = None) -> int:
     """An integer seed for torch and per-image generators: an int ``random_state`` as given,
     else one drawn through ``random_state_of`` (None: fresh)."""
     if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
         return int(random_state)
-    return int(random_state_of(estimator, random_state).randint(np.iinfo(np.int32).max))
+    return int(random_state_of(random_state, owner).randint(np.iinfo(np.int32).max))
 
 
 def saved_backbone(path: str | os.PathLike) -> dict | None:

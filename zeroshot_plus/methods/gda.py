@@ -226,7 +226,7 @@ class GDAClassifier(Predictor):
         image_class = codes[first]
         per_class = np.bincount(image_class)
         n_splits = min(self.cv, int(per_class.max()))
-        rng = random_state_of(self, self.random_state)
+        rng = random_state_of(self.random_state, type(self).__name__)
         if n_splits >= 2:
             splitter = StratifiedKFold(n_splits, shuffle=True, random_state=rng)
         elif len(image_class) >= 2:  # one image per class: held-out classes are "unseen"

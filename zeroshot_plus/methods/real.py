@@ -355,7 +355,7 @@ class RealLinearClassifier(Predictor):
     def _train(self, W_zs: np.ndarray, images: np.ndarray, image_labels: np.ndarray,
                texts: np.ndarray, text_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Step 4: AdamW on the cross-entropy of scaled cosine logits; returns (W, losses)."""
-        seed = random_state_of(self, self.random_state).randint(np.iinfo(np.int32).max)
+        seed = random_state_of(self.random_state, type(self).__name__).randint(np.iinfo(np.int32).max)
         generator = torch.Generator().manual_seed(int(seed))
         weight = torch.nn.Parameter(torch.from_numpy(W_zs.copy()))
         optimiser = torch.optim.AdamW([weight], lr=self.lr, betas=(0.9, 0.999),

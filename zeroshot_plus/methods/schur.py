@@ -50,14 +50,13 @@ from scipy.sparse import issparse
 from scipy.sparse.linalg import LinearOperator, eigsh
 from sklearn.base import (BaseEstimator, ClassNamePrefixFeaturesOutMixin, OneToOneFeatureMixin,
                           TransformerMixin)
-from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..choices import ENTROPIES, KERNELS
 from ..data.files import atomic_output
 from ..errors import InputError
 from ..text.heads import unit_rows
-from .base import is_number
+from .base import is_number, random_state_of
 from .linalg import add_gram
 
 FORMS = ("auto", "primal", "dual")
@@ -78,7 +77,7 @@ def draw_frequencies(dim: int, n_features: int, sigma: float, random_state: Seed
 
     random_state : an int seeds numpy's ``default_rng`` (so a seed draws the same Ω here, in
         ``sce_score`` and in ``SchurEditor``); a Generator is used as is; None or a RandomState
-        go through scikit-learn's ``check_random_state``.
+        go through scikit-learn's ``check_random_state`` (``base.random_state_of``).
     """
     if not isinstance(n_features, numbers.Integral) or n_features < 2 or n_features % 2:
         raise InputError(f"n_features must be an even number >= 2 (cos and sin halves), "
@@ -90,11 +89,7 @@ def draw_frequencies(dim: int, n_features: int, sigma: float, random_state: Seed
     elif isinstance(random_state, np.random.Generator):
         rng = random_state
     else:
-        try:
-            rng = check_random_state(random_state)
-        except ValueError:
-            raise InputError(f"random_state must be None, an int, a numpy Generator or "
-                             f"RandomState, got {random_state!r}.") from None
+        rng = random_state_of(random_state)
     return rng.standard_normal((dim, n_features // 2)) / sigma
 
 

@@ -170,7 +170,7 @@ class TPTClassifier(Predictor):
         if len(prompt_names) != len(names):
             raise InputError(f"{owner}: {len(prompt_names)} prompt names for {len(names)} classes.")
         self.classes_, self.classnames_, order = class_columns(names)
-        self._seed = seed_of(self, self.random_state)
+        self._seed = seed_of(self.random_state, type(self).__name__)
         self._learner = PromptLearner(self.backbone, [prompt_names[i] for i in order],
                                       self.ctx_init, self.n_ctx, self._seed, self.ctx_count)
         with torch.no_grad():
